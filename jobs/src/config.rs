@@ -1,0 +1,248 @@
+//! Job configuration: TOML with every key known (unknown keys are errors), defaults that are the
+//! HelpSteer2 iterative-DPO recipe, and `--set key=value` overrides applied before validation.
+//! Documented in `docs/configuration.md`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A whole job file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    pub job: JobSection,
+    pub input: InputSection,
+    pub policy: PolicySection,
+    pub sampling: SamplingSection,
+    pub reward: RewardSection,
+    pub goodness: GoodnessSection,
+    pub pairs: PairsSection,
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSection {
+    /// Only `iterative-dpo` so far.
+    pub kind: String,
+    pub seed: u64,
+    /// Worker threads of the dataflow (`--workers` overrides).
+    pub workers: usize,
+    /// Written into the dataset README.
+    pub description: String,
+}
+
+impl Default for JobSection {
+    fn default() -> Self {
+        Self { kind: "iterative-dpo".into(), seed: 0, workers: 1, description: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputSection {
+    /// A local path or URL of a jsonl or parquet file.
+    pub path: String,
+    /// `auto` (by extension), `jsonl` or `parquet`.
+    pub format: String,
+    /// How many bad records a run tolerates: an integer count, or a fraction below 1.
+    pub max_rejects: toml::Value,
+}
+
+impl Default for InputSection {
+    fn default() -> Self {
+        Self { path: String::new(), format: "auto".into(), max_rejects: toml::Value::Integer(0) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// `default` (SmolLM2-135M-Instruct, installed on first use) or a path to a GGUF file.
+    pub model: String,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self { model: "default".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingSection {
+    pub samples_per_prompt: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingSection {
+    /// HelpSteer2 paper, section 4.3: 10 samples at temperature 0.7, top-p 0.9.
+    fn default() -> Self {
+        Self { samples_per_prompt: 10, temperature: 0.7, top_p: 0.9, top_k: 0, max_new_tokens: 1024, stop: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSection {
+    /// `judge` (an instruct model rates each attribute 0..4).
+    pub kind: String,
+    /// `policy` (the policy model itself), `default`, or a path to a GGUF file.
+    pub model: String,
+    /// Attributes the judge rates; `helpsteer2` names the five HelpSteer2 attributes.
+    pub attributes: String,
+}
+
+impl Default for RewardSection {
+    fn default() -> Self {
+        Self { kind: "judge".into(), model: "policy".into(), attributes: "helpsteer2".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoodnessSection {
+    /// `helpsteer2-paper`, `steerlm-rm-card`, or `custom` (then `weights` is used).
+    pub preset: String,
+    pub weights: BTreeMap<String, f64>,
+    /// `run`, `per-prompt` or `reference`.
+    pub normalization: String,
+    pub reference_mean: Option<f64>,
+    pub reference_std: Option<f64>,
+}
+
+impl Default for GoodnessSection {
+    fn default() -> Self {
+        Self {
+            preset: "helpsteer2-paper".into(),
+            weights: BTreeMap::new(),
+            normalization: "run".into(),
+            reference_mean: None,
+            reference_std: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairsSection {
+    /// A prompt is kept only when best - worst > min_margin.
+    pub min_margin: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// A local directory or URL.
+    pub path: String,
+    /// Number of parquet files.
+    pub shards: usize,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self { path: String::new(), shards: 1 }
+    }
+}
+
+/// A problem with the configuration (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("--set {item}: {message}")]
+    Override { item: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare string)
+/// and checks every key.
+pub fn load_config(path: &Path, overrides: &[String]) -> Result<JobConfig, ConfigError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+    parse_config(&text, &display, overrides)
+}
+
+/// As [`load_config`] on a string.
+pub fn parse_config(text: &str, display: &str, overrides: &[String]) -> Result<JobConfig, ConfigError> {
+    let mut table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: display.into(), message: e.to_string() })?;
+    for item in overrides {
+        apply_override(&mut table, item)?;
+    }
+    let config: JobConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse { path: display.into(), message: e.to_string() })?;
+    Ok(config)
+}
+
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let fail = |message: &str| ConfigError::Override { item: item.into(), message: message.into() };
+    let (key, raw) = item.split_once('=').ok_or_else(|| fail("expected key=value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(fail("empty key"));
+    }
+    // A TOML value if it parses as one (numbers, booleans, quoted strings, arrays), else a string.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, sections) = parts.split_last().ok_or_else(|| fail("empty key"))?;
+    let mut current = table;
+    for section in sections {
+        current = current
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| fail(&format!("`{section}` is not a table")))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_paper_recipe() {
+        let c = parse_config("", "t.toml", &[]).unwrap();
+        assert_eq!(c.sampling.samples_per_prompt, 10);
+        assert_eq!(c.sampling.temperature, 0.7);
+        assert_eq!(c.sampling.top_p, 0.9);
+        assert_eq!(c.goodness.preset, "helpsteer2-paper");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse_config("[sampling]\ntemprature = 0.5\n", "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("temprature") && err.contains("t.toml"), "{err}");
+        let err = parse_config("", "t.toml", &["sampling.nope=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_values_and_types_are_checked() {
+        let c = parse_config(
+            "[sampling]\ntemperature = 0.7\n",
+            "t.toml",
+            &["sampling.temperature=0.2".into(), "output.path=out/x".into(), "sampling.stop=[\"\\n\\n\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(c.sampling.temperature, 0.2);
+        assert_eq!(c.output.path, "out/x");
+        assert_eq!(c.sampling.stop, vec!["\n\n".to_string()]);
+        assert!(parse_config("", "t.toml", &["sampling.temperature=hot".into()]).is_err());
+        assert!(parse_config("", "t.toml", &["novalue".into()]).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! steerflow jobs: a TOML job file turned into a run of the dataflow.
+//!
+//! [`config`] parses and checks the file; [`build_run`] resolves it (models installed and loaded,
+//! presets bound); [`run_job`] runs it. The `steerflow` binary is a thin clap layer over these.
+
+pub mod config;
+
+use config::{ConfigError, JobConfig};
+use std::sync::Arc;
+use steerflow_models::judge::{helpsteer2_attributes, Judge};
+use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::policy::{GenerationParams, Policy};
+use steerflow_models::registry::resolve_model;
+use steerflow_models::{LanguageModel, RewardModel};
+use steerflow_operators::goodness::GoodnessWeights;
+use steerflow_operators::normalize::NormStats;
+use steerflow_pipeline::reject::RejectLimit;
+use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
+use steerflow_pipeline::source::InputFormat;
+use steerflow_pipeline::spec::{Models, Normalization, RunSpec};
+use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
+
+/// Exit codes of the `steerflow` command.
+pub mod exit_code {
+    /// The run failed (model, storage, worker).
+    pub const FAILURE: i32 = 1;
+    /// The command line or the job file is wrong.
+    pub const CONFIG: i32 = 2;
+    /// More records were rejected than `input.max_rejects` allows.
+    pub const TOO_MANY_REJECTS: i32 = 3;
+}
+
+/// Any failure of a job, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pipeline(#[from] steerflow_pipeline::PipelineError),
+    #[error(transparent)]
+    Model(#[from] steerflow_models::ModelError),
+}
+
+impl JobError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            JobError::Config(_) => exit_code::CONFIG,
+            JobError::Pipeline(steerflow_pipeline::PipelineError::TooManyRejects { .. }) => exit_code::TOO_MANY_REJECTS,
+            JobError::Pipeline(steerflow_pipeline::PipelineError::Operator(_)) => exit_code::CONFIG,
+            _ => exit_code::FAILURE,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> JobError {
+    JobError::Config(ConfigError::Invalid(message.into()))
+}
+
+/// The parts of a run that do not need models: checked before anything is loaded.
+pub struct PlannedRun {
+    pub spec_without_models: RunSpecDraft,
+    pub input_format: InputFormat,
+}
+
+/// Run parameters resolved from the config, before models are loaded.
+pub struct RunSpecDraft {
+    pub weights: GoodnessWeights,
+    pub normalization: Normalization,
+    pub max_rejects: RejectLimit,
+    pub generation: GenerationParams,
+}
+
+/// Checks everything in the config that can be checked without loading a model.
+pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
+    if config.job.kind != "iterative-dpo" {
+        return Err(invalid(format!("job.kind `{}` is not known (iterative-dpo)", config.job.kind)));
+    }
+    if config.input.path.is_empty() {
+        return Err(invalid("input.path is required"));
+    }
+    if config.output.path.is_empty() {
+        return Err(invalid("output.path is required"));
+    }
+    if config.output.shards == 0 {
+        return Err(invalid("output.shards must be at least 1"));
+    }
+    if config.job.workers == 0 {
+        return Err(invalid("job.workers must be at least 1"));
+    }
+    if config.sampling.samples_per_prompt < 2 {
+        return Err(invalid("sampling.samples_per_prompt must be at least 2 to form a pair"));
+    }
+    if config.sampling.max_new_tokens == 0 {
+        return Err(invalid("sampling.max_new_tokens must be at least 1"));
+    }
+    if !config.pairs.min_margin.is_finite() || config.pairs.min_margin < 0.0 {
+        return Err(invalid("pairs.min_margin must be a finite number >= 0"));
+    }
+    if config.reward.kind != "judge" {
+        return Err(invalid(format!("reward.kind `{}` is not known (judge)", config.reward.kind)));
+    }
+    if config.reward.attributes != "helpsteer2" {
+        return Err(invalid(format!("reward.attributes `{}` is not known (helpsteer2)", config.reward.attributes)));
+    }
+    let input_format = InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
+    let sampling = SamplingParams {
+        temperature: config.sampling.temperature,
+        top_p: config.sampling.top_p,
+        top_k: config.sampling.top_k,
+    };
+    sampling_strategy(&sampling).map_err(|e| invalid(format!("sampling: {e}")))?;
+    let weights = match config.goodness.preset.as_str() {
+        "custom" => {
+            if config.goodness.weights.is_empty() {
+                return Err(invalid("goodness.preset = \"custom\" needs goodness.weights"));
+            }
+            GoodnessWeights::custom(config.goodness.weights.clone())
+        }
+        preset => {
+            if !config.goodness.weights.is_empty() {
+                return Err(invalid("goodness.weights is only used with goodness.preset = \"custom\""));
+            }
+            GoodnessWeights::preset(preset)
+        }
+    }
+    .map_err(|e| invalid(format!("goodness: {e}")))?;
+    let normalization = match config.goodness.normalization.as_str() {
+        "run" => Normalization::Run,
+        "per-prompt" => Normalization::PerPrompt,
+        "reference" => match (config.goodness.reference_mean, config.goodness.reference_std) {
+            (Some(mean), Some(std)) => {
+                Normalization::Reference(NormStats::reference(mean, std).map_err(|e| invalid(format!("goodness: {e}")))?)
+            }
+            _ => return Err(invalid("goodness.normalization = \"reference\" needs reference_mean and reference_std")),
+        },
+        other => return Err(invalid(format!("goodness.normalization `{other}` is not known (run, per-prompt, reference)"))),
+    };
+    let max_rejects = match &config.input.max_rejects {
+        toml::Value::Integer(n) if *n >= 0 => RejectLimit::Count(*n as u64),
+        toml::Value::Float(f) if (0.0..1.0).contains(f) => RejectLimit::Fraction(*f),
+        other => return Err(invalid(format!("input.max_rejects must be a count >= 0 or a fraction in [0, 1), got {other}"))),
+    };
+    let generation = GenerationParams {
+        sampling,
+        max_new_tokens: config.sampling.max_new_tokens,
+        stop: config.sampling.stop.clone(),
+    };
+    Ok(PlannedRun {
+        spec_without_models: RunSpecDraft { weights, normalization, max_rejects, generation },
+        input_format,
+    })
+}
+
+fn load_gguf(spec: &str) -> Result<Arc<dyn LanguageModel>, JobError> {
+    let path = resolve_model(spec)?;
+    tracing::info!(model = %path.display(), "loading model");
+    Ok(Arc::new(GgufLlama::load(&path, &candle_core::Device::Cpu)?))
+}
+
+/// Loads the models a config names.
+pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
+    let policy_model = load_gguf(&config.policy.model)?;
+    let judge_model = if config.reward.model == "policy" { policy_model.clone() } else { load_gguf(&config.reward.model)? };
+    let judge = Judge::new(judge_model, helpsteer2_attributes())?;
+    Ok(Models { policy: Policy::new(policy_model), reward: Arc::new(judge) as Arc<dyn RewardModel> })
+}
+
+/// Runs the job a config describes.
+pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
+    let planned = plan(config)?;
+    let models = load_models(config)?;
+    let draft = planned.spec_without_models;
+    let goodness = draft
+        .weights
+        .bind(&models.reward.attribute_names())
+        .map_err(|e| invalid(format!("goodness: {e}")))?;
+    let description = if config.job.description.is_empty() {
+        format!(
+            "Iterative-DPO pairs: {} samples per prompt from `{}`, scored by `{}`, goodness preset `{}`.",
+            config.sampling.samples_per_prompt,
+            models.policy.model().id(),
+            models.reward.id(),
+            config.goodness.preset
+        )
+    } else {
+        config.job.description.clone()
+    };
+    let spec = RunSpec {
+        input: config.input.path.clone(),
+        output: config.output.path.clone(),
+        shards: config.output.shards,
+        seed: config.job.seed,
+        samples_per_prompt: config.sampling.samples_per_prompt,
+        generation: draft.generation,
+        goodness_preset: config.goodness.preset.clone(),
+        goodness,
+        normalization: draft.normalization,
+        min_margin: config.pairs.min_margin,
+        max_rejects: draft.max_rejects,
+        workers: config.job.workers,
+        description,
+    };
+    Ok(run_iterative_dpo(spec, planned.input_format, models)?)
+}

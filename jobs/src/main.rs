@@ -1,0 +1,79 @@
+//! The `steerflow` command.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use steerflow::config::load_config;
+use steerflow::{exit_code, run_job};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "steerflow", version, about = "Alignment data from a dataflow of policy and reward models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job file (for example configs/demo.toml).
+    Run {
+        /// The TOML job file.
+        config: PathBuf,
+        /// Override a config value: `section.key=value` (TOML syntax, or a bare string). Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Dataflow worker threads (overrides job.workers).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Install the default model into the cache (done automatically on first use).
+    InstallModel,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { config, set, workers } => {
+            let mut overrides = set;
+            if let Some(w) = workers {
+                overrides.push(format!("job.workers={w}"));
+            }
+            match load_config(&config, &overrides).map_err(steerflow::JobError::from).and_then(|c| run_job(&c)) {
+                Ok(report) => {
+                    let counts = &report.summary["counts"];
+                    let throughput = &report.summary["throughput"];
+                    eprintln!(
+                        "steerflow: {} pairs from {} prompts ({} dropped, {} rejected) written to {}; sampling {:.1} tokens/s, scoring {:.2} responses/s",
+                        counts["pairs"],
+                        counts["prompts"],
+                        report.counters.dropped.values().sum::<u64>(),
+                        counts["rejected"],
+                        report.summary["output"].as_str().unwrap_or_default(),
+                        throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
+                        throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("steerflow: error: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::InstallModel => match steerflow_models::registry::resolve_model("default") {
+            Ok(path) => {
+                println!("{}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("steerflow: error: {e}");
+                exit_code::FAILURE
+            }
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,66 @@
+//! Policy and reward-model runtimes for steerflow.
+//!
+//! - [`registry`]: the default model, installed on first use from its registry package.
+//! - [`text`]: tokenizer and chat template of a model ([`gguf_tokenizer`], [`chat_template`]).
+//! - [`llama_gguf`]: the llama family from GGUF files (candle's quantized llama).
+//! - [`policy`]: N samples per prompt from one shared prompt prefill.
+//! - [`judge`]: the LLM-judge reward model (five HelpSteer2 attributes, 0..4).
+//!
+//! Models implement [`LanguageModel`]; a [`LmSession`] is a position in one sequence whose
+//! KV cache can be forked, which is how a prompt is prefilled once for all its samples.
+
+pub mod chat_template;
+pub mod error;
+pub mod gguf_tokenizer;
+pub mod judge;
+pub mod llama_gguf;
+pub mod policy;
+pub mod registry;
+pub mod text;
+
+pub use error::ModelError;
+
+use candle_core::Tensor;
+use steerflow_operators::records::Message;
+
+/// A causal language model that can start sessions.
+pub trait LanguageModel: Send + Sync {
+    /// A stable identifier, recorded with every output row (file name and content hash).
+    fn id(&self) -> &str;
+    /// Tokenizer, chat template and end-of-sequence tokens.
+    fn text(&self) -> &text::TextCodec;
+    /// The longest sequence (prompt plus generated tokens) the model accepts.
+    fn context_length(&self) -> usize;
+    /// An empty session at position 0.
+    fn start(&self) -> Box<dyn LmSession>;
+}
+
+/// One sequence being run through a model: its KV cache and position.
+pub trait LmSession: Send {
+    /// Runs `tokens` after the current position and returns the next-token logits `[vocab]`
+    /// (f32, on the model's device) after the last of them.
+    fn extend(&mut self, tokens: &[u32]) -> Result<Tensor, ModelError>;
+    /// How many tokens the session holds.
+    fn position(&self) -> usize;
+    /// A copy that shares the KV cache computed so far and continues independently.
+    fn fork(&self) -> Box<dyn LmSession>;
+}
+
+/// Scores of one response from a reward model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardScores {
+    /// Raw attribute floats, in the order of [`RewardModel::attribute_names`].
+    pub attributes: Vec<f64>,
+    /// Tokens the model ran for this response.
+    pub tokens_run: u64,
+}
+
+/// Anything that scores an assistant response to a conversation.
+pub trait RewardModel: Send + Sync {
+    /// Identifier recorded with every output row.
+    fn id(&self) -> String;
+    /// Names of the attributes returned by [`RewardModel::score`], in order.
+    fn attribute_names(&self) -> Vec<String>;
+    /// Scores `response` as the assistant's reply to `conversation`.
+    fn score(&self, conversation: &[Message], response: &str) -> Result<RewardScores, ModelError>;
+}

@@ -1,0 +1,19 @@
+//! The steerflow dataflow: sources, the timely graph, and sinks.
+//!
+//! - [`source`] reads prompts (jsonl, parquet) and turns bad records into [`reject::Reject`]s.
+//! - [`graph`] runs sample → score → goodness → per-prompt reduce on timely workers.
+//! - [`sink`] writes the Hugging Face dataset folder (parquet shards, README) and the summary.
+//! - [`storage`] maps paths and URLs to object_store locations.
+
+pub mod error;
+pub mod graph;
+pub mod progress;
+pub mod reject;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod spec;
+pub mod storage;
+pub mod summary;
+
+pub use error::PipelineError;

@@ -1,0 +1,139 @@
+//! A whole run: read the input, run the graph, write rejects, summary and README.
+
+use crate::graph::run_graph;
+use crate::progress::Progress;
+use crate::reject::Reject;
+use crate::sink::{dataset_readme, ModelIds, ShardFile};
+use crate::source::{read_prompts, InputFormat};
+use crate::spec::{Models, RunSpec};
+use crate::storage::{io_runtime, Location};
+use crate::summary::{per_second, StageCounters};
+use crate::PipelineError;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a finished run reports (also written as `summary.json`).
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub summary: serde_json::Value,
+    pub files: Vec<ShardFile>,
+    pub counters: StageCounters,
+    pub rejects: Vec<Reject>,
+}
+
+/// Runs an iterative-DPO job end to end.
+pub fn run_iterative_dpo(spec: RunSpec, input_format: InputFormat, models: Models) -> Result<RunReport, PipelineError> {
+    let started = Instant::now();
+    let output = Location::parse(&spec.output, true)?;
+    let source = read_prompts(&spec.input, input_format)?;
+    tracing::info!(input = %spec.input, prompts = source.prompts.len(), rejected = source.rejects.len(), "read input");
+    check_rejects(&spec, &source.rejects, source.records)?;
+    let prompts_read = source.records;
+    let prompts = Arc::new(source.prompts);
+    let ids = ModelIds {
+        policy: models.policy.model().id().to_string(),
+        scorer: models.reward.id(),
+        attribute_names: models.reward.attribute_names(),
+    };
+    let spec = Arc::new(spec);
+    let progress = Progress::new();
+    let results = run_graph(spec.clone(), models, prompts.clone(), output.clone(), ids.clone(), &progress)?;
+
+    let mut counters = StageCounters::default();
+    let mut rejects = source.rejects;
+    let mut files = Vec::new();
+    let mut run_stats = None;
+    for r in results {
+        counters.merge(&r.counters);
+        rejects.extend(r.rejects);
+        files.extend(r.files);
+        run_stats = run_stats.or(r.run_stats);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    rejects.sort_by(|a, b| (a.file.as_str(), a.record).cmp(&(b.file.as_str(), b.record)));
+    check_rejects(&spec, &rejects, prompts_read)?;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut rejects_by_reason = std::collections::BTreeMap::<String, u64>::new();
+    for r in &rejects {
+        *rejects_by_reason.entry(r.reason.clone()).or_default() += 1;
+    }
+    let sampling = &spec.generation.sampling;
+    let summary = json!({
+        "job": "iterative-dpo",
+        "input": spec.input,
+        "output": spec.output,
+        "policy": ids.policy,
+        "scorer": ids.scorer,
+        "attributes": ids.attribute_names,
+        "seed": spec.seed,
+        "workers": spec.workers,
+        "sampling": {
+            "samples_per_prompt": spec.samples_per_prompt,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "max_new_tokens": spec.generation.max_new_tokens,
+            "stop": spec.generation.stop,
+        },
+        "goodness": { "preset": spec.goodness_preset, "normalization": spec.normalization.name(), "run_stats": run_stats },
+        "pairs": { "min_margin": spec.min_margin },
+        "counts": {
+            "records_read": prompts_read,
+            "prompts": prompts.len(),
+            "prompts_sampled": counters.prompts_sampled,
+            "samples": counters.samples,
+            "samples_scored": counters.samples_scored,
+            "samples_unscored": counters.samples_unscored,
+            "pairs": counters.pairs,
+            "dropped": counters.dropped,
+            "rejected": rejects.len(),
+            "rejected_by_reason": rejects_by_reason,
+            "finish_reasons": counters.finish_reasons,
+        },
+        "tokens": {
+            "prompt_tokens_prefilled": counters.prompt_tokens_prefilled,
+            "tokens_decoded": counters.tokens_decoded,
+            "tokens_scored": counters.tokens_scored,
+        },
+        "timings": {
+            "total_seconds": elapsed,
+            "sampling_busy_seconds": counters.sampling_seconds,
+            "scoring_busy_seconds": counters.scoring_seconds,
+        },
+        "throughput": {
+            "sampling_tokens_per_second": per_second(counters.tokens_decoded, counters.sampling_seconds, spec.workers),
+            "scoring_responses_per_second": per_second(counters.samples_scored + counters.samples_unscored, counters.scoring_seconds, spec.workers),
+        },
+        "files": files,
+    });
+
+    let rt = io_runtime()?;
+    rt.block_on(async {
+        if !rejects.is_empty() {
+            let mut lines = String::new();
+            for r in &rejects {
+                lines.push_str(&serde_json::to_string(r).unwrap_or_default());
+                lines.push('\n');
+            }
+            output.put("rejects/rejects.jsonl", lines.into_bytes()).await?;
+        }
+        let pretty = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        output.put("summary.json", pretty).await?;
+        // Last: the README lists the files, so it only ever names complete ones.
+        output.put("README.md", dataset_readme(&files, &spec.description, &summary).into_bytes()).await
+    })?;
+    Ok(RunReport { summary, files, counters, rejects })
+}
+
+fn check_rejects(spec: &RunSpec, rejects: &[Reject], records: u64) -> Result<(), PipelineError> {
+    if spec.max_rejects.exceeded(rejects.len() as u64, records) {
+        return Err(PipelineError::TooManyRejects {
+            count: rejects.len() as u64,
+            limit: spec.max_rejects.to_string(),
+            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Prompt sources: jsonl or parquet, local or object storage.
+//!
+//! A record is `{"prompt": "..."}` or `{"messages": [{"role", "content"}, ...]}` with an optional
+//! `id` (string or integer; else a hash of the messages). Other fields are ignored. A record that
+//! cannot be used becomes a [`Reject`] naming the file, line or row, field and reason; the rest go on.
+
+use crate::reject::Reject;
+use crate::storage::Location;
+use crate::PipelineError;
+use object_store::ObjectStoreExt;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+use std::collections::HashSet;
+use steerflow_operators::records::{Message, Prompt, SourcePosition};
+use steerflow_operators::seeding::prompt_id_from_messages;
+
+/// What a source produced: usable prompts in input order, and rejects.
+#[derive(Debug, Default)]
+pub struct SourceOutput {
+    pub prompts: Vec<Prompt>,
+    pub rejects: Vec<Reject>,
+    /// Records seen (prompts plus rejects).
+    pub records: u64,
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jsonl,
+    Parquet,
+}
+
+impl InputFormat {
+    /// `auto` picks by extension.
+    pub fn resolve(name: &str, path: &str) -> Result<Self, String> {
+        match name {
+            "jsonl" => Ok(Self::Jsonl),
+            "parquet" => Ok(Self::Parquet),
+            "auto" if path.ends_with(".parquet") => Ok(Self::Parquet),
+            "auto" if path.ends_with(".jsonl") || path.ends_with(".json") => Ok(Self::Jsonl),
+            "auto" => Err(format!("cannot tell the format of `{path}` from its extension; set input.format")),
+            other => Err(format!("unknown input format `{other}` (jsonl, parquet, auto)")),
+        }
+    }
+}
+
+/// Reads every prompt of `spec` (a path or URL to one file).
+pub fn read_prompts(spec: &str, format: InputFormat) -> Result<SourceOutput, PipelineError> {
+    let (location, file) = Location::parse_file(spec)?;
+    let fail = |message: String| PipelineError::Input { location: spec.to_string(), message };
+    let rt = crate::storage::io_runtime()?;
+    let bytes = rt
+        .block_on(async { location.store.get(&file).await?.bytes().await })
+        .map_err(|e| fail(e.to_string()))?;
+    let mut out = match format {
+        InputFormat::Jsonl => parse_jsonl(spec, &bytes),
+        InputFormat::Parquet => parse_parquet(spec, bytes).map_err(fail)?,
+    };
+    reject_duplicate_ids(spec, &mut out);
+    Ok(out)
+}
+
+/// Parses jsonl bytes; blank lines hold no record and are skipped.
+pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
+    let mut out = SourceOutput::default();
+    let ends_with_newline = bytes.last() == Some(&b'\n');
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = lines.len().saturating_sub(1);
+    for (i, raw) in lines.iter().enumerate() {
+        let line_no = i as u64 + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.records += 1;
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                out.rejects.push(Reject::new(file, line_no, None, "invalid_utf8", format!("invalid UTF-8: {e}")));
+                continue;
+            }
+        };
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let (reason, detail) = if i == last && !ends_with_newline && e.is_eof() {
+                    ("truncated_line", format!("the last line is cut off: {e}"))
+                } else {
+                    ("invalid_json", format!("invalid JSON: {e}"))
+                };
+                out.rejects.push(Reject::new(file, line_no, None, reason, detail));
+                continue;
+            }
+        };
+        let position = SourcePosition { file: file.to_string(), record: line_no };
+        match prompt_from_json(&value, position) {
+            Ok(p) => out.prompts.push(p),
+            Err((field, reason, detail)) => out.rejects.push(Reject::new(file, line_no, field, reason, detail)),
+        }
+    }
+    out
+}
+
+type FieldError = (Option<&'static str>, &'static str, String);
+
+fn prompt_from_json(value: &Value, source: SourcePosition) -> Result<Prompt, FieldError> {
+    let obj = value.as_object().ok_or((None, "not_an_object", "a record must be a JSON object".to_string()))?;
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(other) => {
+            return Err((Some("id"), "wrong_type", format!("`id` must be a non-empty string or an integer, got {other}")))
+        }
+    };
+    let messages = match (obj.get("prompt"), obj.get("messages")) {
+        (Some(_), Some(_)) => {
+            return Err((Some("prompt"), "ambiguous", "a record has either `prompt` or `messages`, not both".into()))
+        }
+        (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
+        (Some(other), None) => {
+            return Err((Some("prompt"), "wrong_type", format!("`prompt` must be a string, got {}", type_name(other))))
+        }
+        (None, Some(Value::Array(items))) => {
+            let mut messages = Vec::with_capacity(items.len());
+            for (k, item) in items.iter().enumerate() {
+                let role = item.get("role").and_then(Value::as_str);
+                let content = item.get("content").and_then(Value::as_str);
+                match (role, content) {
+                    (Some(r), Some(c)) => messages.push(Message::new(r, c)),
+                    _ => {
+                        return Err((
+                            Some("messages"),
+                            "wrong_type",
+                            format!("messages[{k}] must be an object with string `role` and `content`"),
+                        ))
+                    }
+                }
+            }
+            messages
+        }
+        (None, Some(other)) => {
+            return Err((Some("messages"), "wrong_type", format!("`messages` must be a list, got {}", type_name(other))))
+        }
+        (None, None) => return Err((Some("prompt"), "missing_field", "neither `prompt` nor `messages` is present".into())),
+    };
+    validate_messages(&messages)?;
+    let id = id.unwrap_or_else(|| prompt_id_from_messages(&messages));
+    Ok(Prompt { id, messages, source })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A prompt the policy can answer: non-empty, known roles, ending with a user turn.
+fn validate_messages(messages: &[Message]) -> Result<(), FieldError> {
+    if messages.is_empty() {
+        return Err((Some("messages"), "empty", "the conversation has no messages".into()));
+    }
+    for (k, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err((Some("messages"), "unknown_role", format!("messages[{k}] has role `{}`", m.role)));
+        }
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty() || m.role == "system") {
+        return Err((Some("prompt"), "empty", "the prompt is empty".into()));
+    }
+    if messages.last().is_some_and(|m| m.role != "user") {
+        return Err((
+            Some("messages"),
+            "bad_conversation_end",
+            "the conversation must end with a user message for the policy to answer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a parquet file of prompts (columns `prompt` or `messages`, optional `id`).
+pub fn parse_parquet(file: &str, bytes: bytes::Bytes) -> Result<SourceOutput, String> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("not a readable parquet file: {e}"))?;
+    let reader = builder.build().map_err(|e| e.to_string())?;
+    let mut out = SourceOutput::default();
+    let mut row: u64 = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("corrupt parquet data after row {row}: {e}"))?;
+        parse_batch(file, &batch, &mut row, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn string_at(array: &dyn Array, i: usize) -> Option<String> {
+    if array.is_null(i) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(i).to_string()),
+        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i).to_string()),
+        DataType::Utf8View => Some(array.as_string_view().value(i).to_string()),
+        DataType::Int64 => Some(array.as_primitive::<arrow::datatypes::Int64Type>().value(i).to_string()),
+        DataType::Int32 => Some(array.as_primitive::<arrow::datatypes::Int32Type>().value(i).to_string()),
+        DataType::UInt64 => Some(array.as_primitive::<arrow::datatypes::UInt64Type>().value(i).to_string()),
+        _ => None,
+    }
+}
+
+fn parse_batch(file: &str, batch: &RecordBatch, row: &mut u64, out: &mut SourceOutput) -> Result<(), String> {
+    let schema = batch.schema();
+    let id_col = batch.column_by_name("id");
+    let prompt_col = batch.column_by_name("prompt");
+    let messages_col = batch.column_by_name("messages");
+    if prompt_col.is_none() && messages_col.is_none() {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(format!("schema mismatch: no `prompt` or `messages` column (columns: {})", columns.join(", ")));
+    }
+    for i in 0..batch.num_rows() {
+        let record = *row;
+        *row += 1;
+        out.records += 1;
+        let position = SourcePosition { file: file.to_string(), record };
+        let result = prompt_from_row(id_col, prompt_col, messages_col, i, position);
+        match result {
+            Ok(p) => out.prompts.push(p),
+            Err((field, reason, detail)) => out.rejects.push(Reject::new(file, record, field, reason, detail)),
+        }
+    }
+    Ok(())
+}
+
+fn prompt_from_row(
+    id_col: Option<&arrow::array::ArrayRef>,
+    prompt_col: Option<&arrow::array::ArrayRef>,
+    messages_col: Option<&arrow::array::ArrayRef>,
+    i: usize,
+    source: SourcePosition,
+) -> Result<Prompt, FieldError> {
+    let id = match id_col {
+        Some(col) if !col.is_null(i) => Some(string_at(col.as_ref(), i).ok_or((
+            Some("id"),
+            "wrong_type",
+            format!("`id` must be a string or integer column, not {}", col.data_type()),
+        ))?),
+        _ => None,
+    };
+    let prompt = prompt_col.filter(|c| !c.is_null(i));
+    let messages = messages_col.filter(|c| !c.is_null(i));
+    let messages = match (prompt, messages) {
+        (Some(_), Some(_)) => {
+            return Err((Some("prompt"), "ambiguous", "a row has either `prompt` or `messages`, not both".into()))
+        }
+        (Some(col), None) => {
+            let text = string_at(col.as_ref(), i)
+                .ok_or((Some("prompt"), "wrong_type", format!("`prompt` must be a string column, not {}", col.data_type())))?;
+            vec![Message::new("user", text)]
+        }
+        (None, Some(col)) => messages_at(col.as_ref(), i)?,
+        (None, None) => return Err((Some("prompt"), "missing_field", "both `prompt` and `messages` are null".into())),
+    };
+    validate_messages(&messages)?;
+    let id = id.filter(|s| !s.is_empty()).unwrap_or_else(|| prompt_id_from_messages(&messages));
+    Ok(Prompt { id, messages, source })
+}
+
+fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
+    let wrong = || {
+        (
+            Some("messages"),
+            "wrong_type",
+            format!("`messages` must be a list of structs with string `role` and `content`, not {}", col.data_type()),
+        )
+    };
+    let list = match col.data_type() {
+        DataType::List(_) => col.as_list::<i32>().value(i),
+        DataType::LargeList(_) => col.as_list::<i64>().value(i),
+        _ => return Err(wrong()),
+    };
+    let items = list.as_struct_opt().ok_or_else(wrong)?;
+    let roles = items.column_by_name("role").ok_or_else(wrong)?;
+    let contents = items.column_by_name("content").ok_or_else(wrong)?;
+    (0..items.len())
+        .map(|k| match (string_at(roles.as_ref(), k), string_at(contents.as_ref(), k)) {
+            (Some(r), Some(c)) => Ok(Message::new(r, c)),
+            _ => Err((Some("messages"), "wrong_type", format!("messages[{k}] has a null or non-string role or content"))),
+        })
+        .collect()
+}
+
+/// Keeps the first record of each prompt id and rejects the others.
+fn reject_duplicate_ids(file: &str, out: &mut SourceOutput) {
+    let mut seen = HashSet::new();
+    let mut kept = Vec::with_capacity(out.prompts.len());
+    for p in std::mem::take(&mut out.prompts) {
+        if seen.insert(p.id.clone()) {
+            kept.push(p);
+        } else {
+            let mut r = Reject::new(file, p.source.record, Some("id"), "duplicate_id", format!("prompt id `{}` appeared before; the first is kept", p.id));
+            r.prompt_id = Some(p.id);
+            out.rejects.push(r);
+        }
+    }
+    out.prompts = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_records_in_both_shapes() {
+        let input = br#"{"prompt": "Hi"}
+{"id": 7, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]}
+
+{"id": "x", "prompt": "Hello", "extra": 1}
+"#;
+        let out = parse_jsonl("p.jsonl", input);
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        assert_eq!(out.records, 3);
+        assert_eq!(out.prompts.len(), 3);
+        assert_eq!(out.prompts[0].id, prompt_id_from_messages(&[Message::new("user", "Hi")]));
+        assert_eq!(out.prompts[1].id, "7");
+        assert_eq!(out.prompts[1].messages.len(), 2);
+        assert_eq!(out.prompts[2].source.record, 4);
+    }
+
+    #[test]
+    fn bad_records_name_line_field_and_reason() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"prompt\": \"ok\"}\n");
+        input.extend_from_slice(b"not json\n");
+        input.extend_from_slice(b"{\"prompt\": 3}\n");
+        input.extend_from_slice(b"{\"prompt\": \"   \"}\n");
+        input.extend_from_slice(b"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\n");
+        input.extend_from_slice(b"{\"prompt\": \"\xff\"}\n");
+        input.extend_from_slice(b"{\"id\": [1], \"prompt\": \"x\"}\n");
+        input.extend_from_slice(b"{\"other\": 1}\n");
+        input.extend_from_slice(b"{\"prompt\": \"cut");
+        let out = parse_jsonl("in.jsonl", &input);
+        assert_eq!(out.prompts.len(), 1);
+        let got: Vec<(u64, Option<&str>, &str)> =
+            out.rejects.iter().map(|r| (r.record, r.field.as_deref(), r.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, None, "invalid_json"),
+                (3, Some("prompt"), "wrong_type"),
+                (4, Some("prompt"), "empty"),
+                (5, Some("messages"), "bad_conversation_end"),
+                (6, None, "invalid_utf8"),
+                (7, Some("id"), "wrong_type"),
+                (8, Some("prompt"), "missing_field"),
+                (9, None, "truncated_line"),
+            ]
+        );
+        assert!(out.rejects[0].to_string().starts_with("in.jsonl:2"));
+    }
+
+    #[test]
+    fn duplicates_keep_the_first() {
+        let mut out = parse_jsonl("d.jsonl", b"{\"id\":\"a\",\"prompt\":\"1\"}\n{\"id\":\"a\",\"prompt\":\"2\"}\n");
+        reject_duplicate_ids("d.jsonl", &mut out);
+        assert_eq!(out.prompts.len(), 1);
+        assert_eq!(out.prompts[0].messages[0].content, "1");
+        assert_eq!(out.rejects[0].reason, "duplicate_id");
+        assert_eq!(out.rejects[0].record, 2);
+    }
+
+    #[test]
+    fn formats_by_extension() {
+        assert_eq!(InputFormat::resolve("auto", "a/b.parquet"), Ok(InputFormat::Parquet));
+        assert_eq!(InputFormat::resolve("auto", "a/b.jsonl"), Ok(InputFormat::Jsonl));
+        assert!(InputFormat::resolve("auto", "a/b.csv").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The default model as steerflow runs it (quantized Q4_1): sampling determinism, shared
+//! prefill, the judge, and closeness to the transformers reference.
+
+mod support;
+
+use std::sync::{Arc, OnceLock};
+use steerflow_kernels::sampling::SamplingParams;
+use steerflow_models::judge::{helpsteer2_attributes, Judge};
+use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::policy::{GenerationParams, Policy};
+use steerflow_models::registry::resolve_model;
+use steerflow_models::LanguageModel;
+use steerflow_operators::records::Message;
+use steerflow_operators::seeding::sample_seed;
+
+fn model() -> Arc<dyn LanguageModel> {
+    static MODEL: OnceLock<Arc<dyn LanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = resolve_model("default").expect("default model installed");
+            Arc::new(GgufLlama::load(&path, &candle_core::Device::Cpu).unwrap())
+        })
+        .clone()
+}
+
+fn params(max_new_tokens: usize) -> GenerationParams {
+    GenerationParams { sampling: SamplingParams { temperature: 0.7, top_p: 0.9, top_k: 0 }, max_new_tokens, stop: vec![] }
+}
+
+#[test]
+fn samples_depend_on_their_seed_only_and_the_prompt_is_prefilled_once() {
+    let policy = Policy::new(model());
+    let prompt = policy.prompt_tokens(&[Message::new("user", "Tell me a fact about owls.")]).unwrap();
+    let seeds: Vec<u64> = (0..4).map(|i| sample_seed(3, "owls", i)).collect();
+    let (all, counters) = policy.generate(&prompt, &seeds, &params(16)).unwrap();
+    // N samples of one prompt prefill its tokens once.
+    assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
+    assert_eq!(counters.tokens_decoded, all.iter().map(|g| g.new_tokens as u64).sum::<u64>());
+    // Sample 2 alone, and the samples in reverse order, give the same texts.
+    let (alone, _) = policy.generate(&prompt, &seeds[2..3], &params(16)).unwrap();
+    assert_eq!(alone[0], all[2]);
+    let reversed: Vec<u64> = seeds.iter().rev().copied().collect();
+    let (rev, _) = policy.generate(&prompt, &reversed, &params(16)).unwrap();
+    assert_eq!(rev.into_iter().rev().collect::<Vec<_>>(), all);
+    // Different seeds give different samples (four identical 16-token samples at T=0.7 would be a bug).
+    assert!(all.iter().any(|g| g.text != all[0].text), "{all:?}");
+}
+
+#[test]
+fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
+    let judge = Judge::new(model(), helpsteer2_attributes()).unwrap();
+    let conversation = [Message::new("user", "What is 2 + 2?")];
+    let good = judge.score(&conversation, "2 + 2 = 4.").unwrap();
+    let bad = judge.score(&conversation, "banana banana banana").unwrap();
+    for s in [&good, &bad] {
+        assert_eq!(s.attributes.len(), 5);
+        assert!(s.attributes.iter().all(|a| (0.0..=4.0).contains(a)), "{s:?}");
+        assert!(s.digit_mass.iter().all(|m| *m > 0.0 && *m <= 1.0));
+    }
+    // The shared prefix is run once: fewer tokens than five full questions.
+    let full: usize = helpsteer2_attributes()
+        .iter()
+        .map(|a| judge.question_tokens(&conversation, "2 + 2 = 4.", a).unwrap().len())
+        .sum();
+    assert!((good.tokens_run as usize) < full / 2, "{} vs {full}", good.tokens_run);
+    // Each rating equals the one computed from a fresh prefill of the whole question.
+    for (k, attribute) in helpsteer2_attributes().iter().enumerate() {
+        let q = judge.question_tokens(&conversation, "2 + 2 = 4.", attribute).unwrap();
+        let logits: Vec<f32> = model().start().extend(&q).unwrap().to_vec1().unwrap();
+        let alone = steerflow_kernels::judge_digits::digit_rating(&logits, &[32, 33, 34, 35, 36]).unwrap();
+        assert!((alone.expected - good.attributes[k]).abs() < 1e-3, "{} vs {}", alone.expected, good.attributes[k]);
+    }
+}
+
+#[test]
+fn quantized_logits_stay_close_to_the_reference() {
+    // Q4_1 weights with Q8_1-quantized activations against transformers' f32 dequantization:
+    // measured worst error 0.2-0.4 on logits around 25; the bound is 1.0.
+    let f: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(support::workspace_root().join("tests/fixtures/smollm2_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let m = model();
+    for case in f["logits"].as_array().unwrap() {
+        let input: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let logits: Vec<f32> = m.start().extend(&input).unwrap().to_vec1().unwrap();
+        for pair in case["last_logits_top"].as_array().unwrap() {
+            let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert!((logits[id] - expected).abs() < 1.0, "token {id}: {} vs {expected}", logits[id]);
+        }
+    }
+}

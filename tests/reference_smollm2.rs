@@ -1,0 +1,111 @@
+//! SmolLM2-135M-Instruct through steerflow against Hugging Face transformers.
+//!
+//! `tests/fixtures/smollm2_reference.json` was written by `scripts/fixtures/gen_smollm2_reference.py`
+//! (transformers 5.23, which builds the tokenizer from the GGUF metadata and dequantizes the
+//! weights to f32). This test loads the same GGUF with its weights dequantized to f32 too
+//! (`CANDLE_DEQUANTIZE_ALL=1`, set before anything is loaded; this file is its own test process)
+//! and checks:
+//! - tokenizer ids and decoded text: exactly equal;
+//! - chat template rendering: byte-identical;
+//! - last-position logits of three prompts: within 2e-2 absolute (f32 on both sides, different
+//!   summation orders over 30 layers; logits are around 25 in magnitude);
+//! - greedy continuation: the same token ids, stopping at `<|im_end|>` like transformers.
+//!
+//! The quantized path (the default at run time, Q4_1 weights with Q8_1 activations) is checked
+//! against the same numbers with a looser, stated tolerance in `quantized_logits_stay_close`.
+
+mod support;
+
+use serde_json::Value;
+use std::sync::Arc;
+use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::policy::{GenerationParams, Policy};
+use steerflow_models::registry::resolve_model;
+use steerflow_models::LanguageModel;
+use steerflow_operators::records::{FinishReason, Message};
+use steerflow_kernels::sampling::SamplingParams;
+
+fn fixture() -> Value {
+    let path = support::workspace_root().join("tests/fixtures/smollm2_reference.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_logit_error(model: &GgufLlama, case: &Value) -> f32 {
+    let input = ids(&case["ids"]);
+    let logits: Vec<f32> = model.start().extend(&input).unwrap().to_vec1().unwrap();
+    let mut worst = 0f32;
+    for pair in case["last_logits_top"].as_array().unwrap() {
+        let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+        worst = worst.max((logits[id] - expected).abs());
+    }
+    for (k, expected) in case["digit_logits"].as_array().unwrap().iter().enumerate() {
+        worst = worst.max((logits[32 + k] - expected.as_f64().unwrap() as f32).abs());
+    }
+    worst
+}
+
+#[test]
+fn smollm2_matches_transformers() {
+    // Safe here: set before any thread of this process reads it.
+    std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+    let f = fixture();
+    let path = resolve_model("default").expect("default model installed");
+    let model = GgufLlama::load(&path, &candle_core::Device::Cpu).unwrap();
+    let text = model.text();
+
+    for case in f["tokenizer"].as_array().unwrap() {
+        let s = case["text"].as_str().unwrap();
+        assert_eq!(text.encode(s).unwrap(), ids(&case["ids"]), "encoding of {s:?}");
+    }
+    for case in f["decode"].as_array().unwrap() {
+        assert_eq!(text.decode(&ids(&case["ids"])).unwrap(), case["text"].as_str().unwrap());
+    }
+    for case in f["chat_template"]["cases"].as_array().unwrap() {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add = case["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(text.render(&messages, add).unwrap(), case["rendered"].as_str().unwrap(), "{messages:?}");
+    }
+    for (k, d) in ["0", "1", "2", "3", "4"].iter().enumerate() {
+        assert_eq!(text.encode(d).unwrap(), vec![f["digits"][k].as_u64().unwrap() as u32]);
+    }
+
+    for case in f["logits"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        assert_eq!(text.encode(prompt).unwrap(), ids(&case["ids"]));
+        let err = max_logit_error(&model, case);
+        assert!(err < 2e-2, "max |logit - transformers| = {err} for {prompt:?}");
+    }
+
+    // Greedy decoding through the policy (prefill once, then one token at a time) gives the
+    // same ids as transformers' generate(do_sample=False), and stops at <|im_end|>.
+    let model: Arc<dyn LanguageModel> = Arc::new(model);
+    let policy = Policy::new(model.clone());
+    let greedy = GenerationParams {
+        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0 },
+        max_new_tokens: 12,
+        stop: vec![],
+    };
+    for case in f["logits"].as_array().unwrap() {
+        let question = case["question"].as_str().unwrap();
+        let prompt = policy.prompt_tokens(&[Message::new("user", question)]).unwrap();
+        assert_eq!(prompt, ids(&case["ids"]));
+        let (gens, counters) = policy.generate(&prompt, &[1], &greedy).unwrap();
+        let expected = ids(&case["greedy"]);
+        let ends_with_eos = expected.last() == Some(&2);
+        let expected_text: Vec<u32> = expected.iter().copied().filter(|&t| t != 2).collect();
+        assert_eq!(gens[0].text, model.text().decode(&expected_text).unwrap(), "{question}");
+        assert_eq!(gens[0].finish, if ends_with_eos { FinishReason::Eos } else { FinishReason::Length });
+        assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
+    }
+
+    // A stop string ends the text before it.
+    let with_stop = GenerationParams { stop: vec![" Paris".into()], ..greedy };
+    let prompt = policy.prompt_tokens(&[Message::new("user", "What is the capital of France?")]).unwrap();
+    let (gens, _) = policy.generate(&prompt, &[1], &with_stop).unwrap();
+    assert_eq!(gens[0].text, "The capital of France is");
+    assert_eq!(gens[0].finish, FinishReason::Stop);
+}

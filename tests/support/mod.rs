@@ -1,0 +1,61 @@
+//! Helpers shared by the end-to-end tests: job configs for tiny runs and pyarrow read-back.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (where `configs/` lives).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python with pyarrow that `scripts/test` set up (`STEERFLOW_TEST_PYTHON`, else `.venv-test`).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("STEERFLOW_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv-test/bin/python");
+    assert!(venv.exists(), "no test Python: run ./scripts/test (it creates .venv-test with pyarrow)");
+    venv
+}
+
+/// Reads every parquet file under `dir/data` with pyarrow and returns the rows as JSON,
+/// sorted by prompt_id.
+pub fn read_pairs_with_pyarrow(dir: &Path) -> Vec<serde_json::Value> {
+    let script = r#"
+import json, sys, glob
+import pyarrow.parquet as pq
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/data/*.parquet")):
+    rows.extend(pq.read_table(f).to_pylist())
+rows.sort(key=lambda r: r["prompt_id"])
+print(json.dumps(rows))
+"#;
+    let out = Command::new(python()).arg("-c").arg(script).arg(dir).output().expect("python runs");
+    assert!(out.status.success(), "pyarrow failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json rows")
+}
+
+/// A tiny iterative-DPO job over `input`, writing to `output`.
+pub fn tiny_config(input: &Path, output: &Path, workers: usize, samples: u32, max_new_tokens: usize) -> String {
+    format!(
+        r#"
+[job]
+seed = 11
+workers = {workers}
+[input]
+path = "{input}"
+[sampling]
+samples_per_prompt = {samples}
+temperature = 0.9
+top_p = 0.95
+max_new_tokens = {max_new_tokens}
+[output]
+path = "{output}"
+shards = 2
+"#,
+        input = input.display(),
+        output = output.display(),
+    )
+}
