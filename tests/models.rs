@@ -63,19 +63,14 @@ fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
         .map(|a| judge.question_tokens(&conversation, "2 + 2 = 4.", a).unwrap().len())
         .sum();
     assert!((good.tokens_run as usize) < full / 2, "{} vs {full}", good.tokens_run);
-    // Each rating equals the one computed from a fresh prefill of the whole question.
-    for (k, attribute) in helpsteer2_attributes().iter().enumerate() {
-        let q = judge.question_tokens(&conversation, "2 + 2 = 4.", attribute).unwrap();
-        let logits: Vec<f32> = model().start().extend(&q).unwrap().to_vec1().unwrap();
-        let alone = steerflow_kernels::judge_digits::digit_rating(&logits, &[32, 33, 34, 35, 36]).unwrap();
-        assert!((alone.expected - good.attributes[k]).abs() < 1e-3, "{} vs {}", alone.expected, good.attributes[k]);
-    }
+    // That the shared prefill computes the same ratings as fresh prefills is checked in f32 in
+    // tests/reference_smollm2.rs; the quantized kernels round differently by chunk shape.
 }
 
 #[test]
 fn quantized_logits_stay_close_to_the_reference() {
     // Q4_1 weights with Q8_1-quantized activations against transformers' f32 dequantization:
-    // measured worst error 0.2-0.4 on logits around 25; the bound is 1.0.
+    // measured worst errors 0.20, 0.33 and 0.87 on logits around 25 (three prompts); the bound is 1.0.
     let f: serde_json::Value = serde_json::from_slice(
         &std::fs::read(support::workspace_root().join("tests/fixtures/smollm2_reference.json")).unwrap(),
     )
@@ -84,9 +79,12 @@ fn quantized_logits_stay_close_to_the_reference() {
     for case in f["logits"].as_array().unwrap() {
         let input: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let logits: Vec<f32> = m.start().extend(&input).unwrap().to_vec1().unwrap();
+        let mut worst = 0f32;
         for pair in case["last_logits_top"].as_array().unwrap() {
             let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            assert!((logits[id] - expected).abs() < 1.0, "token {id}: {} vs {expected}", logits[id]);
+            worst = worst.max((logits[id] - expected).abs());
         }
+        eprintln!("max abs logit error vs transformers (Q4_1 x Q8_1): {worst}");
+        assert!(worst < 1.0, "max abs logit error {worst}");
     }
 }

@@ -7,9 +7,10 @@
 //! and checks:
 //! - tokenizer ids and decoded text: exactly equal;
 //! - chat template rendering: byte-identical;
-//! - last-position logits of three prompts: within 2e-2 absolute (f32 on both sides, different
-//!   summation orders over 30 layers; logits are around 25 in magnitude);
-//! - greedy continuation: the same token ids, stopping at `<|im_end|>` like transformers.
+//! - last-position logits of three prompts: within 1e-3 absolute (f32 on both sides, different
+//!   summation orders over 30 layers; measured 2.5e-5 on logits around 25);
+//! - greedy continuation: the same token ids, stopping at `<|im_end|>` like transformers;
+//! - the judge's shared-prefix ratings equal fresh full prefills within 1e-3 (measured 4e-6).
 //!
 //! The quantized path (the default at run time, Q4_1 weights with Q8_1 activations) is checked
 //! against the same numbers with a looser, stated tolerance in `quantized_logits_stay_close`.
@@ -18,6 +19,8 @@ mod support;
 
 use serde_json::Value;
 use std::sync::Arc;
+use steerflow_kernels::judge_digits::digit_rating;
+use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
 use steerflow_models::registry::resolve_model;
@@ -77,7 +80,8 @@ fn smollm2_matches_transformers() {
         let prompt = case["prompt"].as_str().unwrap();
         assert_eq!(text.encode(prompt).unwrap(), ids(&case["ids"]));
         let err = max_logit_error(&model, case);
-        assert!(err < 2e-2, "max |logit - transformers| = {err} for {prompt:?}");
+        eprintln!("max abs logit error vs transformers (f32): {err}");
+        assert!(err < 1e-3, "max |logit - transformers| = {err} for {prompt:?}");
     }
 
     // Greedy decoding through the policy (prefill once, then one token at a time) gives the
@@ -100,6 +104,19 @@ fn smollm2_matches_transformers() {
         assert_eq!(gens[0].text, model.text().decode(&expected_text).unwrap(), "{question}");
         assert_eq!(gens[0].finish, if ends_with_eos { FinishReason::Eos } else { FinishReason::Length });
         assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
+    }
+
+    // The judge's shared prefill computes the same ratings as a fresh prefill of each question
+    // (in f32; the quantized kernels round differently by chunk shape, see tests/models.rs).
+    let judge = Judge::new(model.clone(), helpsteer2_attributes()).unwrap();
+    let conversation = [Message::new("user", "What is 2 + 2?")];
+    let shared = judge.score(&conversation, "2 + 2 = 4.").unwrap();
+    for (k, attribute) in helpsteer2_attributes().iter().enumerate() {
+        let q = judge.question_tokens(&conversation, "2 + 2 = 4.", attribute).unwrap();
+        let logits: Vec<f32> = model.start().extend(&q).unwrap().to_vec1().unwrap();
+        let fresh = digit_rating(&logits, &[32, 33, 34, 35, 36]).unwrap().expected;
+        eprintln!("{}: shared {} fresh {fresh}", attribute.name, shared.attributes[k]);
+        assert!((fresh - shared.attributes[k]).abs() < 1e-3, "{}: {fresh} vs {}", attribute.name, shared.attributes[k]);
     }
 
     // A stop string ends the text before it.
