@@ -69,8 +69,13 @@ fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
 
 #[test]
 fn quantized_logits_stay_close_to_the_reference() {
-    // Q4_1 weights with Q8_1-quantized activations against transformers' f32 dequantization:
-    // measured worst errors 0.20, 0.33 and 0.87 on logits around 25 (three prompts); the bound is 1.0.
+    // At run time the Q4_1 weights are requantized to Q8_0 and activations are quantized to
+    // Q8_0 per 32-value block (as llama.cpp does), so logits carry quantization noise against
+    // transformers' f32 dequantization: a shift common to all tokens (harmless to softmax) plus
+    // per-token noise. Compared after removing the common shift (each side centred on its mean
+    // over the reference's top 20): measured worst 0.27 to 0.50 on logits around 25; the bound is 1.0.
+    // The reference's top token must stay in our top 5. The exact f32 path is checked to 1e-3 in
+    // tests/reference_smollm2.rs.
     let f: serde_json::Value = serde_json::from_slice(
         &std::fs::read(support::workspace_root().join("tests/fixtures/smollm2_reference.json")).unwrap(),
     )
@@ -79,12 +84,18 @@ fn quantized_logits_stay_close_to_the_reference() {
     for case in f["logits"].as_array().unwrap() {
         let input: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let logits: Vec<f32> = m.start().extend(&input).unwrap().to_vec1().unwrap();
-        let mut worst = 0f32;
-        for pair in case["last_logits_top"].as_array().unwrap() {
-            let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            worst = worst.max((logits[id] - expected).abs());
-        }
-        eprintln!("max abs logit error vs transformers (Q4_1 x Q8_1): {worst}");
-        assert!(worst < 1.0, "max abs logit error {worst}");
+        let top: Vec<(usize, f32)> = case["last_logits_top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+            .collect();
+        let ours_mean = top.iter().map(|(id, _)| logits[*id]).sum::<f32>() / top.len() as f32;
+        let ref_mean = top.iter().map(|(_, l)| *l).sum::<f32>() / top.len() as f32;
+        let worst = top.iter().map(|(id, l)| ((logits[*id] - ours_mean) - (l - ref_mean)).abs()).fold(0f32, f32::max);
+        eprintln!("max centred logit error vs transformers (Q8_0): {worst}");
+        assert!(worst < 1.0, "max centred logit error {worst}");
+        let rank = logits.iter().filter(|&&l| l > logits[top[0].0]).count();
+        assert!(rank < 5, "the reference's top token ranks {rank} here");
     }
 }

@@ -9,13 +9,44 @@ use crate::chat_template::ChatTemplate;
 use crate::gguf_tokenizer::{metadata_token_id, tokenizer_error, tokenizer_from_gguf};
 use crate::text::TextCodec;
 use crate::{LanguageModel, LmSession, ModelError};
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use std::path::Path;
 
 /// End-of-turn tokens that also end a generation when the vocabulary has them as specials.
 const END_OF_TURN_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"];
+
+/// Quantized formats without a SIMD dot product in candle's CPU kernels (they fall back to
+/// scalar code, about 10x slower than Q8_0 with AVX2).
+const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_1, GgmlDType::Q5_1];
+
+/// Rewrites the tensors in `SLOW_ON_CPU` formats as Q8_0, which candle runs with AVX2 and which
+/// holds more precision than the source; other tensors are kept as they are. Returns the new
+/// GGUF content and its bytes.
+fn requantize(
+    content: gguf_file::Content,
+    file: &mut std::fs::File,
+) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
+    let cpu = Device::Cpu;
+    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(file, name, &cpu)?;
+        let tensor = if SLOW_ON_CPU.contains(&tensor.dtype()) {
+            QTensor::quantize(&tensor.dequantize(&cpu)?, GgmlDType::Q8_0)?
+        } else {
+            tensor
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &metadata, &tensor_refs)?;
+    bytes.set_position(0);
+    let rewritten = gguf_file::Content::read(&mut bytes)?;
+    Ok((rewritten, bytes))
+}
 
 /// A GGUF llama-architecture model, loaded once and shared by every worker of a process.
 pub struct GgufLlama {
@@ -70,7 +101,17 @@ impl GgufLlama {
                 }
             }
         }
-        let weights = ModelWeights::from_gguf(content, &mut file, device).map_err(|e| gguf_error(e.to_string()))?;
+        // candle's own switch: every matmul weight is dequantized to f32 at load, so there is
+        // nothing to gain from requantizing first (and precision to lose).
+        let dequantize_all = std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        let slow = content.tensor_infos.values().any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
+        let weights = if slow && device.is_cpu() && !dequantize_all {
+            let (content, mut bytes) = requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
+            ModelWeights::from_gguf(content, &mut bytes, device)
+        } else {
+            ModelWeights::from_gguf(content, &mut file, device)
+        }
+        .map_err(|e| gguf_error(e.to_string()))?;
         let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Self { id, weights, text: TextCodec::new(tokenizer, template, eos_ids), context_length, device: device.clone() })
     }

@@ -21,8 +21,8 @@ impl StageProgress {
         self.bar.inc(n);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
         if self.log_lines && self.total > 0 {
-            // A line each time another tenth of the stage is done.
-            let step = (self.total / 10).max(1);
+            // A line each time another tenth of the stage is done (at least every 5 items).
+            let step = (self.total / 10).max(5);
             if (before + n) / step > before / step || before + n == self.total {
                 tracing::info!(stage = self.name, done = before + n, total = self.total, "progress");
             }
