@@ -15,13 +15,22 @@ const PROMPTS: &str = r#"{"id": "a", "prompt": "Name a primary colour."}
 {"id": "bad", "prompt": 5}
 "#;
 
-fn run(dir: &std::path::Path, workers: usize, extra: &[String]) -> (serde_json::Value, Vec<serde_json::Value>) {
+fn run(
+    dir: &std::path::Path,
+    workers: usize,
+    extra: &[String],
+) -> (serde_json::Value, Vec<serde_json::Value>) {
     let input = dir.join("prompts.jsonl");
     std::fs::write(&input, PROMPTS).unwrap();
     let output = dir.join(format!("out-{workers}"));
     let mut overrides = vec!["input.max_rejects=1".to_string()];
     overrides.extend_from_slice(extra);
-    let config = parse_config(&tiny_config(&input, &output, workers, 3, 10), "tiny.toml", &overrides).unwrap();
+    let config = parse_config(
+        &tiny_config(&input, &output, workers, 3, 10),
+        "tiny.toml",
+        &overrides,
+    )
+    .unwrap();
     let report = run_job(&config).expect("run succeeds");
     let rows = read_pairs_with_pyarrow(&output);
     (report.summary, rows)
@@ -39,7 +48,12 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
     assert_eq!(counts["prompts"], 4);
     assert_eq!(counts["samples"], 12);
     assert_eq!(counts["rejected"], 1);
-    let dropped: u64 = counts["dropped"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let dropped: u64 = counts["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(counts["pairs"].as_u64().unwrap() + dropped, 4);
     assert_eq!(rows1.len() as u64, counts["pairs"].as_u64().unwrap());
     assert!(!rows1.is_empty(), "the tiny run produced no pair at all");
@@ -58,7 +72,10 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
         let rejected = &row["rejected"][0];
         assert_eq!(chosen["role"], "assistant");
         assert_ne!(chosen["content"], rejected["content"]);
-        let (c, r) = (row["chosen_score"].as_f64().unwrap(), row["rejected_score"].as_f64().unwrap());
+        let (c, r) = (
+            row["chosen_score"].as_f64().unwrap(),
+            row["rejected_score"].as_f64().unwrap(),
+        );
         assert!(c > r + 0.0, "{row}");
         assert!((row["margin"].as_f64().unwrap() - (c - r)).abs() < 1e-12);
         // goodness = 0.65 h + 0.8 c + 0.45 coh, from the stored attributes.
@@ -67,27 +84,56 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
             + 0.8 * a["correctness"].as_f64().unwrap()
             + 0.45 * a["coherence"].as_f64().unwrap();
         assert!((g - c).abs() < 1e-9, "goodness {g} vs chosen_score {c}");
-        for name in ["helpfulness", "correctness", "coherence", "complexity", "verbosity"] {
+        for name in [
+            "helpfulness",
+            "correctness",
+            "coherence",
+            "complexity",
+            "verbosity",
+        ] {
             let v = a[name].as_f64().unwrap();
             assert!((0.0..=4.0).contains(&v), "{name} = {v}");
         }
-        assert_eq!(row["prompt"].as_array().unwrap().last().unwrap()["role"], "user");
+        assert_eq!(
+            row["prompt"].as_array().unwrap().last().unwrap()["role"],
+            "user"
+        );
         assert_eq!(row["temperature"], 0.9);
         assert_eq!(row["n_samples"], 3);
         assert!(row["policy"].as_str().unwrap().contains("SmolLM2"));
-        assert!(row["chosen_normalized_score"].as_f64().unwrap() > row["rejected_normalized_score"].as_f64().unwrap());
+        assert!(
+            row["chosen_normalized_score"].as_f64().unwrap()
+                > row["rejected_normalized_score"].as_f64().unwrap()
+        );
     }
-    let ids: BTreeSet<&str> = rows1.iter().map(|r| r["prompt_id"].as_str().unwrap()).collect();
-    assert!(ids.is_subset(&["a", "b", "c"].into_iter().chain(rows1.iter().map(|r| r["prompt_id"].as_str().unwrap())).collect()));
+    let ids: BTreeSet<&str> = rows1
+        .iter()
+        .map(|r| r["prompt_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.is_subset(
+        &["a", "b", "c"]
+            .into_iter()
+            .chain(rows1.iter().map(|r| r["prompt_id"].as_str().unwrap()))
+            .collect()
+    ));
 
     // The README lists exactly the parquet files written, and they exist.
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
-    for shard in ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"] {
+    for shard in [
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+    ] {
         assert!(readme.contains(&format!("    - {shard}\n")), "{readme}");
         assert!(out.join(shard).exists());
     }
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    assert!(summary["throughput"]["sampling_tokens_per_second"].as_f64().unwrap() > 0.0);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        summary["throughput"]["sampling_tokens_per_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     assert!(summary["tokens"]["tokens_decoded"].as_u64().unwrap() > 0);
 }
 
@@ -95,11 +141,20 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
 fn a_margin_larger_than_any_score_gap_drops_every_prompt_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     // Goodness lies in [0, 7.6], so no pair can be more than 8 apart.
-    let (summary, rows) = run(dir.path(), 1, &["pairs.min_margin=8.0".into(), "sampling.max_new_tokens=4".into()]);
+    let (summary, rows) = run(
+        dir.path(),
+        1,
+        &[
+            "pairs.min_margin=8.0".into(),
+            "sampling.max_new_tokens=4".into(),
+        ],
+    );
     assert!(rows.is_empty());
     assert_eq!(summary["counts"]["pairs"], 0);
     let dropped = summary["counts"]["dropped"].as_object().unwrap();
     let total: u64 = dropped.values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(total, 4);
-    assert!(dropped.contains_key("margin_too_small") || dropped.contains_key("identical_responses"));
+    assert!(
+        dropped.contains_key("margin_too_small") || dropped.contains_key("identical_responses")
+    );
 }

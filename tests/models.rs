@@ -24,18 +24,31 @@ fn model() -> Arc<dyn LanguageModel> {
 }
 
 fn params(max_new_tokens: usize) -> GenerationParams {
-    GenerationParams { sampling: SamplingParams { temperature: 0.7, top_p: 0.9, top_k: 0 }, max_new_tokens, stop: vec![] }
+    GenerationParams {
+        sampling: SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 0,
+        },
+        max_new_tokens,
+        stop: vec![],
+    }
 }
 
 #[test]
 fn samples_depend_on_their_seed_only_and_the_prompt_is_prefilled_once() {
     let policy = Policy::new(model());
-    let prompt = policy.prompt_tokens(&[Message::new("user", "Tell me a fact about owls.")]).unwrap();
+    let prompt = policy
+        .prompt_tokens(&[Message::new("user", "Tell me a fact about owls.")])
+        .unwrap();
     let seeds: Vec<u64> = (0..4).map(|i| sample_seed(3, "owls", i)).collect();
     let (all, counters) = policy.generate(&prompt, &seeds, &params(16)).unwrap();
     // N samples of one prompt prefill its tokens once.
     assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
-    assert_eq!(counters.tokens_decoded, all.iter().map(|g| g.new_tokens as u64).sum::<u64>());
+    assert_eq!(
+        counters.tokens_decoded,
+        all.iter().map(|g| g.new_tokens as u64).sum::<u64>()
+    );
     // Sample 2 alone, and the samples in reverse order, give the same texts.
     let (alone, _) = policy.generate(&prompt, &seeds[2..3], &params(16)).unwrap();
     assert_eq!(alone[0], all[2]);
@@ -54,15 +67,27 @@ fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
     let bad = judge.score(&conversation, "banana banana banana").unwrap();
     for s in [&good, &bad] {
         assert_eq!(s.attributes.len(), 5);
-        assert!(s.attributes.iter().all(|a| (0.0..=4.0).contains(a)), "{s:?}");
+        assert!(
+            s.attributes.iter().all(|a| (0.0..=4.0).contains(a)),
+            "{s:?}"
+        );
         assert!(s.digit_mass.iter().all(|m| *m > 0.0 && *m <= 1.0));
     }
     // The shared prefix is run once: fewer tokens than five full questions.
     let full: usize = helpsteer2_attributes()
         .iter()
-        .map(|a| judge.question_tokens(&conversation, "2 + 2 = 4.", a).unwrap().len())
+        .map(|a| {
+            judge
+                .question_tokens(&conversation, "2 + 2 = 4.", a)
+                .unwrap()
+                .len()
+        })
         .sum();
-    assert!((good.tokens_run as usize) < full / 2, "{} vs {full}", good.tokens_run);
+    assert!(
+        (good.tokens_run as usize) < full / 2,
+        "{} vs {full}",
+        good.tokens_run
+    );
     // That the shared prefill computes the same ratings as fresh prefills is checked in f32 in
     // tests/reference_smollm2.rs; the quantized kernels round differently by chunk shape.
 }
@@ -77,22 +102,36 @@ fn quantized_logits_stay_close_to_the_reference() {
     // The reference's top token must stay in our top 5. The exact f32 path is checked to 1e-3 in
     // tests/reference_smollm2.rs.
     let f: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(support::workspace_root().join("tests/fixtures/smollm2_reference.json")).unwrap(),
+        &std::fs::read(support::workspace_root().join("tests/fixtures/smollm2_reference.json"))
+            .unwrap(),
     )
     .unwrap();
     let m = model();
     for case in f["logits"].as_array().unwrap() {
-        let input: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let input: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let logits: Vec<f32> = m.start().extend(&input).unwrap().to_vec1().unwrap();
         let top: Vec<(usize, f32)> = case["last_logits_top"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+            .map(|p| {
+                (
+                    p[0].as_u64().unwrap() as usize,
+                    p[1].as_f64().unwrap() as f32,
+                )
+            })
             .collect();
         let ours_mean = top.iter().map(|(id, _)| logits[*id]).sum::<f32>() / top.len() as f32;
         let ref_mean = top.iter().map(|(_, l)| *l).sum::<f32>() / top.len() as f32;
-        let worst = top.iter().map(|(id, l)| ((logits[*id] - ours_mean) - (l - ref_mean)).abs()).fold(0f32, f32::max);
+        let worst = top
+            .iter()
+            .map(|(id, l)| ((logits[*id] - ours_mean) - (l - ref_mean)).abs())
+            .fold(0f32, f32::max);
         eprintln!("max centred logit error vs transformers (Q8_0): {worst}");
         assert!(worst < 1.0, "max centred logit error {worst}");
         let rank = logits.iter().filter(|&&l| l > logits[top[0].0]).count();

@@ -20,13 +20,13 @@ mod support;
 use serde_json::Value;
 use std::sync::Arc;
 use steerflow_kernels::judge_digits::digit_rating;
+use steerflow_kernels::sampling::SamplingParams;
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
 use steerflow_models::registry::resolve_model;
 use steerflow_models::LanguageModel;
 use steerflow_operators::records::{FinishReason, Message};
-use steerflow_kernels::sampling::SamplingParams;
 
 fn fixture() -> Value {
     let path = support::workspace_root().join("tests/fixtures/smollm2_reference.json");
@@ -34,7 +34,11 @@ fn fixture() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn max_logit_error(model: &GgufLlama, case: &Value) -> f32 {
@@ -42,7 +46,10 @@ fn max_logit_error(model: &GgufLlama, case: &Value) -> f32 {
     let logits: Vec<f32> = model.start().extend(&input).unwrap().to_vec1().unwrap();
     let mut worst = 0f32;
     for pair in case["last_logits_top"].as_array().unwrap() {
-        let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+        let (id, expected) = (
+            pair[0].as_u64().unwrap() as usize,
+            pair[1].as_f64().unwrap() as f32,
+        );
         worst = worst.max((logits[id] - expected).abs());
     }
     for (k, expected) in case["digit_logits"].as_array().unwrap().iter().enumerate() {
@@ -62,18 +69,32 @@ fn smollm2_matches_transformers() {
 
     for case in f["tokenizer"].as_array().unwrap() {
         let s = case["text"].as_str().unwrap();
-        assert_eq!(text.encode(s).unwrap(), ids(&case["ids"]), "encoding of {s:?}");
+        assert_eq!(
+            text.encode(s).unwrap(),
+            ids(&case["ids"]),
+            "encoding of {s:?}"
+        );
     }
     for case in f["decode"].as_array().unwrap() {
-        assert_eq!(text.decode(&ids(&case["ids"])).unwrap(), case["text"].as_str().unwrap());
+        assert_eq!(
+            text.decode(&ids(&case["ids"])).unwrap(),
+            case["text"].as_str().unwrap()
+        );
     }
     for case in f["chat_template"]["cases"].as_array().unwrap() {
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let add = case["add_generation_prompt"].as_bool().unwrap();
-        assert_eq!(text.render(&messages, add).unwrap(), case["rendered"].as_str().unwrap(), "{messages:?}");
+        assert_eq!(
+            text.render(&messages, add).unwrap(),
+            case["rendered"].as_str().unwrap(),
+            "{messages:?}"
+        );
     }
     for (k, d) in ["0", "1", "2", "3", "4"].iter().enumerate() {
-        assert_eq!(text.encode(d).unwrap(), vec![f["digits"][k].as_u64().unwrap() as u32]);
+        assert_eq!(
+            text.encode(d).unwrap(),
+            vec![f["digits"][k].as_u64().unwrap() as u32]
+        );
     }
 
     for case in f["logits"].as_array().unwrap() {
@@ -81,7 +102,10 @@ fn smollm2_matches_transformers() {
         assert_eq!(text.encode(prompt).unwrap(), ids(&case["ids"]));
         let err = max_logit_error(&model, case);
         eprintln!("max abs logit error vs transformers (f32): {err}");
-        assert!(err < 1e-3, "max |logit - transformers| = {err} for {prompt:?}");
+        assert!(
+            err < 1e-3,
+            "max |logit - transformers| = {err} for {prompt:?}"
+        );
     }
 
     // Greedy decoding through the policy (prefill once, then one token at a time) gives the
@@ -89,20 +113,37 @@ fn smollm2_matches_transformers() {
     let model: Arc<dyn LanguageModel> = Arc::new(model);
     let policy = Policy::new(model.clone());
     let greedy = GenerationParams {
-        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0 },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        },
         max_new_tokens: 12,
         stop: vec![],
     };
     for case in f["logits"].as_array().unwrap() {
         let question = case["question"].as_str().unwrap();
-        let prompt = policy.prompt_tokens(&[Message::new("user", question)]).unwrap();
+        let prompt = policy
+            .prompt_tokens(&[Message::new("user", question)])
+            .unwrap();
         assert_eq!(prompt, ids(&case["ids"]));
         let (gens, counters) = policy.generate(&prompt, &[1], &greedy).unwrap();
         let expected = ids(&case["greedy"]);
         let ends_with_eos = expected.last() == Some(&2);
         let expected_text: Vec<u32> = expected.iter().copied().filter(|&t| t != 2).collect();
-        assert_eq!(gens[0].text, model.text().decode(&expected_text).unwrap(), "{question}");
-        assert_eq!(gens[0].finish, if ends_with_eos { FinishReason::Eos } else { FinishReason::Length });
+        assert_eq!(
+            gens[0].text,
+            model.text().decode(&expected_text).unwrap(),
+            "{question}"
+        );
+        assert_eq!(
+            gens[0].finish,
+            if ends_with_eos {
+                FinishReason::Eos
+            } else {
+                FinishReason::Length
+            }
+        );
         assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
     }
 
@@ -112,16 +153,33 @@ fn smollm2_matches_transformers() {
     let conversation = [Message::new("user", "What is 2 + 2?")];
     let shared = judge.score(&conversation, "2 + 2 = 4.").unwrap();
     for (k, attribute) in helpsteer2_attributes().iter().enumerate() {
-        let q = judge.question_tokens(&conversation, "2 + 2 = 4.", attribute).unwrap();
+        let q = judge
+            .question_tokens(&conversation, "2 + 2 = 4.", attribute)
+            .unwrap();
         let logits: Vec<f32> = model.start().extend(&q).unwrap().to_vec1().unwrap();
-        let fresh = digit_rating(&logits, &[32, 33, 34, 35, 36]).unwrap().expected;
-        eprintln!("{}: shared {} fresh {fresh}", attribute.name, shared.attributes[k]);
-        assert!((fresh - shared.attributes[k]).abs() < 1e-3, "{}: {fresh} vs {}", attribute.name, shared.attributes[k]);
+        let fresh = digit_rating(&logits, &[32, 33, 34, 35, 36])
+            .unwrap()
+            .expected;
+        eprintln!(
+            "{}: shared {} fresh {fresh}",
+            attribute.name, shared.attributes[k]
+        );
+        assert!(
+            (fresh - shared.attributes[k]).abs() < 1e-3,
+            "{}: {fresh} vs {}",
+            attribute.name,
+            shared.attributes[k]
+        );
     }
 
     // A stop string ends the text before it.
-    let with_stop = GenerationParams { stop: vec![" Paris".into()], ..greedy };
-    let prompt = policy.prompt_tokens(&[Message::new("user", "What is the capital of France?")]).unwrap();
+    let with_stop = GenerationParams {
+        stop: vec![" Paris".into()],
+        ..greedy
+    };
+    let prompt = policy
+        .prompt_tokens(&[Message::new("user", "What is the capital of France?")])
+        .unwrap();
     let (gens, _) = policy.generate(&prompt, &[1], &with_stop).unwrap();
     assert_eq!(gens[0].text, "The capital of France is");
     assert_eq!(gens[0].finish, FinishReason::Stop);

@@ -34,7 +34,12 @@ pub struct JobSection {
 
 impl Default for JobSection {
     fn default() -> Self {
-        Self { kind: "iterative-dpo".into(), seed: 0, workers: 1, description: String::new() }
+        Self {
+            kind: "iterative-dpo".into(),
+            seed: 0,
+            workers: 1,
+            description: String::new(),
+        }
     }
 }
 
@@ -51,7 +56,11 @@ pub struct InputSection {
 
 impl Default for InputSection {
     fn default() -> Self {
-        Self { path: String::new(), format: "auto".into(), max_rejects: toml::Value::Integer(0) }
+        Self {
+            path: String::new(),
+            format: "auto".into(),
+            max_rejects: toml::Value::Integer(0),
+        }
     }
 }
 
@@ -64,7 +73,9 @@ pub struct PolicySection {
 
 impl Default for PolicySection {
     fn default() -> Self {
-        Self { model: "default".into() }
+        Self {
+            model: "default".into(),
+        }
     }
 }
 
@@ -83,7 +94,14 @@ pub struct SamplingSection {
 impl Default for SamplingSection {
     /// HelpSteer2 paper, section 4.3: 10 samples at temperature 0.7, top-p 0.9.
     fn default() -> Self {
-        Self { samples_per_prompt: 10, temperature: 0.7, top_p: 0.9, top_k: 0, max_new_tokens: 1024, stop: vec![] }
+        Self {
+            samples_per_prompt: 10,
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 0,
+            max_new_tokens: 1024,
+            stop: vec![],
+        }
     }
 }
 
@@ -100,7 +118,11 @@ pub struct RewardSection {
 
 impl Default for RewardSection {
     fn default() -> Self {
-        Self { kind: "judge".into(), model: "policy".into(), attributes: "helpsteer2".into() }
+        Self {
+            kind: "judge".into(),
+            model: "policy".into(),
+            attributes: "helpsteer2".into(),
+        }
     }
 }
 
@@ -146,7 +168,10 @@ pub struct OutputSection {
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { path: String::new(), shards: 1 }
+        Self {
+            path: String::new(),
+            shards: 1,
+        }
     }
 }
 
@@ -154,7 +179,10 @@ impl Default for OutputSection {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("--set {item}: {message}")]
@@ -167,26 +195,46 @@ pub enum ConfigError {
 /// and checks every key.
 pub fn load_config(path: &Path, overrides: &[String]) -> Result<JobConfig, ConfigError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: display.clone(),
+        source,
+    })?;
     parse_config(&text, &display, overrides)
 }
 
 /// As [`load_config`] on a string.
-pub fn parse_config(text: &str, display: &str, overrides: &[String]) -> Result<JobConfig, ConfigError> {
-    let mut table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: display.into(), message: e.to_string() })?;
+pub fn parse_config(
+    text: &str,
+    display: &str,
+    overrides: &[String],
+) -> Result<JobConfig, ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: display.into(),
+            message: e.to_string(),
+        })?;
     for item in overrides {
         apply_override(&mut table, item)?;
     }
-    let config: JobConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Parse { path: display.into(), message: e.to_string() })?;
+    let config: JobConfig =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: display.into(),
+                message: e.to_string(),
+            })?;
     Ok(config)
 }
 
 fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
-    let fail = |message: &str| ConfigError::Override { item: item.into(), message: message.into() };
-    let (key, raw) = item.split_once('=').ok_or_else(|| fail("expected key=value"))?;
+    let fail = |message: &str| ConfigError::Override {
+        item: item.into(),
+        message: message.into(),
+    };
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| fail("expected key=value"))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(fail("empty key"));
@@ -225,9 +273,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let err = parse_config("[sampling]\ntemprature = 0.5\n", "t.toml", &[]).unwrap_err().to_string();
-        assert!(err.contains("temprature") && err.contains("t.toml"), "{err}");
-        let err = parse_config("", "t.toml", &["sampling.nope=1".into()]).unwrap_err().to_string();
+        let err = parse_config("[sampling]\ntemprature = 0.5\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("temprature") && err.contains("t.toml"),
+            "{err}"
+        );
+        let err = parse_config("", "t.toml", &["sampling.nope=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 
@@ -236,7 +291,11 @@ mod tests {
         let c = parse_config(
             "[sampling]\ntemperature = 0.7\n",
             "t.toml",
-            &["sampling.temperature=0.2".into(), "output.path=out/x".into(), "sampling.stop=[\"\\n\\n\"]".into()],
+            &[
+                "sampling.temperature=0.2".into(),
+                "output.path=out/x".into(),
+                "sampling.stop=[\"\\n\\n\"]".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.sampling.temperature, 0.2);

@@ -7,6 +7,7 @@ pub mod config;
 
 use config::{ConfigError, JobConfig};
 use std::sync::Arc;
+use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
@@ -18,7 +19,6 @@ use steerflow_pipeline::reject::RejectLimit;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
 use steerflow_pipeline::source::InputFormat;
 use steerflow_pipeline::spec::{Models, Normalization, RunSpec};
-use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
 
 /// Exit codes of the `steerflow` command.
 pub mod exit_code {
@@ -45,7 +45,9 @@ impl JobError {
     pub fn exit_code(&self) -> i32 {
         match self {
             JobError::Config(_) => exit_code::CONFIG,
-            JobError::Pipeline(steerflow_pipeline::PipelineError::TooManyRejects { .. }) => exit_code::TOO_MANY_REJECTS,
+            JobError::Pipeline(steerflow_pipeline::PipelineError::TooManyRejects { .. }) => {
+                exit_code::TOO_MANY_REJECTS
+            }
             JobError::Pipeline(steerflow_pipeline::PipelineError::Operator(_)) => exit_code::CONFIG,
             _ => exit_code::FAILURE,
         }
@@ -56,14 +58,9 @@ fn invalid(message: impl Into<String>) -> JobError {
     JobError::Config(ConfigError::Invalid(message.into()))
 }
 
-/// The parts of a run that do not need models: checked before anything is loaded.
-pub struct PlannedRun {
-    pub spec_without_models: RunSpecDraft,
+/// What the config resolves to before any model is loaded.
+pub struct Plan {
     pub input_format: InputFormat,
-}
-
-/// Run parameters resolved from the config, before models are loaded.
-pub struct RunSpecDraft {
     pub weights: GoodnessWeights,
     pub normalization: Normalization,
     pub max_rejects: RejectLimit,
@@ -71,9 +68,12 @@ pub struct RunSpecDraft {
 }
 
 /// Checks everything in the config that can be checked without loading a model.
-pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
+pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
     if config.job.kind != "iterative-dpo" {
-        return Err(invalid(format!("job.kind `{}` is not known (iterative-dpo)", config.job.kind)));
+        return Err(invalid(format!(
+            "job.kind `{}` is not known (iterative-dpo)",
+            config.job.kind
+        )));
     }
     if config.input.path.is_empty() {
         return Err(invalid("input.path is required"));
@@ -88,7 +88,9 @@ pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
         return Err(invalid("job.workers must be at least 1"));
     }
     if config.sampling.samples_per_prompt < 2 {
-        return Err(invalid("sampling.samples_per_prompt must be at least 2 to form a pair"));
+        return Err(invalid(
+            "sampling.samples_per_prompt must be at least 2 to form a pair",
+        ));
     }
     if config.sampling.max_new_tokens == 0 {
         return Err(invalid("sampling.max_new_tokens must be at least 1"));
@@ -97,12 +99,19 @@ pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
         return Err(invalid("pairs.min_margin must be a finite number >= 0"));
     }
     if config.reward.kind != "judge" {
-        return Err(invalid(format!("reward.kind `{}` is not known (judge)", config.reward.kind)));
+        return Err(invalid(format!(
+            "reward.kind `{}` is not known (judge)",
+            config.reward.kind
+        )));
     }
     if config.reward.attributes != "helpsteer2" {
-        return Err(invalid(format!("reward.attributes `{}` is not known (helpsteer2)", config.reward.attributes)));
+        return Err(invalid(format!(
+            "reward.attributes `{}` is not known (helpsteer2)",
+            config.reward.attributes
+        )));
     }
-    let input_format = InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
+    let input_format =
+        InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
     let sampling = SamplingParams {
         temperature: config.sampling.temperature,
         top_p: config.sampling.top_p,
@@ -112,13 +121,17 @@ pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
     let weights = match config.goodness.preset.as_str() {
         "custom" => {
             if config.goodness.weights.is_empty() {
-                return Err(invalid("goodness.preset = \"custom\" needs goodness.weights"));
+                return Err(invalid(
+                    "goodness.preset = \"custom\" needs goodness.weights",
+                ));
             }
             GoodnessWeights::custom(config.goodness.weights.clone())
         }
         preset => {
             if !config.goodness.weights.is_empty() {
-                return Err(invalid("goodness.weights is only used with goodness.preset = \"custom\""));
+                return Err(invalid(
+                    "goodness.weights is only used with goodness.preset = \"custom\"",
+                ));
             }
             GoodnessWeights::preset(preset)
         }
@@ -127,27 +140,45 @@ pub fn plan(config: &JobConfig) -> Result<PlannedRun, JobError> {
     let normalization = match config.goodness.normalization.as_str() {
         "run" => Normalization::Run,
         "per-prompt" => Normalization::PerPrompt,
-        "reference" => match (config.goodness.reference_mean, config.goodness.reference_std) {
-            (Some(mean), Some(std)) => {
-                Normalization::Reference(NormStats::reference(mean, std).map_err(|e| invalid(format!("goodness: {e}")))?)
+        "reference" => match (
+            config.goodness.reference_mean,
+            config.goodness.reference_std,
+        ) {
+            (Some(mean), Some(std)) => Normalization::Reference(
+                NormStats::reference(mean, std).map_err(|e| invalid(format!("goodness: {e}")))?,
+            ),
+            _ => {
+                return Err(invalid(
+                    "goodness.normalization = \"reference\" needs reference_mean and reference_std",
+                ))
             }
-            _ => return Err(invalid("goodness.normalization = \"reference\" needs reference_mean and reference_std")),
         },
-        other => return Err(invalid(format!("goodness.normalization `{other}` is not known (run, per-prompt, reference)"))),
+        other => {
+            return Err(invalid(format!(
+                "goodness.normalization `{other}` is not known (run, per-prompt, reference)"
+            )))
+        }
     };
     let max_rejects = match &config.input.max_rejects {
         toml::Value::Integer(n) if *n >= 0 => RejectLimit::Count(*n as u64),
         toml::Value::Float(f) if (0.0..1.0).contains(f) => RejectLimit::Fraction(*f),
-        other => return Err(invalid(format!("input.max_rejects must be a count >= 0 or a fraction in [0, 1), got {other}"))),
+        other => {
+            return Err(invalid(format!(
+                "input.max_rejects must be a count >= 0 or a fraction in [0, 1), got {other}"
+            )))
+        }
     };
     let generation = GenerationParams {
         sampling,
         max_new_tokens: config.sampling.max_new_tokens,
         stop: config.sampling.stop.clone(),
     };
-    Ok(PlannedRun {
-        spec_without_models: RunSpecDraft { weights, normalization, max_rejects, generation },
+    Ok(Plan {
         input_format,
+        weights,
+        normalization,
+        max_rejects,
+        generation,
     })
 }
 
@@ -160,17 +191,23 @@ fn load_gguf(spec: &str) -> Result<Arc<dyn LanguageModel>, JobError> {
 /// Loads the models a config names.
 pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
     let policy_model = load_gguf(&config.policy.model)?;
-    let judge_model = if config.reward.model == "policy" { policy_model.clone() } else { load_gguf(&config.reward.model)? };
+    let judge_model = if config.reward.model == "policy" {
+        policy_model.clone()
+    } else {
+        load_gguf(&config.reward.model)?
+    };
     let judge = Judge::new(judge_model, helpsteer2_attributes())?;
-    Ok(Models { policy: Policy::new(policy_model), reward: Arc::new(judge) as Arc<dyn RewardModel> })
+    Ok(Models {
+        policy: Policy::new(policy_model),
+        reward: Arc::new(judge) as Arc<dyn RewardModel>,
+    })
 }
 
 /// Runs the job a config describes.
 pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
-    let planned = plan(config)?;
+    let plan = plan(config)?;
     let models = load_models(config)?;
-    let draft = planned.spec_without_models;
-    let goodness = draft
+    let goodness = plan
         .weights
         .bind(&models.reward.attribute_names())
         .map_err(|e| invalid(format!("goodness: {e}")))?;
@@ -191,14 +228,14 @@ pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
         shards: config.output.shards,
         seed: config.job.seed,
         samples_per_prompt: config.sampling.samples_per_prompt,
-        generation: draft.generation,
+        generation: plan.generation,
         goodness_preset: config.goodness.preset.clone(),
         goodness,
-        normalization: draft.normalization,
+        normalization: plan.normalization,
         min_margin: config.pairs.min_margin,
-        max_rejects: draft.max_rejects,
+        max_rejects: plan.max_rejects,
         workers: config.job.workers,
         description,
     };
-    Ok(run_iterative_dpo(spec, planned.input_format, models)?)
+    Ok(run_iterative_dpo(spec, plan.input_format, models)?)
 }

@@ -8,7 +8,11 @@ use steerflow::{exit_code, run_job};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "steerflow", version, about = "Alignment data from a dataflow of policy and reward models")]
+#[command(
+    name = "steerflow",
+    version,
+    about = "Alignment data from a dataflow of policy and reward models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,18 +37,27 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, set, workers } => {
+        Command::Run {
+            config,
+            set,
+            workers,
+        } => {
             let mut overrides = set;
             if let Some(w) = workers {
                 overrides.push(format!("job.workers={w}"));
             }
-            match load_config(&config, &overrides).map_err(steerflow::JobError::from).and_then(|c| run_job(&c)) {
+            match load_config(&config, &overrides)
+                .map_err(steerflow::JobError::from)
+                .and_then(|c| run_job(&c))
+            {
                 Ok(report) => {
                     let counts = &report.summary["counts"];
                     let throughput = &report.summary["throughput"];

@@ -20,15 +20,37 @@ pub struct DigitRating {
 pub fn digit_rating(logits: &[f32], digit_token_ids: &[u32]) -> Result<DigitRating, KernelError> {
     for &id in digit_token_ids {
         if id as usize >= logits.len() {
-            return Err(KernelError::DigitOutOfVocab { id, vocab: logits.len() });
+            return Err(KernelError::DigitOutOfVocab {
+                id,
+                vocab: logits.len(),
+            });
         }
     }
-    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max) as f64;
-    let total: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| (l as f64 - max).exp()).sum();
-    let weights: Vec<f64> = digit_token_ids.iter().map(|&id| (logits[id as usize] as f64 - max).exp()).collect();
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| (l as f64 - max).exp())
+        .sum();
+    let weights: Vec<f64> = digit_token_ids
+        .iter()
+        .map(|&id| (logits[id as usize] as f64 - max).exp())
+        .collect();
     let digit_total: f64 = weights.iter().sum();
-    let expected = weights.iter().enumerate().map(|(i, w)| i as f64 * w).sum::<f64>() / digit_total;
-    Ok(DigitRating { expected, digit_mass: digit_total / total })
+    let expected = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| i as f64 * w)
+        .sum::<f64>()
+        / digit_total;
+    Ok(DigitRating {
+        expected,
+        digit_mass: digit_total / total,
+    })
 }
 
 #[cfg(test)]
@@ -62,7 +84,10 @@ mod tests {
     fn nan_on_a_digit_is_nan_and_bad_ids_are_errors() {
         let mut logits = vec![0.0f32; 6];
         logits[2] = f32::NAN;
-        assert!(digit_rating(&logits, &[0, 1, 2, 3, 4]).unwrap().expected.is_nan());
+        assert!(digit_rating(&logits, &[0, 1, 2, 3, 4])
+            .unwrap()
+            .expected
+            .is_nan());
         assert!(digit_rating(&logits, &[0, 9]).is_err());
     }
 }

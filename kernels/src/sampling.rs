@@ -20,21 +20,36 @@ pub struct SamplingParams {
 
 /// Maps parameters to candle's sampling strategy, rejecting values that mean nothing.
 pub fn sampling_strategy(params: &SamplingParams) -> Result<Sampling, KernelError> {
-    let SamplingParams { temperature, top_p, top_k } = *params;
+    let SamplingParams {
+        temperature,
+        top_p,
+        top_k,
+    } = *params;
     if !temperature.is_finite() || temperature < 0.0 {
-        return Err(KernelError::InvalidParams(format!("temperature must be >= 0, got {temperature}")));
+        return Err(KernelError::InvalidParams(format!(
+            "temperature must be >= 0, got {temperature}"
+        )));
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(KernelError::InvalidParams(format!("top_p must be in (0, 1], got {top_p}")));
+        return Err(KernelError::InvalidParams(format!(
+            "top_p must be in (0, 1], got {top_p}"
+        )));
     }
     if temperature == 0.0 {
         return Ok(Sampling::ArgMax);
     }
     Ok(match (top_k, top_p < 1.0) {
         (0, false) => Sampling::All { temperature },
-        (0, true) => Sampling::TopP { p: top_p, temperature },
+        (0, true) => Sampling::TopP {
+            p: top_p,
+            temperature,
+        },
         (k, false) => Sampling::TopK { k, temperature },
-        (k, true) => Sampling::TopKThenTopP { k, p: top_p, temperature },
+        (k, true) => Sampling::TopKThenTopP {
+            k,
+            p: top_p,
+            temperature,
+        },
     })
 }
 
@@ -45,7 +60,9 @@ pub struct TokenSampler {
 
 impl TokenSampler {
     pub fn new(seed: u64, params: &SamplingParams) -> Result<Self, KernelError> {
-        Ok(Self { inner: LogitsProcessor::from_sampling(seed, sampling_strategy(params)?) })
+        Ok(Self {
+            inner: LogitsProcessor::from_sampling(seed, sampling_strategy(params)?),
+        })
     }
 
     /// Draws the next token from a `[vocab]` logits tensor.
@@ -60,7 +77,11 @@ mod tests {
     use candle_core::Device;
 
     fn params(temperature: f64, top_p: f64, top_k: usize) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+        }
     }
 
     #[test]
@@ -75,14 +96,19 @@ mod tests {
         let logits = Tensor::new(&[1.0f32, 1.0, 1.0, -30.0], &Device::Cpu).unwrap();
         let draw = |seed| {
             let mut s = TokenSampler::new(seed, &params(1.0, 1.0, 2)).unwrap();
-            (0..50).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         let a = draw(42);
         assert_eq!(a, draw(42));
         assert_ne!(a, draw(43));
         // top-k 2 keeps only two of the three equal tokens, and never the -30 one.
         let distinct: std::collections::BTreeSet<u32> = a.iter().copied().collect();
-        assert!(distinct.len() <= 2 && !distinct.contains(&3), "{distinct:?}");
+        assert!(
+            distinct.len() <= 2 && !distinct.contains(&3),
+            "{distinct:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,11 @@ fn main() {
             s.extend(&[200 + i]).unwrap();
         }
         let decode = t.elapsed().as_secs_f64() / 20.0;
-        println!("prefill {n}: {:.3}s ({:.0} tok/s); decode at {n}: {:.1} ms/token", prefill, n as f64 / prefill, decode * 1e3);
+        println!(
+            "prefill {n}: {:.3}s ({:.0} tok/s); decode at {n}: {:.1} ms/token",
+            prefill,
+            n as f64 / prefill,
+            decode * 1e3
+        );
     }
 }

@@ -7,8 +7,8 @@
 //! (`.strip()`, `.startswith()`...) come from minijinja-contrib's `pycompat`.
 
 use crate::ModelError;
-use minijinja::value::{Kwargs, Serde, Value};
 use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Serde, Value};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
 use steerflow_operators::records::Message;
@@ -36,12 +36,25 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", python_tojson);
         env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string())
-            .map_err(|e| ModelError::Template(format!("cannot compile the chat template: {e:#}")))?;
-        Ok(Self { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+            .map_err(|e| {
+                ModelError::Template(format!("cannot compile the chat template: {e:#}"))
+            })?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| ModelError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => Value::from(Serde(messages)),
@@ -81,9 +94,12 @@ fn python_tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         },
     };
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonJsonFormatter::new(indent));
-    json.serialize(&mut ser).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    let text = String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, PythonJsonFormatter::new(indent));
+    json.serialize(&mut ser)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = String::from_utf8(out)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(Value::from_safe_string(text))
 }
 
@@ -94,7 +110,9 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             serde_json::Value::Object(entries.into_iter().collect())
         }
-        serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sorted).collect()),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
         other => other,
     }
 }
@@ -109,7 +127,11 @@ struct PythonJsonFormatter {
 
 impl PythonJsonFormatter {
     fn new(indent: Option<String>) -> Self {
-        Self { indent, depth: 0, has_value: false }
+        Self {
+            indent,
+            depth: 0,
+            has_value: false,
+        }
     }
 
     fn newline<W: ?Sized + std::io::Write>(&self, writer: &mut W) -> std::io::Result<()> {
@@ -122,14 +144,22 @@ impl PythonJsonFormatter {
         Ok(())
     }
 
-    fn begin_item<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_item<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if !first {
             writer.write_all(if self.indent.is_some() { b"," } else { b", " })?;
         }
         self.newline(writer)
     }
 
-    fn end_container<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, close: &[u8]) -> std::io::Result<()> {
+    fn end_container<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        close: &[u8],
+    ) -> std::io::Result<()> {
         self.depth -= 1;
         if self.has_value {
             self.newline(writer)?;
@@ -148,10 +178,17 @@ impl serde_json::ser::Formatter for PythonJsonFormatter {
     fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
         self.end_container(writer, b"]")
     }
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         self.begin_item(writer, first)
     }
-    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+    fn end_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        _writer: &mut W,
+    ) -> std::io::Result<()> {
         self.has_value = true;
         Ok(())
     }
@@ -163,13 +200,23 @@ impl serde_json::ser::Formatter for PythonJsonFormatter {
     fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
         self.end_container(writer, b"}")
     }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         self.begin_item(writer, first)
     }
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
-    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+    fn end_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        _writer: &mut W,
+    ) -> std::io::Result<()> {
         self.has_value = true;
         Ok(())
     }
@@ -197,14 +244,20 @@ mod tests {
     fn trim_and_lstrip_blocks_like_jinja2() {
         let src = "{% for m in messages %}\n    {% if m.role == 'user' %}\nU:{{ m.content | trim }}\n    {% endif %}\n{% endfor %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[Message::new("user", " a ")], false).unwrap(), "U:a\n");
+        assert_eq!(
+            t.render(&[Message::new("user", " a ")], false).unwrap(),
+            "U:a\n"
+        );
     }
 
     #[test]
     fn raise_exception_is_an_error() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        let err = t.render(&[Message::new("assistant", "x")], false).unwrap_err().to_string();
+        let err = t
+            .render(&[Message::new("assistant", "x")], false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("first must be user"), "{err}");
     }
 
@@ -212,10 +265,13 @@ mod tests {
     fn tojson_formats_like_python_json_dumps() {
         let src = "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        let out = t.render(&[Message::new("user", "é <b> 'q' \"d\"\n")], false).unwrap();
+        let out = t
+            .render(&[Message::new("user", "é <b> 'q' \"d\"\n")], false)
+            .unwrap();
         // json.dumps([{"role": "user", "content": "é <b> 'q' \"d\"\n"}], ensure_ascii=False)
         let expected_compact = r#"[{"role": "user", "content": "é <b> 'q' \"d\"\n"}]"#;
-        let expected_indented = "{\n  \"role\": \"user\",\n  \"content\": \"é <b> 'q' \\\"d\\\"\\n\"\n}";
+        let expected_indented =
+            "{\n  \"role\": \"user\",\n  \"content\": \"é <b> 'q' \\\"d\\\"\\n\"\n}";
         assert_eq!(out, format!("{expected_compact}|{expected_indented}"));
     }
 
@@ -223,6 +279,9 @@ mod tests {
     fn python_string_methods() {
         let src = "{{ messages[0].content.strip().upper() }}{% if messages[0].content.startswith(' h') %}!{% endif %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[Message::new("user", " hi ")], false).unwrap(), "HI!");
+        assert_eq!(
+            t.render(&[Message::new("user", " hi ")], false).unwrap(),
+            "HI!"
+        );
     }
 }

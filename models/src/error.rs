@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     #[error("cannot read model file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("model file {path} is not a usable GGUF file: {message}")]
     Gguf { path: PathBuf, message: String },
     #[error("model file {path} does not exist (models are given as `default`, a path to a .gguf file, or a directory)")]
@@ -18,7 +21,11 @@ pub enum ModelError {
     #[error("installing the default model {model}: {message}")]
     Install { model: String, message: String },
     #[error("input of {tokens} tokens does not fit the context of {limit} tokens ({what})")]
-    ContextOverflow { tokens: usize, limit: usize, what: String },
+    ContextOverflow {
+        tokens: usize,
+        limit: usize,
+        what: String,
+    },
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
@@ -31,6 +38,9 @@ impl ModelError {
     /// True when the error belongs to one input record (it goes to rejects) rather than to the
     /// model or the machine (the job stops).
     pub fn is_record_error(&self) -> bool {
-        matches!(self, ModelError::ContextOverflow { .. } | ModelError::Template(_))
+        matches!(
+            self,
+            ModelError::ContextOverflow { .. } | ModelError::Template(_)
+        )
     }
 }

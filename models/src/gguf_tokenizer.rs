@@ -27,32 +27,55 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn string_list(content: &Content, key: &str) -> Result<Vec<String>, String> {
-    let value = content.metadata.get(key).ok_or_else(|| format!("missing metadata `{key}`"))?;
+    let value = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| format!("missing metadata `{key}`"))?;
     let items = value.to_vec().map_err(|e| format!("`{key}`: {e}"))?;
-    items.iter().map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}"))).collect()
+    items
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}")))
+        .collect()
 }
 
 fn int_list(content: &Content, key: &str) -> Result<Vec<i32>, String> {
-    let value = content.metadata.get(key).ok_or_else(|| format!("missing metadata `{key}`"))?;
+    let value = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| format!("missing metadata `{key}`"))?;
     let items = value.to_vec().map_err(|e| format!("`{key}`: {e}"))?;
-    items.iter().map(|v| v.to_i32().map_err(|e| format!("`{key}`: {e}"))).collect()
+    items
+        .iter()
+        .map(|v| v.to_i32().map_err(|e| format!("`{key}`: {e}")))
+        .collect()
 }
 
 fn metadata_str<'a>(content: &'a Content, key: &str) -> Option<&'a str> {
-    content.metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
 }
 
 /// Token id stored under `key` (for example `tokenizer.ggml.eos_token_id`).
 pub fn metadata_token_id(content: &Content, key: &str) -> Option<u32> {
-    content.metadata.get(key).and_then(|v: &Value| v.to_u32().ok())
+    content
+        .metadata
+        .get(key)
+        .and_then(|v: &Value| v.to_u32().ok())
 }
 
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, String> {
     let byte_level_no_regex = || ByteLevel::new(false, true, false).into();
     let split = |pattern: &str| -> Result<PreTokenizerWrapper, String> {
-        Ok(Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| e.to_string())?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| e.to_string())?
+        .into())
     };
     Ok(match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
@@ -79,12 +102,23 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, String> {
     let tokens = string_list(content, "tokenizer.ggml.tokens")?;
     let types = int_list(content, "tokenizer.ggml.token_type")?;
     let merges = string_list(content, "tokenizer.ggml.merges")?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges = merges
         .iter()
-        .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("bad merge `{m}`")))
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("bad merge `{m}`"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| e.to_string())?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| e.to_string())?;
     let mut tokenizer = Tokenizer::new(bpe);
     let pre = metadata_str(content, "tokenizer.ggml.pre").unwrap_or("default");
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
@@ -95,11 +129,16 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, String> {
         .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
         .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
         .collect();
-    tokenizer.add_special_tokens(specials).map_err(|e| e.to_string())?;
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| e.to_string())?;
     Ok(tokenizer)
 }
 
 /// Maps a tokenizer error to the model error that names the file.
 pub fn tokenizer_error(path: &std::path::Path, message: String) -> ModelError {
-    ModelError::Gguf { path: path.to_path_buf(), message: format!("tokenizer: {message}") }
+    ModelError::Gguf {
+        path: path.to_path_buf(),
+        message: format!("tokenizer: {message}"),
+    }
 }

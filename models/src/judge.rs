@@ -35,7 +35,8 @@ pub fn helpsteer2_attributes() -> Vec<JudgeAttribute> {
     .collect()
 }
 
-const JUDGE_SYSTEM: &str = "You are a strict, fair evaluator of AI assistant responses. You answer with a single digit.";
+const JUDGE_SYSTEM: &str =
+    "You are a strict, fair evaluator of AI assistant responses. You answer with a single digit.";
 /// Written after the generation prompt so the next token is the rating.
 const ANSWER_PREFIX: &str = "Rating: ";
 const RATING_DIGITS: [&str; 5] = ["0", "1", "2", "3", "4"];
@@ -60,12 +61,19 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(model: Arc<dyn LanguageModel>, attributes: Vec<JudgeAttribute>) -> Result<Self, ModelError> {
+    pub fn new(
+        model: Arc<dyn LanguageModel>,
+        attributes: Vec<JudgeAttribute>,
+    ) -> Result<Self, ModelError> {
         if attributes.is_empty() {
             return Err(ModelError::Judge("no attributes to rate".into()));
         }
         let digit_ids = rating_token_ids(model.as_ref())?;
-        Ok(Self { model, attributes, digit_ids })
+        Ok(Self {
+            model,
+            attributes,
+            digit_ids,
+        })
     }
 
     pub fn model(&self) -> &Arc<dyn LanguageModel> {
@@ -94,7 +102,11 @@ impl Judge {
     }
 
     /// Rates `response` (the assistant's reply to `conversation`) on every attribute.
-    pub fn score(&self, conversation: &[Message], response: &str) -> Result<JudgeScore, ModelError> {
+    pub fn score(
+        &self,
+        conversation: &[Message],
+        response: &str,
+    ) -> Result<JudgeScore, ModelError> {
         let questions = self
             .attributes
             .iter()
@@ -102,7 +114,11 @@ impl Judge {
             .collect::<Result<Vec<_>, _>>()?;
         let limit = self.model.context_length();
         if let Some(longest) = questions.iter().map(Vec::len).max().filter(|&n| n > limit) {
-            return Err(ModelError::ContextOverflow { tokens: longest, limit, what: "judge question".into() });
+            return Err(ModelError::ContextOverflow {
+                tokens: longest,
+                limit,
+                what: "judge question".into(),
+            });
         }
         // Shared prefix, leaving at least one token of its own to every question.
         let shortest = questions.iter().map(Vec::len).min().unwrap_or(0);
@@ -123,7 +139,11 @@ impl Judge {
             attributes.push(rating.expected);
             digit_mass.push(rating.digit_mass);
         }
-        Ok(JudgeScore { attributes, digit_mass, tokens_run })
+        Ok(JudgeScore {
+            attributes,
+            digit_mass,
+            tokens_run,
+        })
     }
 }
 
@@ -134,9 +154,16 @@ impl crate::RewardModel for Judge {
     fn attribute_names(&self) -> Vec<String> {
         Judge::attribute_names(self)
     }
-    fn score(&self, conversation: &[Message], response: &str) -> Result<crate::RewardScores, ModelError> {
+    fn score(
+        &self,
+        conversation: &[Message],
+        response: &str,
+    ) -> Result<crate::RewardScores, ModelError> {
         let s = Judge::score(self, conversation, response)?;
-        Ok(crate::RewardScores { attributes: s.attributes, tokens_run: s.tokens_run })
+        Ok(crate::RewardScores {
+            attributes: s.attributes,
+            tokens_run: s.tokens_run,
+        })
     }
 }
 
@@ -160,7 +187,13 @@ fn rating_token_ids(model: &dyn LanguageModel) -> Result<Vec<u32>, ModelError> {
     let text = model.text();
     let probe = format!(
         "{}{ANSWER_PREFIX}",
-        text.render(&[Message::new("system", JUDGE_SYSTEM), Message::new("user", "probe")], true)?
+        text.render(
+            &[
+                Message::new("system", JUDGE_SYSTEM),
+                Message::new("user", "probe")
+            ],
+            true
+        )?
     );
     let base = text.encode(&probe)?;
     RATING_DIGITS
@@ -179,7 +212,9 @@ fn rating_token_ids(model: &dyn LanguageModel) -> Result<Vec<u32>, ModelError> {
 
 /// Length of the longest common prefix of all sequences.
 pub fn common_prefix_len(sequences: &[Vec<u32>]) -> usize {
-    let Some(first) = sequences.first() else { return 0 };
+    let Some(first) = sequences.first() else {
+        return 0;
+    };
     let mut n = first.len();
     for s in &sequences[1..] {
         n = n.min(first.iter().zip(s).take_while(|(a, b)| a == b).count());
@@ -193,7 +228,10 @@ mod tests {
 
     #[test]
     fn common_prefix() {
-        assert_eq!(common_prefix_len(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]), 2);
+        assert_eq!(
+            common_prefix_len(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]),
+            2
+        );
         assert_eq!(common_prefix_len(&[vec![1, 2, 3]]), 3);
         assert_eq!(common_prefix_len(&[]), 0);
         assert_eq!(common_prefix_len(&[vec![5], vec![6]]), 0);

@@ -39,7 +39,11 @@ fn requantize(
         };
         tensors.push((name.clone(), tensor));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut bytes = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut bytes, &metadata, &tensor_refs)?;
@@ -59,9 +63,14 @@ pub struct GgufLlama {
 
 impl GgufLlama {
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
-        let gguf_error = |message: String| ModelError::Gguf { path: path.to_path_buf(), message };
-        let mut file =
-            std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let gguf_error = |message: String| ModelError::Gguf {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| gguf_error(e.to_string()))?;
         let arch = content
             .metadata
@@ -70,7 +79,9 @@ impl GgufLlama {
             .cloned()
             .unwrap_or_default();
         if arch != "llama" {
-            return Err(gguf_error(format!("architecture `{arch}` is not supported by the GGUF loader (llama only)")));
+            return Err(gguf_error(format!(
+                "architecture `{arch}` is not supported by the GGUF loader (llama only)"
+            )));
         }
         let context_length = content
             .metadata
@@ -81,7 +92,8 @@ impl GgufLlama {
             .min(MAX_SEQ_LEN);
         let tokenizer = tokenizer_from_gguf(&content).map_err(|m| tokenizer_error(path, m))?;
         let token_text = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default()
+            id.and_then(|id| tokenizer.id_to_token(id))
+                .unwrap_or_default()
         };
         let bos = token_text(metadata_token_id(&content, "tokenizer.ggml.bos_token_id"));
         let eos_id = metadata_token_id(&content, "tokenizer.ggml.eos_token_id");
@@ -91,7 +103,9 @@ impl GgufLlama {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned()
-            .ok_or_else(|| gguf_error("no chat template (`tokenizer.chat_template`) in the metadata".into()))?;
+            .ok_or_else(|| {
+                gguf_error("no chat template (`tokenizer.chat_template`) in the metadata".into())
+            })?;
         let template = ChatTemplate::new(&template_source, &bos, &eos)?;
         let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
         for token in END_OF_TURN_TOKENS {
@@ -103,17 +117,31 @@ impl GgufLlama {
         }
         // candle's own switch: every matmul weight is dequantized to f32 at load, so there is
         // nothing to gain from requantizing first (and precision to lose).
-        let dequantize_all = std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
-        let slow = content.tensor_infos.values().any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
+        let dequantize_all =
+            std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        let slow = content
+            .tensor_infos
+            .values()
+            .any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
         let weights = if slow && device.is_cpu() && !dequantize_all {
-            let (content, mut bytes) = requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
+            let (content, mut bytes) =
+                requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
             ModelWeights::from_gguf(content, &mut bytes, device)
         } else {
             ModelWeights::from_gguf(content, &mut file, device)
         }
         .map_err(|e| gguf_error(e.to_string()))?;
-        let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Self { id, weights, text: TextCodec::new(tokenizer, template, eos_ids), context_length, device: device.clone() })
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            id,
+            weights,
+            text: TextCodec::new(tokenizer, template, eos_ids),
+            context_length,
+            device: device.clone(),
+        })
     }
 }
 
@@ -130,7 +158,11 @@ impl LanguageModel for GgufLlama {
     fn start(&self) -> Box<dyn LmSession> {
         let mut weights = self.weights.clone();
         weights.clear_kv_cache();
-        Box::new(GgufLlamaSession { weights, position: 0, device: self.device.clone() })
+        Box::new(GgufLlamaSession {
+            weights,
+            position: 0,
+            device: self.device.clone(),
+        })
     }
 }
 
@@ -144,7 +176,9 @@ struct GgufLlamaSession {
 impl LmSession for GgufLlamaSession {
     fn extend(&mut self, tokens: &[u32]) -> Result<Tensor, ModelError> {
         if tokens.is_empty() {
-            return Err(ModelError::Tensor(candle_core::Error::Msg("extend with no tokens".into())));
+            return Err(ModelError::Tensor(candle_core::Error::Msg(
+                "extend with no tokens".into(),
+            )));
         }
         if self.position + tokens.len() > MAX_SEQ_LEN {
             return Err(ModelError::ContextOverflow {

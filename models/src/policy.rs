@@ -53,7 +53,11 @@ impl Policy {
         let tokens = self.model.text().encode_chat(messages, true)?;
         let limit = self.model.context_length();
         if tokens.len() >= limit {
-            return Err(ModelError::ContextOverflow { tokens: tokens.len(), limit, what: "prompt".into() });
+            return Err(ModelError::ContextOverflow {
+                tokens: tokens.len(),
+                limit,
+                what: "prompt".into(),
+            });
         }
         Ok(tokens)
     }
@@ -68,11 +72,15 @@ impl Policy {
         let text = self.model.text();
         let mut prefilled = self.model.start();
         let first_logits = prefilled.extend(prompt_tokens)?;
-        let mut counters =
-            GenerationCounters { prompt_tokens_prefilled: prompt_tokens.len() as u64, tokens_decoded: 0 };
+        let mut counters = GenerationCounters {
+            prompt_tokens_prefilled: prompt_tokens.len() as u64,
+            tokens_decoded: 0,
+        };
         // The context bounds new tokens too; hitting it ends the sample with `length`, as
         // `max_new_tokens` does, and the summary shows it.
-        let budget = params.max_new_tokens.min(self.model.context_length() - prompt_tokens.len());
+        let budget = params
+            .max_new_tokens
+            .min(self.model.context_length() - prompt_tokens.len());
         let mut generations = Vec::with_capacity(seeds.len());
         for &seed in seeds {
             let mut sampler = TokenSampler::new(seed, &params.sampling)?;
@@ -106,7 +114,11 @@ impl Policy {
             if let Some(cut) = stop_at {
                 text_out.truncate(cut);
             }
-            generations.push(Generation { text: text_out, new_tokens: ids.len() as u32, finish });
+            generations.push(Generation {
+                text: text_out,
+                new_tokens: ids.len() as u32,
+                finish,
+            });
         }
         Ok((generations, counters))
     }
@@ -114,7 +126,11 @@ impl Policy {
 
 /// Byte offset of the earliest occurrence of any stop string.
 pub fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 #[cfg(test)]

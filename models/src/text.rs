@@ -14,28 +14,45 @@ pub struct TextCodec {
 
 impl TextCodec {
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate, eos_token_ids: Vec<u32>) -> Self {
-        Self { tokenizer, template, eos_token_ids }
+        Self {
+            tokenizer,
+            template,
+            eos_token_ids,
+        }
     }
 
     /// The conversation rendered by the model's chat template.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         self.template.render(messages, add_generation_prompt)
     }
 
     /// Token ids of `text`; special tokens written in the text (as chat templates write them)
     /// become their ids, and nothing is added around the text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of `ids`, without special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// The rendered conversation, tokenized.
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, ModelError> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ModelError> {
         self.encode(&self.render(messages, add_generation_prompt)?)
     }
 

@@ -4,7 +4,13 @@
 //! of which HelpSteer2-trained models leave the first four untrained (REFERENCE.md, "Scores").
 
 /// The five HelpSteer2 attributes, in the order the dataset and the paper use.
-pub const HELPSTEER2: [&str; 5] = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"];
+pub const HELPSTEER2: [&str; 5] = [
+    "helpfulness",
+    "correctness",
+    "coherence",
+    "complexity",
+    "verbosity",
+];
 
 /// The nine outputs of NeMo SteerLM reward models (Llama3-70B-SteerLM-RM card).
 pub const NEMO_NINE: [&str; 9] = [

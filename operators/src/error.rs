@@ -9,7 +9,11 @@ pub enum OperatorError {
     UnknownPreset { name: String, known: String },
     /// A weight names an attribute the scorer does not produce.
     #[error("goodness weight for `{attribute}` is {weight}, but the scorer produces no such attribute (it produces: {available})")]
-    MissingAttribute { attribute: String, weight: f64, available: String },
+    MissingAttribute {
+        attribute: String,
+        weight: f64,
+        available: String,
+    },
     /// A weight that is NaN or infinite.
     #[error("goodness weight for `{attribute}` must be a finite number, got {weight}")]
     NonFiniteWeight { attribute: String, weight: f64 },

@@ -22,13 +22,20 @@ impl GoodnessWeights {
     /// The weights of a named preset.
     pub fn preset(name: &str) -> Result<Self, OperatorError> {
         let pairs: Vec<(&str, f64)> = match name {
-            "helpsteer2-paper" => vec![("helpfulness", 0.65), ("correctness", 0.8), ("coherence", 0.45)],
+            "helpsteer2-paper" => vec![
+                ("helpfulness", 0.65),
+                ("correctness", 0.8),
+                ("coherence", 0.45),
+            ],
             "steerlm-rm-card" => {
                 let card = [0.0, 0.0, 0.0, 0.0, 0.65, 0.8, 0.45, 0.55, -0.4];
                 NEMO_NINE.iter().copied().zip(card).collect()
             }
             _ => {
-                return Err(OperatorError::UnknownPreset { name: name.to_string(), known: PRESETS.join(", ") })
+                return Err(OperatorError::UnknownPreset {
+                    name: name.to_string(),
+                    known: PRESETS.join(", "),
+                })
             }
         };
         Self::custom(pairs.into_iter().map(|(n, w)| (n.to_string(), w)))
@@ -39,7 +46,10 @@ impl GoodnessWeights {
         let weights: Vec<(String, f64)> = weights.into_iter().collect();
         for (attribute, weight) in &weights {
             if !weight.is_finite() {
-                return Err(OperatorError::NonFiniteWeight { attribute: attribute.clone(), weight: *weight });
+                return Err(OperatorError::NonFiniteWeight {
+                    attribute: attribute.clone(),
+                    weight: *weight,
+                });
             }
         }
         Ok(Self { weights })
@@ -105,7 +115,10 @@ mod tests {
 
     #[test]
     fn helpsteer2_paper_matches_hand_computation() {
-        let g = GoodnessWeights::preset("helpsteer2-paper").unwrap().bind(&names(&HELPSTEER2)).unwrap();
+        let g = GoodnessWeights::preset("helpsteer2-paper")
+            .unwrap()
+            .bind(&names(&HELPSTEER2))
+            .unwrap();
         // 0.65*4 + 0.8*3 + 0.45*2 = 2.6 + 2.4 + 0.9 = 5.9; complexity and verbosity ignored.
         assert!((g.goodness(&[4.0, 3.0, 2.0, 1.0, 0.5]) - 5.9).abs() < 1e-12);
         assert_eq!(g.goodness(&[0.0; 5]), 0.0);
@@ -113,7 +126,10 @@ mod tests {
 
     #[test]
     fn steerlm_card_on_nine_outputs() {
-        let g = GoodnessWeights::preset("steerlm-rm-card").unwrap().bind(&names(&NEMO_NINE)).unwrap();
+        let g = GoodnessWeights::preset("steerlm-rm-card")
+            .unwrap()
+            .bind(&names(&NEMO_NINE))
+            .unwrap();
         // quality..creativity count zero even when large.
         let outputs = [9.0, 9.0, 9.0, 9.0, 3.0, 2.0, 4.0, 1.0, 2.5];
         // 0.65*3 + 0.8*2 + 0.45*4 + 0.55*1 - 0.4*2.5 = 1.95 + 1.6 + 1.8 + 0.55 - 1.0 = 4.9
@@ -122,7 +138,10 @@ mod tests {
 
     #[test]
     fn steerlm_card_on_five_attributes_drops_zero_weights() {
-        let g = GoodnessWeights::preset("steerlm-rm-card").unwrap().bind(&names(&HELPSTEER2)).unwrap();
+        let g = GoodnessWeights::preset("steerlm-rm-card")
+            .unwrap()
+            .bind(&names(&HELPSTEER2))
+            .unwrap();
         let attrs = [3.0, 2.0, 4.0, 1.0, 2.5];
         assert!((g.goodness(&attrs) - 4.9).abs() < 1e-12);
     }
@@ -133,14 +152,20 @@ mod tests {
         let g = w.bind(&names(&HELPSTEER2)).unwrap();
         assert_eq!(g.goodness(&[0.0, 0.0, 0.0, 0.0, 2.0]), -2.0);
         let w = GoodnessWeights::custom([("humor".to_string(), 1.0)]).unwrap();
-        assert!(matches!(w.bind(&names(&HELPSTEER2)), Err(OperatorError::MissingAttribute { .. })));
+        assert!(matches!(
+            w.bind(&names(&HELPSTEER2)),
+            Err(OperatorError::MissingAttribute { .. })
+        ));
         assert!(GoodnessWeights::custom([("humor".to_string(), f64::NAN)]).is_err());
         assert!(GoodnessWeights::preset("nope").is_err());
     }
 
     #[test]
     fn nan_attribute_gives_nan_goodness() {
-        let g = GoodnessWeights::preset("helpsteer2-paper").unwrap().bind(&names(&HELPSTEER2)).unwrap();
+        let g = GoodnessWeights::preset("helpsteer2-paper")
+            .unwrap()
+            .bind(&names(&HELPSTEER2))
+            .unwrap();
         assert!(g.goodness(&[f64::NAN, 1.0, 1.0, 1.0, 1.0]).is_nan());
         // A NaN in an attribute with zero weight does not matter.
         assert!(!g.goodness(&[1.0, 1.0, 1.0, f64::NAN, 1.0]).is_nan());

@@ -22,7 +22,11 @@ impl NormStats {
         if !mean.is_finite() || !std.is_finite() || std <= 0.0 {
             return Err(OperatorError::InvalidReferenceStats { mean, std });
         }
-        Ok(Self { mean, std, count: 0 })
+        Ok(Self {
+            mean,
+            std,
+            count: 0,
+        })
     }
 
     /// Stats of the finite values in `values`. NaN and infinite values are skipped: they are
@@ -37,7 +41,11 @@ impl NormStats {
         let n = finite.len() as f64;
         let mean = finite.iter().sum::<f64>() / n;
         let var = finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-        Some(Self { mean, std: var.sqrt(), count: finite.len() as u64 })
+        Some(Self {
+            mean,
+            std: var.sqrt(),
+            count: finite.len() as u64,
+        })
     }
 }
 

@@ -55,30 +55,53 @@ pub struct ChosenRejected {
 /// (ties: highest sample index), so the result does not depend on the order of `candidates`.
 /// Keeps the pair only when `chosen - rejected > min_margin`.
 pub fn select_pair(candidates: &[Candidate<'_>], min_margin: f64) -> PairSelection {
-    let finite: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].goodness.is_finite()).collect();
+    let finite: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].goodness.is_finite())
+        .collect();
     let non_finite = candidates.len() - finite.len();
     if finite.len() < 2 {
-        return PairSelection { decision: Err(DropReason::TooFewScored), non_finite };
+        return PairSelection {
+            decision: Err(DropReason::TooFewScored),
+            non_finite,
+        };
     }
-    let rank = |i: &usize| (candidates[*i].goodness, std::cmp::Reverse(candidates[*i].sample_index));
+    let rank = |i: &usize| {
+        (
+            candidates[*i].goodness,
+            std::cmp::Reverse(candidates[*i].sample_index),
+        )
+    };
     let by_rank = |a: &usize, b: &usize| {
         let (ga, ia) = rank(a);
         let (gb, ib) = rank(b);
         ga.total_cmp(&gb).then(ia.cmp(&ib))
     };
     // Highest goodness, lowest index among equals.
-    let chosen = *finite.iter().max_by(|a, b| by_rank(a, b)).expect("two or more finite");
+    let chosen = *finite
+        .iter()
+        .max_by(|a, b| by_rank(a, b))
+        .expect("two or more finite");
     // Lowest goodness, highest index among equals.
-    let rejected = *finite.iter().min_by(|a, b| by_rank(a, b)).expect("two or more finite");
+    let rejected = *finite
+        .iter()
+        .min_by(|a, b| by_rank(a, b))
+        .expect("two or more finite");
     let margin = candidates[chosen].goodness - candidates[rejected].goodness;
     let decision = if margin <= min_margin {
         Err(DropReason::MarginTooSmall)
     } else if candidates[chosen].text == candidates[rejected].text {
         Err(DropReason::IdenticalResponses)
     } else {
-        Ok(ChosenRejected { chosen, rejected, margin })
+        Ok(ChosenRejected {
+            chosen,
+            rejected,
+            margin,
+        })
     };
-    PairSelection { decision, non_finite }
+    PairSelection {
+        decision,
+        non_finite,
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +113,11 @@ mod tests {
         scores
             .iter()
             .enumerate()
-            .map(|(i, &g)| Candidate { sample_index: i as u32, goodness: g, text: TEXTS[i] })
+            .map(|(i, &g)| Candidate {
+                sample_index: i as u32,
+                goodness: g,
+                text: TEXTS[i],
+            })
             .collect()
     }
 
@@ -106,17 +133,32 @@ mod tests {
     fn ties_break_by_sample_index_whatever_the_order() {
         let c = cands(&[2.0, 1.0, 2.0, 1.0]);
         let p = select_pair(&c, 0.0).decision.unwrap();
-        assert_eq!((c[p.chosen].sample_index, c[p.rejected].sample_index), (0, 3));
+        assert_eq!(
+            (c[p.chosen].sample_index, c[p.rejected].sample_index),
+            (0, 3)
+        );
         let mut reversed = c.clone();
         reversed.reverse();
         let q = select_pair(&reversed, 0.0).decision.unwrap();
-        assert_eq!((reversed[q.chosen].sample_index, reversed[q.rejected].sample_index), (0, 3));
+        assert_eq!(
+            (
+                reversed[q.chosen].sample_index,
+                reversed[q.rejected].sample_index
+            ),
+            (0, 3)
+        );
     }
 
     #[test]
     fn margin_rule() {
-        assert_eq!(select_pair(&cands(&[1.0, 1.0]), 0.0).decision, Err(DropReason::MarginTooSmall));
-        assert_eq!(select_pair(&cands(&[1.0, 1.5]), 0.5).decision, Err(DropReason::MarginTooSmall));
+        assert_eq!(
+            select_pair(&cands(&[1.0, 1.0]), 0.0).decision,
+            Err(DropReason::MarginTooSmall)
+        );
+        assert_eq!(
+            select_pair(&cands(&[1.0, 1.5]), 0.5).decision,
+            Err(DropReason::MarginTooSmall)
+        );
         assert!(select_pair(&cands(&[1.0, 1.5]), 0.49).decision.is_ok());
     }
 
@@ -134,9 +176,20 @@ mod tests {
     #[test]
     fn identical_texts_are_not_a_pair() {
         let c = vec![
-            Candidate { sample_index: 0, goodness: 1.0, text: "same" },
-            Candidate { sample_index: 1, goodness: 2.0, text: "same" },
+            Candidate {
+                sample_index: 0,
+                goodness: 1.0,
+                text: "same",
+            },
+            Candidate {
+                sample_index: 1,
+                goodness: 2.0,
+                text: "same",
+            },
         ];
-        assert_eq!(select_pair(&c, 0.0).decision, Err(DropReason::IdenticalResponses));
+        assert_eq!(
+            select_pair(&c, 0.0).decision,
+            Err(DropReason::IdenticalResponses)
+        );
     }
 }

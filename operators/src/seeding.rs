@@ -47,8 +47,14 @@ mod tests {
     fn ids_are_stable_and_content_sensitive() {
         let a = vec![Message::new("user", "Hello")];
         let b = vec![Message::new("user", "Hello ")];
-        let c = vec![Message::new("system", "user"), Message::new("user", "Hello")];
-        assert_eq!(prompt_id_from_messages(&a), prompt_id_from_messages(&a.clone()));
+        let c = vec![
+            Message::new("system", "user"),
+            Message::new("user", "Hello"),
+        ];
+        assert_eq!(
+            prompt_id_from_messages(&a),
+            prompt_id_from_messages(&a.clone())
+        );
         assert_ne!(prompt_id_from_messages(&a), prompt_id_from_messages(&b));
         assert_ne!(prompt_id_from_messages(&a), prompt_id_from_messages(&c));
         // Length prefixes keep ("ab","c") and ("a","bc") apart.

@@ -10,8 +10,14 @@ pub enum PipelineError {
     Output { location: String, message: String },
     #[error("storage location `{location}`: {message}")]
     Location { location: String, message: String },
-    #[error("{count} records were rejected, more than max_rejects allows ({limit}); first: {first}")]
-    TooManyRejects { count: u64, limit: String, first: String },
+    #[error(
+        "{count} records were rejected, more than max_rejects allows ({limit}); first: {first}"
+    )]
+    TooManyRejects {
+        count: u64,
+        limit: String,
+        first: String,
+    },
     #[error(transparent)]
     Model(#[from] steerflow_models::ModelError),
     #[error(transparent)]

@@ -13,8 +13,8 @@
 
 use crate::reject::Reject;
 use crate::sink::{write_worker_shards, ModelIds, ShardFile};
-use crate::storage::Location;
 use crate::spec::{Models, RunSpec};
+use crate::storage::Location;
 use crate::summary::StageCounters;
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,11 @@ pub fn reduce_prompt(mut samples: Vec<ScoredSample>, min_margin: f64) -> PromptO
     let prompt = samples[0].sample.prompt.clone();
     let candidates: Vec<Candidate<'_>> = samples
         .iter()
-        .map(|s| Candidate { sample_index: s.sample.sample_index, goodness: s.goodness, text: &s.sample.text })
+        .map(|s| Candidate {
+            sample_index: s.sample.sample_index,
+            goodness: s.goodness,
+            text: &s.sample.text,
+        })
         .collect();
     let selection = select_pair(&candidates, min_margin);
     let (pair, dropped) = match selection.decision {
@@ -74,14 +78,32 @@ pub fn reduce_prompt(mut samples: Vec<ScoredSample>, min_margin: f64) -> PromptO
         Err(reason) => (None, Some(reason)),
     };
     let prompt_stats = NormStats::from_values(samples.iter().map(|s| s.goodness));
-    PromptOutcome { prompt, pair, dropped, non_finite: selection.non_finite, prompt_stats, samples }
+    PromptOutcome {
+        prompt,
+        pair,
+        dropped,
+        non_finite: selection.non_finite,
+        prompt_stats,
+        samples,
+    }
 }
 
 /// Samples all of one prompt's responses, or says why it cannot.
-fn sample_prompt(prompt: Prompt, spec: &RunSpec, models: &Models, counters: &RefCell<StageCounters>) -> Vec<Result<Sample, Reject>> {
+fn sample_prompt(
+    prompt: Prompt,
+    spec: &RunSpec,
+    models: &Models,
+    counters: &RefCell<StageCounters>,
+) -> Vec<Result<Sample, Reject>> {
     let started = Instant::now();
     let reject = |reason: &str, detail: String| {
-        let mut r = Reject::new(&prompt.source.file, prompt.source.record, None, reason, detail);
+        let mut r = Reject::new(
+            &prompt.source.file,
+            prompt.source.record,
+            None,
+            reason,
+            detail,
+        );
         r.prompt_id = Some(prompt.id.clone());
         vec![Err(r)]
     };
@@ -91,7 +113,9 @@ fn sample_prompt(prompt: Prompt, spec: &RunSpec, models: &Models, counters: &Ref
         Err(e) => return reject("policy_error", e.to_string()),
     };
     let n = spec.samples_per_prompt;
-    let seeds: Vec<u64> = (0..n).map(|i| sample_seed(spec.seed, &prompt.id, i)).collect();
+    let seeds: Vec<u64> = (0..n)
+        .map(|i| sample_seed(spec.seed, &prompt.id, i))
+        .collect();
     let (generations, work) = match models.policy.generate(&tokens, &seeds, &spec.generation) {
         Ok(g) => g,
         Err(e) => return reject("generation_failed", e.to_string()),
@@ -106,7 +130,9 @@ fn sample_prompt(prompt: Prompt, spec: &RunSpec, models: &Models, counters: &Ref
         .into_iter()
         .enumerate()
         .map(|(i, g)| {
-            *c.finish_reasons.entry(g.finish.as_str().to_string()).or_default() += 1;
+            *c.finish_reasons
+                .entry(g.finish.as_str().to_string())
+                .or_default() += 1;
             Ok(Sample {
                 prompt: prompt.clone(),
                 sample_index: i as u32,
@@ -121,7 +147,12 @@ fn sample_prompt(prompt: Prompt, spec: &RunSpec, models: &Models, counters: &Ref
 }
 
 /// Scores one sample; a failure leaves NaN attributes (never chosen, counted as unscored).
-fn score_sample(sample: Sample, spec: &RunSpec, models: &Models, counters: &RefCell<StageCounters>) -> ScoredSample {
+fn score_sample(
+    sample: Sample,
+    spec: &RunSpec,
+    models: &Models,
+    counters: &RefCell<StageCounters>,
+) -> ScoredSample {
     let started = Instant::now();
     let (attributes, tokens) = match models.reward.score(&sample.prompt.messages, &sample.text) {
         Ok(s) => (s.attributes, s.tokens_run),
@@ -139,7 +170,12 @@ fn score_sample(sample: Sample, spec: &RunSpec, models: &Models, counters: &RefC
     }
     c.tokens_scored += tokens;
     c.scoring_seconds += started.elapsed().as_secs_f64();
-    ScoredSample { sample, attributes, goodness, scored_tokens: tokens }
+    ScoredSample {
+        sample,
+        attributes,
+        goodness,
+        scored_tokens: tokens,
+    }
 }
 
 /// Runs the graph on `spec.workers` threads; each worker then writes the output shards it owns.
@@ -153,7 +189,11 @@ pub fn run_graph(
 ) -> Result<Vec<WorkerResult>, PipelineError> {
     let total_prompts = prompts.len() as u64;
     let sample_bar = progress.stage("sample", "prompts", total_prompts);
-    let score_bar = progress.stage("score", "responses", total_prompts * spec.samples_per_prompt as u64);
+    let score_bar = progress.stage(
+        "score",
+        "responses",
+        total_prompts * spec.samples_per_prompt as u64,
+    );
     let (sample_bar_w, score_bar_w) = (sample_bar.clone(), score_bar.clone());
     let guards = timely::execute(timely::Config::process(spec.workers.max(1)), move |worker| {
         let index = worker.index();

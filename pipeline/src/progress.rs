@@ -24,7 +24,12 @@ impl StageProgress {
             // A line each time another tenth of the stage is done (at least every 5 items).
             let step = (self.total / 10).max(5);
             if (before + n) / step > before / step || before + n == self.total {
-                tracing::info!(stage = self.name, done = before + n, total = self.total, "progress");
+                tracing::info!(
+                    stage = self.name,
+                    done = before + n,
+                    total = self.total,
+                    "progress"
+                );
             }
         }
     }
@@ -43,18 +48,32 @@ pub struct Progress {
 impl Progress {
     pub fn new() -> Self {
         let terminal = std::io::stderr().is_terminal();
-        let target = if terminal { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Self { multi: MultiProgress::with_draw_target(target), log_lines: !terminal }
+        let target = if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            log_lines: !terminal,
+        }
     }
 
     pub fn stage(&self, name: &'static str, unit: &str, total: u64) -> StageProgress {
         let bar = self.multi.add(ProgressBar::new(total));
-        let template = format!("{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}");
+        let template =
+            format!("{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(name);
-        StageProgress { bar, name, done: Arc::new(AtomicU64::new(0)), total, log_lines: self.log_lines }
+        StageProgress {
+            bar,
+            name,
+            done: Arc::new(AtomicU64::new(0)),
+            total,
+            log_lines: self.log_lines,
+        }
     }
 }
 

@@ -20,7 +20,13 @@ pub struct Reject {
 }
 
 impl Reject {
-    pub fn new(file: &str, record: u64, field: Option<&str>, reason: &str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        file: &str,
+        record: u64,
+        field: Option<&str>,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             file: file.to_string(),
             record,

@@ -23,7 +23,11 @@ pub struct RunReport {
 }
 
 /// Runs an iterative-DPO job end to end.
-pub fn run_iterative_dpo(spec: RunSpec, input_format: InputFormat, models: Models) -> Result<RunReport, PipelineError> {
+pub fn run_iterative_dpo(
+    spec: RunSpec,
+    input_format: InputFormat,
+    models: Models,
+) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output, true)?;
     let source = read_prompts(&spec.input, input_format)?;
@@ -38,7 +42,14 @@ pub fn run_iterative_dpo(spec: RunSpec, input_format: InputFormat, models: Model
     };
     let spec = Arc::new(spec);
     let progress = Progress::new();
-    let results = run_graph(spec.clone(), models, prompts.clone(), output.clone(), ids.clone(), &progress)?;
+    let results = run_graph(
+        spec.clone(),
+        models,
+        prompts.clone(),
+        output.clone(),
+        ids.clone(),
+        &progress,
+    )?;
 
     let mut counters = StageCounters::default();
     let mut rejects = source.rejects;
@@ -117,14 +128,26 @@ pub fn run_iterative_dpo(spec: RunSpec, input_format: InputFormat, models: Model
                 lines.push_str(&serde_json::to_string(r).unwrap_or_default());
                 lines.push('\n');
             }
-            output.put("rejects/rejects.jsonl", lines.into_bytes()).await?;
+            output
+                .put("rejects/rejects.jsonl", lines.into_bytes())
+                .await?;
         }
         let pretty = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         output.put("summary.json", pretty).await?;
         // Last: the README lists the files, so it only ever names complete ones.
-        output.put("README.md", dataset_readme(&files, &spec.description, &summary).into_bytes()).await
+        output
+            .put(
+                "README.md",
+                dataset_readme(&files, &spec.description, &summary).into_bytes(),
+            )
+            .await
     })?;
-    Ok(RunReport { summary, files, counters, rejects })
+    Ok(RunReport {
+        summary,
+        files,
+        counters,
+        rejects,
+    })
 }
 
 fn check_rejects(spec: &RunSpec, rejects: &[Reject], records: u64) -> Result<(), PipelineError> {

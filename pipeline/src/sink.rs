@@ -13,7 +13,8 @@ use crate::spec::{Normalization, RunSpec};
 use crate::storage::Location;
 use crate::PipelineError;
 use arrow::array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray, UInt64Array,
+    ArrayRef, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema};
@@ -50,15 +51,27 @@ pub fn shard_path(k: usize, n: usize) -> String {
 }
 
 fn message_fields() -> Fields {
-    Fields::from(vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, false)])
+    Fields::from(vec![
+        Field::new("role", DataType::Utf8, false),
+        Field::new("content", DataType::Utf8, false),
+    ])
 }
 
 fn messages_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), false)))
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(message_fields()),
+        false,
+    )))
 }
 
 fn attributes_type(names: &[String]) -> DataType {
-    DataType::Struct(names.iter().map(|n| Field::new(n, DataType::Float64, true)).collect())
+    DataType::Struct(
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Float64, true))
+            .collect(),
+    )
 }
 
 /// The schema of a pairs shard.
@@ -75,7 +88,11 @@ pub fn pairs_schema(attribute_names: &[String]) -> Arc<Schema> {
         f64_col("chosen_normalized_score"),
         f64_col("rejected_normalized_score"),
         Field::new("chosen_attributes", attributes_type(attribute_names), false),
-        Field::new("rejected_attributes", attributes_type(attribute_names), false),
+        Field::new(
+            "rejected_attributes",
+            attributes_type(attribute_names),
+            false,
+        ),
         Field::new("chosen_sample_index", DataType::Int32, false),
         Field::new("rejected_sample_index", DataType::Int32, false),
         Field::new("chosen_finish_reason", DataType::Utf8, false),
@@ -94,13 +111,29 @@ pub fn pairs_schema(attribute_names: &[String]) -> Arc<Schema> {
 fn messages_array(rows: &[Vec<Message>]) -> ListArray {
     let roles = StringArray::from_iter_values(rows.iter().flatten().map(|m| m.role.as_str()));
     let contents = StringArray::from_iter_values(rows.iter().flatten().map(|m| m.content.as_str()));
-    let values = StructArray::new(message_fields(), vec![Arc::new(roles) as ArrayRef, Arc::new(contents)], None);
+    let values = StructArray::new(
+        message_fields(),
+        vec![Arc::new(roles) as ArrayRef, Arc::new(contents)],
+        None,
+    );
     let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
-    ListArray::new(Arc::new(Field::new("item", DataType::Struct(message_fields()), false)), offsets, Arc::new(values), None)
+    ListArray::new(
+        Arc::new(Field::new(
+            "item",
+            DataType::Struct(message_fields()),
+            false,
+        )),
+        offsets,
+        Arc::new(values),
+        None,
+    )
 }
 
 fn attributes_array(names: &[String], rows: &[&[f64]]) -> StructArray {
-    let fields: Fields = names.iter().map(|n| Field::new(n, DataType::Float64, true)).collect();
+    let fields: Fields = names
+        .iter()
+        .map(|n| Field::new(n, DataType::Float64, true))
+        .collect();
     let columns: Vec<ArrayRef> = (0..names.len())
         .map(|k| Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r[k]))) as ArrayRef)
         .collect();
@@ -108,13 +141,20 @@ fn attributes_array(names: &[String], rows: &[&[f64]]) -> StructArray {
 }
 
 /// Normalised goodness of `goodness` under the run's normalisation mode.
-fn normalized(goodness: f64, mode: &Normalization, run: Option<&NormStats>, prompt: Option<&NormStats>) -> Option<f64> {
+fn normalized(
+    goodness: f64,
+    mode: &Normalization,
+    run: Option<&NormStats>,
+    prompt: Option<&NormStats>,
+) -> Option<f64> {
     let stats = match mode {
         Normalization::Reference(s) => Some(s),
         Normalization::Run => run,
         Normalization::PerPrompt => prompt,
     }?;
-    goodness.is_finite().then(|| normalize_goodness(goodness, stats))
+    goodness
+        .is_finite()
+        .then(|| normalize_goodness(goodness, stats))
 }
 
 /// One shard's rows as an Arrow batch; `outcomes` must hold pairs only, sorted by prompt id.
@@ -128,7 +168,8 @@ pub fn pairs_batch(
     let mut chosen = Vec::new();
     let mut rejected = Vec::new();
     let (mut cs, mut rs, mut margin, mut cn, mut rn) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut ca, mut ra, mut ci, mut ri, mut cf, mut rf, mut n) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut ca, mut ra, mut ci, mut ri, mut cf, mut rf, mut n) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for o in outcomes {
         let Some((c, r, m)) = o.pair else { continue };
         let (c, r) = (&o.samples[c], &o.samples[r]);
@@ -138,8 +179,18 @@ pub fn pairs_batch(
         cs.push(c.goodness);
         rs.push(r.goodness);
         margin.push(m);
-        cn.push(normalized(c.goodness, &spec.normalization, run_stats, o.prompt_stats.as_ref()));
-        rn.push(normalized(r.goodness, &spec.normalization, run_stats, o.prompt_stats.as_ref()));
+        cn.push(normalized(
+            c.goodness,
+            &spec.normalization,
+            run_stats,
+            o.prompt_stats.as_ref(),
+        ));
+        rn.push(normalized(
+            r.goodness,
+            &spec.normalization,
+            run_stats,
+            o.prompt_stats.as_ref(),
+        ));
         ca.push(c.attributes.as_slice());
         ra.push(r.attributes.as_slice());
         ci.push(c.sample.sample_index as i32);
@@ -149,10 +200,16 @@ pub fn pairs_batch(
         n.push((o.samples.len() - o.non_finite) as i32);
     }
     let rows = prompts.len();
-    let repeat_str = |s: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(s, rows))) as ArrayRef;
+    let repeat_str =
+        |s: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(s, rows))) as ArrayRef;
     let sampling = &spec.generation.sampling;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(outcomes.iter().filter(|o| o.pair.is_some()).map(|o| o.prompt.id.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            outcomes
+                .iter()
+                .filter(|o| o.pair.is_some())
+                .map(|o| o.prompt.id.as_str()),
+        )),
         Arc::new(messages_array(&prompts)),
         Arc::new(messages_array(&chosen)),
         Arc::new(messages_array(&rejected)),
@@ -173,10 +230,16 @@ pub fn pairs_batch(
         Arc::new(Float64Array::from(vec![sampling.temperature; rows])),
         Arc::new(Float64Array::from(vec![sampling.top_p; rows])),
         Arc::new(Int64Array::from(vec![sampling.top_k as i64; rows])),
-        Arc::new(Int64Array::from(vec![spec.generation.max_new_tokens as i64; rows])),
+        Arc::new(Int64Array::from(vec![
+            spec.generation.max_new_tokens as i64;
+            rows
+        ])),
         Arc::new(UInt64Array::from(vec![spec.seed; rows])),
     ];
-    Ok(RecordBatch::try_new(pairs_schema(&ids.attribute_names), columns)?)
+    Ok(RecordBatch::try_new(
+        pairs_schema(&ids.attribute_names),
+        columns,
+    )?)
 }
 
 /// Encodes a batch as a parquet file in memory (snappy, bounded row groups).
@@ -208,7 +271,10 @@ pub fn write_worker_shards(
     for shard in (0..spec.shards).filter(|k| k % peers == index) {
         let mut rows: Vec<&PromptOutcome> = outcomes
             .iter()
-            .filter(|o| o.pair.is_some() && steerflow_operators::seeding::shard_of(&o.prompt.id, spec.shards) == shard)
+            .filter(|o| {
+                o.pair.is_some()
+                    && steerflow_operators::seeding::shard_of(&o.prompt.id, spec.shards) == shard
+            })
             .collect();
         rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
         let batch = pairs_batch(&rows, spec, ids, run_stats)?;
@@ -216,14 +282,24 @@ pub fn write_worker_shards(
         let path = shard_path(shard, spec.shards);
         let size = bytes.len() as u64;
         rt.block_on(output.put(&path, bytes))?;
-        files.push(ShardFile { path, rows: batch.num_rows() as u64, bytes: size });
+        files.push(ShardFile {
+            path,
+            rows: batch.num_rows() as u64,
+            bytes: size,
+        });
     }
     Ok(files)
 }
 
 /// The dataset card: YAML `configs` listing exactly `files`, then a description.
-pub fn dataset_readme(files: &[ShardFile], description: &str, summary: &serde_json::Value) -> String {
-    let mut out = String::from("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n");
+pub fn dataset_readme(
+    files: &[ShardFile],
+    description: &str,
+    summary: &serde_json::Value,
+) -> String {
+    let mut out = String::from(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n",
+    );
     for f in files {
         out.push_str(&format!("    - {}\n", f.path));
     }
@@ -254,8 +330,16 @@ mod tests {
     #[test]
     fn readme_lists_exactly_the_files() {
         let files = vec![
-            ShardFile { path: shard_path(0, 2), rows: 3, bytes: 10 },
-            ShardFile { path: shard_path(1, 2), rows: 4, bytes: 10 },
+            ShardFile {
+                path: shard_path(0, 2),
+                rows: 3,
+                bytes: 10,
+            },
+            ShardFile {
+                path: shard_path(1, 2),
+                rows: 4,
+                bytes: 10,
+            },
         ];
         let readme = dataset_readme(&files, "demo", &serde_json::json!({"pairs": 7}));
         assert!(readme.starts_with("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n    - data/train-00000-of-00002.parquet\n    - data/train-00001-of-00002.parquet\n---\n"));
@@ -266,9 +350,26 @@ mod tests {
         let reference = NormStats::reference(1.0, 2.0).unwrap();
         let run = NormStats::from_values([0.0, 2.0]).unwrap();
         let prompt = NormStats::from_values([5.0, 5.0]).unwrap();
-        assert_eq!(normalized(3.0, &Normalization::Reference(reference), Some(&run), Some(&prompt)), Some(1.0));
-        assert_eq!(normalized(3.0, &Normalization::Run, Some(&run), Some(&prompt)), Some(2.0));
-        assert_eq!(normalized(5.0, &Normalization::PerPrompt, Some(&run), Some(&prompt)), Some(0.0));
-        assert_eq!(normalized(f64::NAN, &Normalization::Run, Some(&run), None), None);
+        assert_eq!(
+            normalized(
+                3.0,
+                &Normalization::Reference(reference),
+                Some(&run),
+                Some(&prompt)
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            normalized(3.0, &Normalization::Run, Some(&run), Some(&prompt)),
+            Some(2.0)
+        );
+        assert_eq!(
+            normalized(5.0, &Normalization::PerPrompt, Some(&run), Some(&prompt)),
+            Some(0.0)
+        );
+        assert_eq!(
+            normalized(f64::NAN, &Normalization::Run, Some(&run), None),
+            None
+        );
     }
 }

@@ -7,9 +7,9 @@
 use crate::reject::Reject;
 use crate::storage::Location;
 use crate::PipelineError;
-use object_store::ObjectStoreExt;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -40,8 +40,12 @@ impl InputFormat {
             "parquet" => Ok(Self::Parquet),
             "auto" if path.ends_with(".parquet") => Ok(Self::Parquet),
             "auto" if path.ends_with(".jsonl") || path.ends_with(".json") => Ok(Self::Jsonl),
-            "auto" => Err(format!("cannot tell the format of `{path}` from its extension; set input.format")),
-            other => Err(format!("unknown input format `{other}` (jsonl, parquet, auto)")),
+            "auto" => Err(format!(
+                "cannot tell the format of `{path}` from its extension; set input.format"
+            )),
+            other => Err(format!(
+                "unknown input format `{other}` (jsonl, parquet, auto)"
+            )),
         }
     }
 }
@@ -49,7 +53,10 @@ impl InputFormat {
 /// Reads every prompt of `spec` (a path or URL to one file).
 pub fn read_prompts(spec: &str, format: InputFormat) -> Result<SourceOutput, PipelineError> {
     let (location, file) = Location::parse_file(spec)?;
-    let fail = |message: String| PipelineError::Input { location: spec.to_string(), message };
+    let fail = |message: String| PipelineError::Input {
+        location: spec.to_string(),
+        message,
+    };
     let rt = crate::storage::io_runtime()?;
     let bytes = rt
         .block_on(async { location.store.get(&file).await?.bytes().await })
@@ -78,7 +85,13 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
         let text = match std::str::from_utf8(raw) {
             Ok(t) => t,
             Err(e) => {
-                out.rejects.push(Reject::new(file, line_no, None, "invalid_utf8", format!("invalid UTF-8: {e}")));
+                out.rejects.push(Reject::new(
+                    file,
+                    line_no,
+                    None,
+                    "invalid_utf8",
+                    format!("invalid UTF-8: {e}"),
+                ));
                 continue;
             }
         };
@@ -90,14 +103,20 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
                 } else {
                     ("invalid_json", format!("invalid JSON: {e}"))
                 };
-                out.rejects.push(Reject::new(file, line_no, None, reason, detail));
+                out.rejects
+                    .push(Reject::new(file, line_no, None, reason, detail));
                 continue;
             }
         };
-        let position = SourcePosition { file: file.to_string(), record: line_no };
+        let position = SourcePosition {
+            file: file.to_string(),
+            record: line_no,
+        };
         match prompt_from_json(&value, position) {
             Ok(p) => out.prompts.push(p),
-            Err((field, reason, detail)) => out.rejects.push(Reject::new(file, line_no, field, reason, detail)),
+            Err((field, reason, detail)) => out
+                .rejects
+                .push(Reject::new(file, line_no, field, reason, detail)),
         }
     }
     out
@@ -106,49 +125,80 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
 type FieldError = (Option<&'static str>, &'static str, String);
 
 fn prompt_from_json(value: &Value, source: SourcePosition) -> Result<Prompt, FieldError> {
-    let obj = value.as_object().ok_or((None, "not_an_object", "a record must be a JSON object".to_string()))?;
+    let obj = value.as_object().ok_or((
+        None,
+        "not_an_object",
+        "a record must be a JSON object".to_string(),
+    ))?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Some(other) => {
-            return Err((Some("id"), "wrong_type", format!("`id` must be a non-empty string or an integer, got {other}")))
+            return Err((
+                Some("id"),
+                "wrong_type",
+                format!("`id` must be a non-empty string or an integer, got {other}"),
+            ))
         }
     };
-    let messages = match (obj.get("prompt"), obj.get("messages")) {
-        (Some(_), Some(_)) => {
-            return Err((Some("prompt"), "ambiguous", "a record has either `prompt` or `messages`, not both".into()))
-        }
-        (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
-        (Some(other), None) => {
-            return Err((Some("prompt"), "wrong_type", format!("`prompt` must be a string, got {}", type_name(other))))
-        }
-        (None, Some(Value::Array(items))) => {
-            let mut messages = Vec::with_capacity(items.len());
-            for (k, item) in items.iter().enumerate() {
-                let role = item.get("role").and_then(Value::as_str);
-                let content = item.get("content").and_then(Value::as_str);
-                match (role, content) {
-                    (Some(r), Some(c)) => messages.push(Message::new(r, c)),
-                    _ => {
-                        return Err((
+    let messages =
+        match (obj.get("prompt"), obj.get("messages")) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    Some("prompt"),
+                    "ambiguous",
+                    "a record has either `prompt` or `messages`, not both".into(),
+                ))
+            }
+            (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
+            (Some(other), None) => {
+                return Err((
+                    Some("prompt"),
+                    "wrong_type",
+                    format!("`prompt` must be a string, got {}", type_name(other)),
+                ))
+            }
+            (None, Some(Value::Array(items))) => {
+                let mut messages = Vec::with_capacity(items.len());
+                for (k, item) in items.iter().enumerate() {
+                    let role = item.get("role").and_then(Value::as_str);
+                    let content = item.get("content").and_then(Value::as_str);
+                    match (role, content) {
+                        (Some(r), Some(c)) => messages.push(Message::new(r, c)),
+                        _ => return Err((
                             Some("messages"),
                             "wrong_type",
-                            format!("messages[{k}] must be an object with string `role` and `content`"),
-                        ))
+                            format!(
+                                "messages[{k}] must be an object with string `role` and `content`"
+                            ),
+                        )),
                     }
                 }
+                messages
             }
-            messages
-        }
-        (None, Some(other)) => {
-            return Err((Some("messages"), "wrong_type", format!("`messages` must be a list, got {}", type_name(other))))
-        }
-        (None, None) => return Err((Some("prompt"), "missing_field", "neither `prompt` nor `messages` is present".into())),
-    };
+            (None, Some(other)) => {
+                return Err((
+                    Some("messages"),
+                    "wrong_type",
+                    format!("`messages` must be a list, got {}", type_name(other)),
+                ))
+            }
+            (None, None) => {
+                return Err((
+                    Some("prompt"),
+                    "missing_field",
+                    "neither `prompt` nor `messages` is present".into(),
+                ))
+            }
+        };
     validate_messages(&messages)?;
     let id = id.unwrap_or_else(|| prompt_id_from_messages(&messages));
-    Ok(Prompt { id, messages, source })
+    Ok(Prompt {
+        id,
+        messages,
+        source,
+    })
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -165,14 +215,25 @@ fn type_name(v: &Value) -> &'static str {
 /// A prompt the policy can answer: non-empty, known roles, ending with a user turn.
 fn validate_messages(messages: &[Message]) -> Result<(), FieldError> {
     if messages.is_empty() {
-        return Err((Some("messages"), "empty", "the conversation has no messages".into()));
+        return Err((
+            Some("messages"),
+            "empty",
+            "the conversation has no messages".into(),
+        ));
     }
     for (k, m) in messages.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err((Some("messages"), "unknown_role", format!("messages[{k}] has role `{}`", m.role)));
+            return Err((
+                Some("messages"),
+                "unknown_role",
+                format!("messages[{k}] has role `{}`", m.role),
+            ));
         }
     }
-    if messages.iter().all(|m| m.content.trim().is_empty() || m.role == "system") {
+    if messages
+        .iter()
+        .all(|m| m.content.trim().is_empty() || m.role == "system")
+    {
         return Err((Some("prompt"), "empty", "the prompt is empty".into()));
     }
     if messages.last().is_some_and(|m| m.role != "user") {
@@ -187,7 +248,8 @@ fn validate_messages(messages: &[Message]) -> Result<(), FieldError> {
 
 /// Parses a parquet file of prompts (columns `prompt` or `messages`, optional `id`).
 pub fn parse_parquet(file: &str, bytes: bytes::Bytes) -> Result<SourceOutput, String> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("not a readable parquet file: {e}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| format!("not a readable parquet file: {e}"))?;
     let reader = builder.build().map_err(|e| e.to_string())?;
     let mut out = SourceOutput::default();
     let mut row: u64 = 0;
@@ -206,31 +268,59 @@ fn string_at(array: &dyn Array, i: usize) -> Option<String> {
         DataType::Utf8 => Some(array.as_string::<i32>().value(i).to_string()),
         DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i).to_string()),
         DataType::Utf8View => Some(array.as_string_view().value(i).to_string()),
-        DataType::Int64 => Some(array.as_primitive::<arrow::datatypes::Int64Type>().value(i).to_string()),
-        DataType::Int32 => Some(array.as_primitive::<arrow::datatypes::Int32Type>().value(i).to_string()),
-        DataType::UInt64 => Some(array.as_primitive::<arrow::datatypes::UInt64Type>().value(i).to_string()),
+        DataType::Int64 => Some(
+            array
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(i)
+                .to_string(),
+        ),
+        DataType::Int32 => Some(
+            array
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(i)
+                .to_string(),
+        ),
+        DataType::UInt64 => Some(
+            array
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .value(i)
+                .to_string(),
+        ),
         _ => None,
     }
 }
 
-fn parse_batch(file: &str, batch: &RecordBatch, row: &mut u64, out: &mut SourceOutput) -> Result<(), String> {
+fn parse_batch(
+    file: &str,
+    batch: &RecordBatch,
+    row: &mut u64,
+    out: &mut SourceOutput,
+) -> Result<(), String> {
     let schema = batch.schema();
     let id_col = batch.column_by_name("id");
     let prompt_col = batch.column_by_name("prompt");
     let messages_col = batch.column_by_name("messages");
     if prompt_col.is_none() && messages_col.is_none() {
         let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Err(format!("schema mismatch: no `prompt` or `messages` column (columns: {})", columns.join(", ")));
+        return Err(format!(
+            "schema mismatch: no `prompt` or `messages` column (columns: {})",
+            columns.join(", ")
+        ));
     }
     for i in 0..batch.num_rows() {
         let record = *row;
         *row += 1;
         out.records += 1;
-        let position = SourcePosition { file: file.to_string(), record };
+        let position = SourcePosition {
+            file: file.to_string(),
+            record,
+        };
         let result = prompt_from_row(id_col, prompt_col, messages_col, i, position);
         match result {
             Ok(p) => out.prompts.push(p),
-            Err((field, reason, detail)) => out.rejects.push(Reject::new(file, record, field, reason, detail)),
+            Err((field, reason, detail)) => out
+                .rejects
+                .push(Reject::new(file, record, field, reason, detail)),
         }
     }
     Ok(())
@@ -247,7 +337,10 @@ fn prompt_from_row(
         Some(col) if !col.is_null(i) => Some(string_at(col.as_ref(), i).ok_or((
             Some("id"),
             "wrong_type",
-            format!("`id` must be a string or integer column, not {}", col.data_type()),
+            format!(
+                "`id` must be a string or integer column, not {}",
+                col.data_type()
+            ),
         ))?),
         _ => None,
     };
@@ -255,19 +348,38 @@ fn prompt_from_row(
     let messages = messages_col.filter(|c| !c.is_null(i));
     let messages = match (prompt, messages) {
         (Some(_), Some(_)) => {
-            return Err((Some("prompt"), "ambiguous", "a row has either `prompt` or `messages`, not both".into()))
+            return Err((
+                Some("prompt"),
+                "ambiguous",
+                "a row has either `prompt` or `messages`, not both".into(),
+            ))
         }
         (Some(col), None) => {
-            let text = string_at(col.as_ref(), i)
-                .ok_or((Some("prompt"), "wrong_type", format!("`prompt` must be a string column, not {}", col.data_type())))?;
+            let text = string_at(col.as_ref(), i).ok_or((
+                Some("prompt"),
+                "wrong_type",
+                format!("`prompt` must be a string column, not {}", col.data_type()),
+            ))?;
             vec![Message::new("user", text)]
         }
         (None, Some(col)) => messages_at(col.as_ref(), i)?,
-        (None, None) => return Err((Some("prompt"), "missing_field", "both `prompt` and `messages` are null".into())),
+        (None, None) => {
+            return Err((
+                Some("prompt"),
+                "missing_field",
+                "both `prompt` and `messages` are null".into(),
+            ))
+        }
     };
     validate_messages(&messages)?;
-    let id = id.filter(|s| !s.is_empty()).unwrap_or_else(|| prompt_id_from_messages(&messages));
-    Ok(Prompt { id, messages, source })
+    let id = id
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| prompt_id_from_messages(&messages));
+    Ok(Prompt {
+        id,
+        messages,
+        source,
+    })
 }
 
 fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
@@ -275,7 +387,10 @@ fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
         (
             Some("messages"),
             "wrong_type",
-            format!("`messages` must be a list of structs with string `role` and `content`, not {}", col.data_type()),
+            format!(
+                "`messages` must be a list of structs with string `role` and `content`, not {}",
+                col.data_type()
+            ),
         )
     };
     let list = match col.data_type() {
@@ -287,9 +402,18 @@ fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
     let roles = items.column_by_name("role").ok_or_else(wrong)?;
     let contents = items.column_by_name("content").ok_or_else(wrong)?;
     (0..items.len())
-        .map(|k| match (string_at(roles.as_ref(), k), string_at(contents.as_ref(), k)) {
-            (Some(r), Some(c)) => Ok(Message::new(r, c)),
-            _ => Err((Some("messages"), "wrong_type", format!("messages[{k}] has a null or non-string role or content"))),
+        .map(|k| {
+            match (
+                string_at(roles.as_ref(), k),
+                string_at(contents.as_ref(), k),
+            ) {
+                (Some(r), Some(c)) => Ok(Message::new(r, c)),
+                _ => Err((
+                    Some("messages"),
+                    "wrong_type",
+                    format!("messages[{k}] has a null or non-string role or content"),
+                )),
+            }
         })
         .collect()
 }
@@ -302,7 +426,13 @@ fn reject_duplicate_ids(file: &str, out: &mut SourceOutput) {
         if seen.insert(p.id.clone()) {
             kept.push(p);
         } else {
-            let mut r = Reject::new(file, p.source.record, Some("id"), "duplicate_id", format!("prompt id `{}` appeared before; the first is kept", p.id));
+            let mut r = Reject::new(
+                file,
+                p.source.record,
+                Some("id"),
+                "duplicate_id",
+                format!("prompt id `{}` appeared before; the first is kept", p.id),
+            );
             r.prompt_id = Some(p.id);
             out.rejects.push(r);
         }
@@ -325,7 +455,10 @@ mod tests {
         assert!(out.rejects.is_empty(), "{:?}", out.rejects);
         assert_eq!(out.records, 3);
         assert_eq!(out.prompts.len(), 3);
-        assert_eq!(out.prompts[0].id, prompt_id_from_messages(&[Message::new("user", "Hi")]));
+        assert_eq!(
+            out.prompts[0].id,
+            prompt_id_from_messages(&[Message::new("user", "Hi")])
+        );
         assert_eq!(out.prompts[1].id, "7");
         assert_eq!(out.prompts[1].messages.len(), 2);
         assert_eq!(out.prompts[2].source.record, 4);
@@ -345,8 +478,11 @@ mod tests {
         input.extend_from_slice(b"{\"prompt\": \"cut");
         let out = parse_jsonl("in.jsonl", &input);
         assert_eq!(out.prompts.len(), 1);
-        let got: Vec<(u64, Option<&str>, &str)> =
-            out.rejects.iter().map(|r| (r.record, r.field.as_deref(), r.reason.as_str())).collect();
+        let got: Vec<(u64, Option<&str>, &str)> = out
+            .rejects
+            .iter()
+            .map(|r| (r.record, r.field.as_deref(), r.reason.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -365,7 +501,10 @@ mod tests {
 
     #[test]
     fn duplicates_keep_the_first() {
-        let mut out = parse_jsonl("d.jsonl", b"{\"id\":\"a\",\"prompt\":\"1\"}\n{\"id\":\"a\",\"prompt\":\"2\"}\n");
+        let mut out = parse_jsonl(
+            "d.jsonl",
+            b"{\"id\":\"a\",\"prompt\":\"1\"}\n{\"id\":\"a\",\"prompt\":\"2\"}\n",
+        );
         reject_duplicate_ids("d.jsonl", &mut out);
         assert_eq!(out.prompts.len(), 1);
         assert_eq!(out.prompts[0].messages[0].content, "1");
@@ -375,8 +514,14 @@ mod tests {
 
     #[test]
     fn formats_by_extension() {
-        assert_eq!(InputFormat::resolve("auto", "a/b.parquet"), Ok(InputFormat::Parquet));
-        assert_eq!(InputFormat::resolve("auto", "a/b.jsonl"), Ok(InputFormat::Jsonl));
+        assert_eq!(
+            InputFormat::resolve("auto", "a/b.parquet"),
+            Ok(InputFormat::Parquet)
+        );
+        assert_eq!(
+            InputFormat::resolve("auto", "a/b.jsonl"),
+            Ok(InputFormat::Jsonl)
+        );
         assert!(InputFormat::resolve("auto", "a/b.csv").is_err());
     }
 }

@@ -19,38 +19,73 @@ impl Location {
     /// `file:///x`, `memory:///x` (and cloud URLs when built with them), or a local path.
     /// A local directory is created if missing when `create` is set.
     pub fn parse(spec: &str, create: bool) -> Result<Self, PipelineError> {
-        let fail = |message: String| PipelineError::Location { location: spec.to_string(), message };
+        let fail = |message: String| PipelineError::Location {
+            location: spec.to_string(),
+            message,
+        };
         if spec.contains("://") {
             let url = url::Url::parse(spec).map_err(|e| fail(e.to_string()))?;
             let (store, prefix) = object_store::parse_url(&url).map_err(|e| fail(e.to_string()))?;
-            return Ok(Self { store: Arc::from(store), prefix, display: spec.to_string() });
+            return Ok(Self {
+                store: Arc::from(store),
+                prefix,
+                display: spec.to_string(),
+            });
         }
         let path = std::path::Path::new(spec);
         let absolute = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            std::env::current_dir().map_err(|e| fail(e.to_string()))?.join(path)
+            std::env::current_dir()
+                .map_err(|e| fail(e.to_string()))?
+                .join(path)
         };
         if create {
-            std::fs::create_dir_all(&absolute).map_err(|e| fail(format!("cannot create directory: {e}")))?;
+            std::fs::create_dir_all(&absolute)
+                .map_err(|e| fail(format!("cannot create directory: {e}")))?;
         }
         let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|e| fail(e.to_string()))?;
-        Ok(Self { store: Arc::new(store), prefix: StorePath::default(), display: spec.to_string() })
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: StorePath::default(),
+            display: spec.to_string(),
+        })
     }
 
     /// A single file: the location of its directory and its name.
     pub fn parse_file(spec: &str) -> Result<(Self, StorePath), PipelineError> {
-        let fail = |message: &str| PipelineError::Location { location: spec.to_string(), message: message.into() };
+        let fail = |message: &str| PipelineError::Location {
+            location: spec.to_string(),
+            message: message.into(),
+        };
         if spec.contains("://") {
             let loc = Self::parse(spec, false)?;
             let file = loc.prefix.clone();
-            return Ok((Self { prefix: StorePath::default(), ..loc }, file));
+            return Ok((
+                Self {
+                    prefix: StorePath::default(),
+                    ..loc
+                },
+                file,
+            ));
         }
         let path = std::path::Path::new(spec);
-        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| fail("not a file path"))?;
-        let dir = path.parent().map(|p| p.to_string_lossy().into_owned()).filter(|p| !p.is_empty());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| fail("not a file path"))?;
+        let dir = path
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
         let loc = Self::parse(dir.as_deref().unwrap_or("."), false)?;
-        Ok((Self { display: spec.to_string(), ..loc }, StorePath::from(name)))
+        Ok((
+            Self {
+                display: spec.to_string(),
+                ..loc
+            },
+            StorePath::from(name),
+        ))
     }
 
     /// The path of `relative` inside this location.
@@ -64,10 +99,13 @@ impl Location {
 
     /// Writes `bytes` at `relative` (a whole-object put: readers see all of it or nothing).
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), PipelineError> {
-        self.store.put(&self.child(relative), bytes.into()).await.map_err(|e| PipelineError::Output {
-            location: format!("{}/{relative}", self.display.trim_end_matches('/')),
-            message: e.to_string(),
-        })?;
+        self.store
+            .put(&self.child(relative), bytes.into())
+            .await
+            .map_err(|e| PipelineError::Output {
+                location: format!("{}/{relative}", self.display.trim_end_matches('/')),
+                message: e.to_string(),
+            })?;
         Ok(())
     }
 }

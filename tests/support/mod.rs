@@ -16,7 +16,10 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = workspace_root().join(".venv-test/bin/python");
-    assert!(venv.exists(), "no test Python: run ./scripts/test (it creates .venv-test with pyarrow)");
+    assert!(
+        venv.exists(),
+        "no test Python: run ./scripts/test (it creates .venv-test with pyarrow)"
+    );
     venv
 }
 
@@ -32,13 +35,28 @@ for f in sorted(glob.glob(sys.argv[1] + "/data/*.parquet")):
 rows.sort(key=lambda r: r["prompt_id"])
 print(json.dumps(rows))
 "#;
-    let out = Command::new(python()).arg("-c").arg(script).arg(dir).output().expect("python runs");
-    assert!(out.status.success(), "pyarrow failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "pyarrow failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("json rows")
 }
 
 /// A tiny iterative-DPO job over `input`, writing to `output`.
-pub fn tiny_config(input: &Path, output: &Path, workers: usize, samples: u32, max_new_tokens: usize) -> String {
+pub fn tiny_config(
+    input: &Path,
+    output: &Path,
+    workers: usize,
+    samples: u32,
+    max_new_tokens: usize,
+) -> String {
     format!(
         r#"
 [job]
