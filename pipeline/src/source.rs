@@ -142,56 +142,57 @@ fn prompt_from_json(value: &Value, source: SourcePosition) -> Result<Prompt, Fie
             ))
         }
     };
-    let messages =
-        match (obj.get("prompt"), obj.get("messages")) {
-            (Some(_), Some(_)) => {
-                return Err((
-                    Some("prompt"),
-                    "ambiguous",
-                    "a record has either `prompt` or `messages`, not both".into(),
-                ))
-            }
-            (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
-            (Some(other), None) => {
-                return Err((
-                    Some("prompt"),
-                    "wrong_type",
-                    format!("`prompt` must be a string, got {}", type_name(other)),
-                ))
-            }
-            (None, Some(Value::Array(items))) => {
-                let mut messages = Vec::with_capacity(items.len());
-                for (k, item) in items.iter().enumerate() {
-                    let role = item.get("role").and_then(Value::as_str);
-                    let content = item.get("content").and_then(Value::as_str);
-                    match (role, content) {
-                        (Some(r), Some(c)) => messages.push(Message::new(r, c)),
-                        _ => return Err((
+    let messages = match (obj.get("prompt"), obj.get("messages")) {
+        (Some(_), Some(_)) => {
+            return Err((
+                Some("prompt"),
+                "ambiguous",
+                "a record has either `prompt` or `messages`, not both".into(),
+            ))
+        }
+        (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
+        (Some(other), None) => {
+            return Err((
+                Some("prompt"),
+                "wrong_type",
+                format!("`prompt` must be a string, got {}", type_name(other)),
+            ))
+        }
+        (None, Some(Value::Array(items))) => {
+            let mut messages = Vec::with_capacity(items.len());
+            for (k, item) in items.iter().enumerate() {
+                let role = item.get("role").and_then(Value::as_str);
+                let content = item.get("content").and_then(Value::as_str);
+                match (role, content) {
+                    (Some(r), Some(c)) => messages.push(Message::new(r, c)),
+                    _ => {
+                        return Err((
                             Some("messages"),
                             "wrong_type",
                             format!(
                                 "messages[{k}] must be an object with string `role` and `content`"
                             ),
-                        )),
+                        ))
                     }
                 }
-                messages
             }
-            (None, Some(other)) => {
-                return Err((
-                    Some("messages"),
-                    "wrong_type",
-                    format!("`messages` must be a list, got {}", type_name(other)),
-                ))
-            }
-            (None, None) => {
-                return Err((
-                    Some("prompt"),
-                    "missing_field",
-                    "neither `prompt` nor `messages` is present".into(),
-                ))
-            }
-        };
+            messages
+        }
+        (None, Some(other)) => {
+            return Err((
+                Some("messages"),
+                "wrong_type",
+                format!("`messages` must be a list, got {}", type_name(other)),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                Some("prompt"),
+                "missing_field",
+                "neither `prompt` nor `messages` is present".into(),
+            ))
+        }
+    };
     validate_messages(&messages)?;
     let id = id.unwrap_or_else(|| prompt_id_from_messages(&messages));
     Ok(Prompt {

@@ -78,7 +78,13 @@ impl Location {
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| !p.is_empty());
-        let loc = Self::parse(dir.as_deref().unwrap_or("."), false)?;
+        let dir = dir.as_deref().unwrap_or(".");
+        if !std::path::Path::new(dir).is_dir() {
+            return Err(fail(&format!(
+                "no such file: the directory {dir} does not exist"
+            )));
+        }
+        let loc = Self::parse(dir, false)?;
         Ok((
             Self {
                 display: spec.to_string(),
