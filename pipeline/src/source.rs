@@ -525,4 +525,68 @@ mod tests {
         );
         assert!(InputFormat::resolve("auto", "a/b.csv").is_err());
     }
+
+    fn parquet_of(batch: RecordBatch) -> bytes::Bytes {
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        bytes::Bytes::from(buf)
+    }
+
+    #[test]
+    fn parquet_prompts_and_messages() {
+        use arrow::array::{ArrayRef, Int64Array, ListArray, StringArray, StructArray};
+        use arrow::buffer::OffsetBuffer;
+        use arrow::datatypes::{Field, Fields};
+        use std::sync::Arc;
+        let fields = Fields::from(vec![
+            Field::new("role", DataType::Utf8, true),
+            Field::new("content", DataType::Utf8, true),
+        ]);
+        let roles = StringArray::from(vec!["system", "user", "user", "assistant"]);
+        let contents = StringArray::from(vec!["Be brief.", "Hi?", "Q", "A"]);
+        let items = StructArray::new(
+            fields.clone(),
+            vec![Arc::new(roles) as ArrayRef, Arc::new(contents)],
+            None,
+        );
+        let messages = ListArray::new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            OffsetBuffer::from_lengths([2, 2]),
+            Arc::new(items),
+            None,
+        );
+        let ids = Int64Array::from(vec![10, 11]);
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(ids) as ArrayRef),
+            ("messages", Arc::new(messages)),
+        ])
+        .unwrap();
+        let out = parse_parquet("m.parquet", parquet_of(batch)).unwrap();
+        assert_eq!(out.prompts.len(), 1);
+        assert_eq!(out.prompts[0].id, "10");
+        assert_eq!(out.prompts[0].messages[1], Message::new("user", "Hi?"));
+        // Row 1 ends with an assistant turn: rejected, with its row and field.
+        assert_eq!(
+            (out.rejects[0].record, out.rejects[0].reason.as_str()),
+            (1, "bad_conversation_end")
+        );
+
+        let prompts = StringArray::from(vec![Some("Hello"), None]);
+        let batch =
+            RecordBatch::try_from_iter([("prompt", Arc::new(prompts) as ArrayRef)]).unwrap();
+        let out = parse_parquet("p.parquet", parquet_of(batch)).unwrap();
+        assert_eq!(out.prompts[0].messages, vec![Message::new("user", "Hello")]);
+        assert_eq!(out.rejects[0].reason, "missing_field");
+
+        let other = StringArray::from(vec!["x"]);
+        let batch = RecordBatch::try_from_iter([("text", Arc::new(other) as ArrayRef)]).unwrap();
+        let err = parse_parquet("t.parquet", parquet_of(batch)).unwrap_err();
+        assert!(
+            err.contains("schema mismatch") && err.contains("text"),
+            "{err}"
+        );
+        assert!(parse_parquet("c.parquet", bytes::Bytes::from_static(b"PAR1 not really")).is_err());
+    }
 }
