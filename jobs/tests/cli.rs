@@ -1,5 +1,7 @@
 //! The `steerflow` command's contract: clear errors and distinct exit codes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn steerflow(args: &[&str]) -> (i32, String) {

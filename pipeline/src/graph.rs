@@ -11,6 +11,10 @@
 //! The pure logic (seeds, goodness, normalisation, pair selection) lives in
 //! `steerflow-operators`; the operators here only move records and call it.
 
+// Samples and rejects travel by value as timely records; both are large, so boxing one side
+// of the Result buys nothing.
+#![allow(clippy::result_large_err)]
+
 use crate::reject::Reject;
 use crate::sink::{write_worker_shards, ModelIds, ShardFile};
 use crate::spec::{Models, RunSpec};
