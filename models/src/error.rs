@@ -14,6 +14,8 @@ pub enum ModelError {
     Gguf { path: PathBuf, message: String },
     #[error("model file {path} does not exist (models are given as `default`, a path to a .gguf file, or a directory)")]
     NotFound { path: PathBuf },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

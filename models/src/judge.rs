@@ -163,6 +163,7 @@ impl crate::RewardModel for Judge {
         Ok(crate::RewardScores {
             attributes: s.attributes,
             tokens_run: s.tokens_run,
+            dropped_turns: 0,
         })
     }
 }

@@ -3,20 +3,30 @@
 //! - [`registry`]: the default model, installed on first use from its registry package.
 //! - [`text`]: tokenizer and chat template of a model ([`gguf_tokenizer`], [`chat_template`]).
 //! - [`llama_gguf`]: the llama family from GGUF files (candle's quantized llama).
+//! - [`hf`]: Hugging Face checkpoints; [`transformer`] is the decoder shared by the families in
+//!   [`llama`], [`mistral`] and [`qwen2`], with causal-LM and sequence-classification heads.
+//! - [`reward`]: reward models on those heads (`sequence-classification`, `next-token-logit`).
 //! - [`policy`]: N samples per prompt from one shared prompt prefill.
 //! - [`judge`]: the LLM-judge reward model (five HelpSteer2 attributes, 0..4).
 //!
 //! Models implement [`LanguageModel`]; a [`LmSession`] is a position in one sequence whose
 //! KV cache can be forked, which is how a prompt is prefilled once for all its samples.
 
+pub mod batching;
 pub mod chat_template;
 pub mod error;
 pub mod gguf_tokenizer;
+pub mod hf;
 pub mod judge;
+pub mod llama;
 pub mod llama_gguf;
+pub mod mistral;
 pub mod policy;
+pub mod qwen2;
 pub mod registry;
+pub mod reward;
 pub mod text;
+pub mod transformer;
 
 pub use error::ModelError;
 
@@ -53,6 +63,8 @@ pub struct RewardScores {
     pub attributes: Vec<f64>,
     /// Tokens the model ran for this response.
     pub tokens_run: u64,
+    /// Messages dropped from the front of the conversation to fit the context.
+    pub dropped_turns: u32,
 }
 
 /// Anything that scores an assistant response to a conversation.
@@ -63,4 +75,8 @@ pub trait RewardModel: Send + Sync {
     fn attribute_names(&self) -> Vec<String>;
     /// Scores `response` as the assistant's reply to `conversation`.
     fn score(&self, conversation: &[Message], response: &str) -> Result<RewardScores, ModelError>;
+    /// Scores many (conversation, response) pairs; models that batch override this.
+    fn score_batch(&self, items: &[(&[Message], &str)]) -> Vec<Result<RewardScores, ModelError>> {
+        items.iter().map(|(c, r)| self.score(c, r)).collect()
+    }
 }

@@ -1,0 +1,361 @@
+//! Models from the standard Hugging Face layout: `config.json`, single or sharded safetensors
+//! (f32, f16 or bf16; computed in f32 on the CPU), `tokenizer.json`, and the chat template from
+//! `tokenizer_config.json` or `chat_template.jinja`.
+//!
+//! One [`HfModel`] is a family's decoder (`llama.rs`, `mistral.rs`, `qwen2.rs`) plus a head read
+//! at the last token: the causal-LM head (`lm_head`, or the tied embedding) or a
+//! sequence-classification head (`score`, `[num_labels, hidden]`).
+
+pub mod config;
+pub mod hub;
+
+use crate::chat_template::ChatTemplate;
+use crate::text::TextCodec;
+use crate::transformer::{last_token_states, project, right_padded, Decoder, KvCache};
+use crate::{LanguageModel, LmSession, ModelError};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use config::HfConfig;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which head to put on the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// Next-token logits over the vocabulary.
+    CausalLm,
+    /// `num_labels` scores from the `score` layer.
+    SequenceClassification,
+}
+
+/// A decoder and its head, loaded from a checkpoint directory.
+pub struct HfModel {
+    id: String,
+    config: HfConfig,
+    decoder: Arc<Decoder>,
+    head: Tensor,
+    kind: HeadKind,
+    text: Option<TextCodec>,
+    /// Largest batch, in padded tokens (batch size × longest sequence).
+    pub batch_tokens: usize,
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn bad(dir: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::Checkpoint {
+        path: dir.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The safetensors files of a checkpoint: the shards named by `model.safetensors.index.json`,
+/// or `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io_error(&index))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| bad(&index, e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad(&index, "no weight_map"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(bad(dir, "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are read)"))
+}
+
+/// The chat template: `chat_template.jinja`, else `chat_template` in `tokenizer_config.json`
+/// (a string, or a list of named templates of which `default` is taken).
+fn chat_template_source(
+    dir: &Path,
+    tokenizer_config: &Value,
+) -> Result<Option<String>, ModelError> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja).map_err(io_error(&jinja))?,
+        ));
+    }
+    Ok(match tokenizer_config.get("chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
+fn special_token(tokenizer_config: &Value, key: &str) -> String {
+    match tokenizer_config.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Tokenizer, template and end-of-sequence ids, when the checkpoint has a `tokenizer.json`.
+fn load_text(dir: &Path, config: &HfConfig) -> Result<Option<TextCodec>, ModelError> {
+    let tokenizer_file = dir.join("tokenizer.json");
+    if !tokenizer_file.exists() {
+        return Ok(None);
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_file)
+        .map_err(|e| bad(&tokenizer_file, format!("cannot read the tokenizer: {e}")))?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tokenizer_config: Value = if tc_path.exists() {
+        let text = std::fs::read_to_string(&tc_path).map_err(io_error(&tc_path))?;
+        serde_json::from_str(&text).map_err(|e| bad(&tc_path, e.to_string()))?
+    } else {
+        Value::Null
+    };
+    let bos = special_token(&tokenizer_config, "bos_token");
+    let eos = special_token(&tokenizer_config, "eos_token");
+    let source = chat_template_source(dir, &tokenizer_config)?.ok_or_else(|| {
+        bad(
+            dir,
+            "no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)",
+        )
+    })?;
+    let template = ChatTemplate::new(&source, &bos, &eos)?;
+    let mut eos_ids = HfConfig::token_ids(&config.eos_token_id);
+    let generation_config = dir.join("generation_config.json");
+    if generation_config.exists() {
+        let text =
+            std::fs::read_to_string(&generation_config).map_err(io_error(&generation_config))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| bad(&generation_config, e.to_string()))?;
+        eos_ids.extend(HfConfig::token_ids(&json.get("eos_token_id").cloned()));
+    }
+    eos_ids.extend(tokenizer.token_to_id(&eos));
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+    Ok(Some(TextCodec::new(tokenizer, template, eos_ids)))
+}
+
+impl HfModel {
+    /// Loads the checkpoint in `dir` with the given head.
+    pub fn load(dir: &Path, kind: HeadKind, device: &Device) -> Result<Self, ModelError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+        let config: HfConfig = serde_json::from_str(&text)
+            .map_err(|e| bad(&config_path, format!("not a usable config: {e}")))?;
+        if config.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Err(bad(
+                &config_path,
+                format!(
+                    "hidden_act `{:?}` is not supported (silu)",
+                    config.hidden_act
+                ),
+            ));
+        }
+        let spec = match config.model_type.as_str() {
+            "llama" => crate::llama::decoder_spec(&config),
+            "mistral" => crate::mistral::decoder_spec(&config),
+            "qwen2" => {
+                crate::qwen2::decoder_spec(&config, config.use_sliding_window.unwrap_or(false))
+            }
+            other => Err(format!(
+                "model_type `{other}` is not supported (llama, mistral, qwen2)"
+            )),
+        }
+        .map_err(|m| bad(&config_path, m))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for file in weight_files(dir)? {
+            let loaded = candle_core::safetensors::load(&file, &Device::Cpu)
+                .map_err(|e| bad(&file, format!("cannot read safetensors: {e}")))?;
+            tensors.extend(loaded);
+        }
+        let head_name = match kind {
+            HeadKind::CausalLm => "lm_head.weight",
+            HeadKind::SequenceClassification => "score.weight",
+        };
+        let head = match (tensors.get(head_name), kind) {
+            (Some(w), _) => Some(w.to_dtype(DType::F32)?.to_device(device)?),
+            (None, HeadKind::CausalLm) if config.tie_word_embeddings != Some(false) => None,
+            (None, _) => return Err(bad(dir, format!("the checkpoint has no `{head_name}`"))),
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let decoder = Decoder::load(spec, vb)
+            .map_err(|e| bad(dir, format!("weights do not match config.json: {e}")))?;
+        let head = match head {
+            Some(h) => h,
+            None => decoder.embedding_weight().clone(),
+        };
+        let text = load_text(dir, &config)?;
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            id,
+            config,
+            decoder: Arc::new(decoder),
+            head,
+            kind,
+            text,
+            batch_tokens: 8192,
+        })
+    }
+
+    /// The checkpoint's directory name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn config(&self) -> &HfConfig {
+        &self.config
+    }
+
+    pub fn head_kind(&self) -> HeadKind {
+        self.kind
+    }
+
+    /// Number of head outputs (vocabulary size or labels).
+    pub fn outputs(&self) -> usize {
+        self.head.dims()[0]
+    }
+
+    /// The text side, or an error naming what is missing.
+    pub fn text_codec(&self) -> Result<&TextCodec, ModelError> {
+        self.text.as_ref().ok_or_else(|| ModelError::Checkpoint {
+            path: PathBuf::from(&self.id),
+            message: "the checkpoint has no tokenizer.json".into(),
+        })
+    }
+
+    /// An empty generation session (KV cache at position 0) on this model's head.
+    pub fn start_session(&self) -> Box<dyn LmSession> {
+        Box::new(HfSession {
+            decoder: self.decoder.clone(),
+            head: self.head.clone(),
+            cache: KvCache::default(),
+        })
+    }
+
+    /// Final hidden states of one sequence, `[t, hidden]`.
+    pub fn hidden_states(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
+        let (ids, positions, mask) = right_padded(&[ids], 0, self.decoder.device())?;
+        Ok(self
+            .decoder
+            .forward(&ids, &positions, &mask, &mut KvCache::default())?
+            .squeeze(0)?)
+    }
+
+    /// The head read at the last token of each sequence. Sequences are run in batches of
+    /// similar lengths (right-padded, padding masked), and results come back in input order.
+    pub fn last_token_outputs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if let Some(empty) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(ModelError::Judge(format!("sequence {empty} is empty")));
+        }
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut out = vec![Vec::new(); seqs.len()];
+        for batch in crate::batching::length_batches(&lengths, self.batch_tokens) {
+            let members: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
+            let (ids, positions, mask) = right_padded(&members, 0, self.decoder.device())?;
+            let hidden = self
+                .decoder
+                .forward(&ids, &positions, &mask, &mut KvCache::default())?;
+            let batch_lengths: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
+            let last = last_token_states(&hidden, &batch_lengths)?;
+            let values: Vec<Vec<f32>> = project(&last, &self.head)?.to_vec2()?;
+            for (slot, v) in batch.iter().zip(values) {
+                out[*slot] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A causal LM with its tokenizer: what the policy and the judge run.
+pub struct HfCausalLm {
+    model: HfModel,
+    text: TextCodec,
+}
+
+impl HfModel {
+    /// Checks that this is a causal LM with a tokenizer and chat template.
+    pub fn into_language_model(mut self) -> Result<HfCausalLm, ModelError> {
+        if self.kind != HeadKind::CausalLm {
+            return Err(ModelError::Checkpoint {
+                path: PathBuf::from(&self.id),
+                message: "a sequence-classification checkpoint cannot generate text".into(),
+            });
+        }
+        self.text_codec()?;
+        let text = self
+            .text
+            .take()
+            .ok_or_else(|| ModelError::Judge("tokenizer vanished".into()))?;
+        Ok(HfCausalLm { model: self, text })
+    }
+}
+
+impl LanguageModel for HfCausalLm {
+    fn id(&self) -> &str {
+        &self.model.id
+    }
+    fn text(&self) -> &TextCodec {
+        &self.text
+    }
+    fn context_length(&self) -> usize {
+        self.model.decoder.spec().max_positions
+    }
+    fn start(&self) -> Box<dyn LmSession> {
+        self.model.start_session()
+    }
+}
+
+#[derive(Clone)]
+struct HfSession {
+    decoder: Arc<Decoder>,
+    head: Tensor,
+    cache: KvCache,
+}
+
+impl LmSession for HfSession {
+    fn extend(&mut self, tokens: &[u32]) -> Result<Tensor, ModelError> {
+        let device = self.decoder.device();
+        let past = self.cache.len();
+        let positions: Vec<u32> = (past..past + tokens.len()).map(|p| p as u32).collect();
+        let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let positions = Tensor::new(positions.as_slice(), device)?.unsqueeze(0)?;
+        let mask = Tensor::ones((1, tokens.len()), DType::U8, device)?;
+        let hidden = self
+            .decoder
+            .forward(&ids, &positions, &mask, &mut self.cache)?;
+        let last = hidden.get(0)?.get(tokens.len() - 1)?.unsqueeze(0)?;
+        Ok(project(&last, &self.head)?.squeeze(0)?)
+    }
+    fn position(&self) -> usize {
+        self.cache.len()
+    }
+    fn fork(&self) -> Box<dyn LmSession> {
+        Box::new(self.clone())
+    }
+}
