@@ -108,12 +108,21 @@ impl Default for SamplingSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewardSection {
-    /// `judge` (an instruct model rates each attribute 0..4).
+    /// `judge` (an instruct model rates each attribute 0..4), `sequence-classification` (a
+    /// `score` head at the last token) or `next-token-logit` (one logit of a causal LM).
     pub kind: String,
-    /// `policy` (the policy model itself), `default`, or a path to a GGUF file.
+    /// `policy` (the policy model itself), `default`, a GGUF file, a checkpoint directory, or a
+    /// hub id in the local Hugging Face cache.
     pub model: String,
-    /// Attributes the judge rates; `helpsteer2` names the five HelpSteer2 attributes.
-    pub attributes: String,
+    /// Names of the scores in order: `helpsteer2` (5), `nemo9` (9), `scalar` (`reward`), or a list.
+    pub attributes: toml::Value,
+    /// The logit read by `next-token-logit` (0 for Llama-3.1-Nemotron-70B-Reward-HF).
+    pub logit_index: usize,
+    /// Context limit; default: the model's `max_position_embeddings`.
+    pub max_tokens: Option<usize>,
+    /// A conversation longer than the context: `skip` (unscored, counted) or `drop-turns`
+    /// (earliest turns dropped, response kept, counted).
+    pub overlength: String,
 }
 
 impl Default for RewardSection {
@@ -121,7 +130,10 @@ impl Default for RewardSection {
         Self {
             kind: "judge".into(),
             model: "policy".into(),
-            attributes: "helpsteer2".into(),
+            attributes: toml::Value::String("helpsteer2".into()),
+            logit_index: 0,
+            max_tokens: None,
+            overlength: "skip".into(),
         }
     }
 }

@@ -8,11 +8,14 @@ pub mod config;
 use config::{ConfigError, JobConfig};
 use std::sync::Arc;
 use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
+use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
-use steerflow_models::registry::resolve_model;
+use steerflow_models::registry::{locate_model, ModelLocation};
+use steerflow_models::reward::{NextTokenLogitReward, Overlength, SequenceClassifierReward};
 use steerflow_models::{LanguageModel, RewardModel};
+use steerflow_operators::attributes::{HELPSTEER2, NEMO_NINE};
 use steerflow_operators::goodness::GoodnessWeights;
 use steerflow_operators::normalize::NormStats;
 use steerflow_pipeline::reject::RejectLimit;
@@ -98,18 +101,7 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
     if !config.pairs.min_margin.is_finite() || config.pairs.min_margin < 0.0 {
         return Err(invalid("pairs.min_margin must be a finite number >= 0"));
     }
-    if config.reward.kind != "judge" {
-        return Err(invalid(format!(
-            "reward.kind `{}` is not known (judge)",
-            config.reward.kind
-        )));
-    }
-    if config.reward.attributes != "helpsteer2" {
-        return Err(invalid(format!(
-            "reward.attributes `{}` is not known (helpsteer2)",
-            config.reward.attributes
-        )));
-    }
+    reward_spec(&config.reward)?;
     let input_format =
         InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
     let sampling = SamplingParams {
@@ -182,31 +174,172 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
     })
 }
 
-fn load_gguf(spec: &str) -> Result<Arc<dyn LanguageModel>, JobError> {
-    let path = resolve_model(spec)?;
-    tracing::info!(model = %path.display(), "loading model");
-    Ok(Arc::new(GgufLlama::load(&path, &candle_core::Device::Cpu)?))
+/// The reward section, checked: kind, score names and overlength policy.
+pub struct RewardSpec {
+    pub kind: RewardKind,
+    pub names: Vec<String>,
+    pub overlength: Overlength,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardKind {
+    Judge,
+    SequenceClassification,
+    NextTokenLogit,
+}
+
+/// Score names of a preset or an explicit list.
+pub fn attribute_names(value: &toml::Value) -> Result<Vec<String>, JobError> {
+    match value {
+        toml::Value::String(s) => match s.as_str() {
+            "helpsteer2" => Ok(HELPSTEER2.iter().map(|a| a.to_string()).collect()),
+            "nemo9" => Ok(NEMO_NINE.iter().map(|a| a.to_string()).collect()),
+            "scalar" => Ok(vec!["reward".to_string()]),
+            other => Err(invalid(format!(
+                "reward.attributes `{other}` is not known (helpsteer2, nemo9, scalar, or a list)"
+            ))),
+        },
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid("reward.attributes must be a list of strings"))
+            })
+            .collect(),
+        other => Err(invalid(format!(
+            "reward.attributes must be a preset name or a list, got {other}"
+        ))),
+    }
+}
+
+pub fn reward_spec(reward: &config::RewardSection) -> Result<RewardSpec, JobError> {
+    let kind = match reward.kind.as_str() {
+        "judge" => RewardKind::Judge,
+        "sequence-classification" => RewardKind::SequenceClassification,
+        "next-token-logit" => RewardKind::NextTokenLogit,
+        other => return Err(invalid(format!(
+            "reward.kind `{other}` is not known (judge, sequence-classification, next-token-logit)"
+        ))),
+    };
+    let names = attribute_names(&reward.attributes)?;
+    if kind == RewardKind::Judge
+        && names != HELPSTEER2.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    {
+        return Err(invalid(
+            "the judge rates the five HelpSteer2 attributes (reward.attributes = \"helpsteer2\")",
+        ));
+    }
+    let overlength = match reward.overlength.as_str() {
+        "skip" => Overlength::Skip,
+        "drop-turns" => Overlength::DropTurns,
+        other => {
+            return Err(invalid(format!(
+                "reward.overlength `{other}` is not known (skip, drop-turns)"
+            )))
+        }
+    };
+    Ok(RewardSpec {
+        kind,
+        names,
+        overlength,
+    })
+}
+
+/// Loads a model that generates text: a GGUF file or a causal-LM checkpoint.
+pub fn load_language_model(spec: &str) -> Result<Arc<dyn LanguageModel>, JobError> {
+    let device = candle_core::Device::Cpu;
+    Ok(match locate_model(spec)? {
+        ModelLocation::Gguf(path) => {
+            tracing::info!(model = %path.display(), "loading GGUF model");
+            Arc::new(GgufLlama::load(&path, &device)?)
+        }
+        ModelLocation::HfDir(dir) => {
+            tracing::info!(model = %dir.display(), "loading checkpoint");
+            Arc::new(HfModel::load(&dir, HeadKind::CausalLm, &device)?.into_language_model()?)
+        }
+    })
+}
+
+/// Loads the reward model a reward section describes (`policy` reuses `policy`).
+pub fn load_reward_model(
+    reward: &config::RewardSection,
+    policy: Option<&Arc<dyn LanguageModel>>,
+) -> Result<Arc<dyn RewardModel>, JobError> {
+    let spec = reward_spec(reward)?;
+    let checkpoint = |kind: HeadKind| -> Result<HfModel, JobError> {
+        match locate_model(&reward.model)? {
+            ModelLocation::HfDir(dir) => Ok(HfModel::load(&dir, kind, &candle_core::Device::Cpu)?),
+            ModelLocation::Gguf(path) => Err(invalid(format!(
+                "reward.kind `{}` needs a Hugging Face checkpoint directory, not {}",
+                reward.kind,
+                path.display()
+            ))),
+        }
+    };
+    Ok(match spec.kind {
+        RewardKind::Judge => {
+            let model = match (reward.model.as_str(), policy) {
+                ("policy", Some(p)) => p.clone(),
+                ("policy", None) => {
+                    return Err(invalid("reward.model = \"policy\" needs a policy model"))
+                }
+                (other, _) => load_language_model(other)?,
+            };
+            Arc::new(Judge::new(model, helpsteer2_attributes())?)
+        }
+        RewardKind::SequenceClassification => Arc::new(SequenceClassifierReward::new(
+            checkpoint(HeadKind::SequenceClassification)?,
+            spec.names,
+            reward.max_tokens,
+            spec.overlength,
+        )?),
+        RewardKind::NextTokenLogit => Arc::new(NextTokenLogitReward::new(
+            checkpoint(HeadKind::CausalLm)?,
+            reward.logit_index,
+            reward.max_tokens,
+            spec.overlength,
+        )?),
+    })
 }
 
 /// Loads the models a config names.
 pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
-    let policy_model = load_gguf(&config.policy.model)?;
-    let judge_model = if config.reward.model == "policy" {
-        policy_model.clone()
-    } else {
-        load_gguf(&config.reward.model)?
-    };
-    let judge = Judge::new(judge_model, helpsteer2_attributes())?;
+    let policy_model = load_language_model(&config.policy.model)?;
+    let reward = load_reward_model(&config.reward, Some(&policy_model))?;
     Ok(Models {
         policy: Policy::new(policy_model),
-        reward: Arc::new(judge) as Arc<dyn RewardModel>,
+        reward,
     })
+}
+
+/// Scores every response of `input` with the reward model `reward` describes (`steerflow score`).
+pub fn score_responses(
+    reward: &config::RewardSection,
+    input: &str,
+    format: &str,
+    output: &str,
+) -> Result<steerflow_pipeline::score_file::ScoreReport, JobError> {
+    let input_format = InputFormat::resolve(format, input).map_err(invalid)?;
+    let model = load_reward_model(reward, None)?;
+    Ok(steerflow_pipeline::score_file::score_file(
+        input,
+        input_format,
+        output,
+        model.as_ref(),
+    )?)
 }
 
 /// Runs the job a config describes.
 pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
     let plan = plan(config)?;
     let models = load_models(config)?;
+    if models.reward.attribute_names() == ["reward"] && plan.normalization == Normalization::Run {
+        return Err(invalid(
+            "a scalar reward is only comparable between responses to the same prompt: \
+             set goodness.normalization = \"per-prompt\" (or \"reference\" with stats for this model)",
+        ));
+    }
     let goodness = plan
         .weights
         .bind(&models.reward.attribute_names())

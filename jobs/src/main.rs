@@ -31,6 +31,36 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Score every response of a file with a reward model, to check a model before a long run.
+    Score {
+        /// The reward model: a checkpoint directory, a hub id in the local cache, a GGUF file or `default`.
+        #[arg(long)]
+        reward_model: String,
+        /// judge, sequence-classification or next-token-logit.
+        #[arg(long, default_value = "sequence-classification")]
+        kind: String,
+        /// Score names: helpsteer2, nemo9, scalar, or a comma-separated list.
+        #[arg(long, default_value = "helpsteer2")]
+        attributes: String,
+        /// The logit a next-token-logit model is read at.
+        #[arg(long, default_value_t = 0)]
+        logit_index: usize,
+        /// Context limit (default: the model's).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// skip or drop-turns.
+        #[arg(long, default_value = "skip")]
+        overlength: String,
+        /// jsonl or parquet with `messages` ending in an assistant turn, or `prompt` + `response`.
+        #[arg(long)]
+        input: String,
+        /// auto, jsonl or parquet.
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// The parquet file to write.
+        #[arg(long)]
+        output: String,
+    },
     /// Install the default model into the cache (done automatically on first use).
     InstallModel,
 }
@@ -70,6 +100,49 @@ fn main() {
                         report.summary["output"].as_str().unwrap_or_default(),
                         throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
                         throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("steerflow: error: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::Score {
+            reward_model,
+            kind,
+            attributes,
+            logit_index,
+            max_tokens,
+            overlength,
+            input,
+            format,
+            output,
+        } => {
+            let attributes = if attributes.contains(',') {
+                toml::Value::Array(
+                    attributes
+                        .split(',')
+                        .map(|a| toml::Value::String(a.trim().to_string()))
+                        .collect(),
+                )
+            } else {
+                toml::Value::String(attributes)
+            };
+            let reward = steerflow::config::RewardSection {
+                kind,
+                model: reward_model,
+                attributes,
+                logit_index,
+                max_tokens,
+                overlength,
+            };
+            match steerflow::score_responses(&reward, &input, &format, &output) {
+                Ok(report) => {
+                    eprintln!(
+                        "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
+                        report.scored, report.failed, report.rejected, report.truncated
                     );
                     0
                 }

@@ -73,6 +73,35 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf, ModelError> {
     }
 }
 
+/// Where a model given in a config lives, and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face checkpoint directory (config.json + safetensors).
+    HfDir(PathBuf),
+}
+
+/// Resolves `default`, a known model name, a `.gguf` file, a checkpoint directory, or a hub id
+/// (`org/name`, from the local Hugging Face cache).
+pub fn locate_model(spec: &str) -> Result<ModelLocation, ModelError> {
+    let path = PathBuf::from(spec);
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            return Ok(ModelLocation::HfDir(path));
+        }
+        return Err(ModelError::Checkpoint {
+            path,
+            message: "a model directory needs a config.json".into(),
+        });
+    }
+    if crate::hf::hub::looks_like_hub_id(spec) {
+        return crate::hf::hub::resolve_in(&crate::hf::hub::hub_cache_dir(), spec)
+            .map(ModelLocation::HfDir);
+    }
+    resolve_model(spec).map(ModelLocation::Gguf)
+}
+
 /// Returns the installed file, installing it first if it is missing.
 pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf, ModelError> {
     let target = models_dir.join(model.file_name);

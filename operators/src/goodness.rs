@@ -10,7 +10,7 @@ use crate::attributes::NEMO_NINE;
 use crate::OperatorError;
 
 /// Names of the built-in presets.
-pub const PRESETS: [&str; 2] = ["helpsteer2-paper", "steerlm-rm-card"];
+pub const PRESETS: [&str; 3] = ["helpsteer2-paper", "steerlm-rm-card", "scalar"];
 
 /// A weight per attribute name; attributes without a weight count zero.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,7 @@ impl GoodnessWeights {
                 let card = [0.0, 0.0, 0.0, 0.0, 0.65, 0.8, 0.45, 0.55, -0.4];
                 NEMO_NINE.iter().copied().zip(card).collect()
             }
+            "scalar" => vec![("reward", 1.0)],
             _ => {
                 return Err(OperatorError::UnknownPreset {
                     name: name.to_string(),

@@ -158,15 +158,23 @@ fn score_sample(
     counters: &RefCell<StageCounters>,
 ) -> ScoredSample {
     let started = Instant::now();
+    let mut c = counters.borrow_mut();
     let (attributes, tokens) = match models.reward.score(&sample.prompt.messages, &sample.text) {
-        Ok(s) => (s.attributes, s.tokens_run),
+        Ok(s) => {
+            if s.dropped_turns > 0 {
+                c.overlength_truncated += 1;
+            }
+            (s.attributes, s.tokens_run)
+        }
         Err(e) => {
+            if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
+                c.overlength_skipped += 1;
+            }
             tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
             (vec![f64::NAN; models.reward.attribute_names().len()], 0)
         }
     };
     let goodness = spec.goodness.goodness(&attributes);
-    let mut c = counters.borrow_mut();
     if goodness.is_finite() {
         c.samples_scored += 1;
     } else {

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod progress;
 pub mod reject;
 pub mod run;
+pub mod score_file;
 pub mod sink;
 pub mod source;
 pub mod spec;

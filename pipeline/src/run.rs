@@ -4,7 +4,7 @@ use crate::graph::run_graph;
 use crate::progress::Progress;
 use crate::reject::Reject;
 use crate::sink::{dataset_readme, ModelIds, ShardFile};
-use crate::source::{read_prompts, InputFormat};
+use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, Location};
 use crate::summary::{per_second, StageCounters};
@@ -30,7 +30,7 @@ pub fn run_iterative_dpo(
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output, true)?;
-    let source = read_prompts(&spec.input, input_format)?;
+    let source = read_prompts(&spec.input, input_format, RecordShape::Prompt)?;
     tracing::info!(input = %spec.input, prompts = source.prompts.len(), rejected = source.rejects.len(), "read input");
     check_rejects(&spec, &source.rejects, source.records)?;
     let prompts_read = source.records;
@@ -97,6 +97,8 @@ pub fn run_iterative_dpo(
             "samples": counters.samples,
             "samples_scored": counters.samples_scored,
             "samples_unscored": counters.samples_unscored,
+            "reward_overlength_skipped": counters.overlength_skipped,
+            "reward_overlength_truncated": counters.overlength_truncated,
             "pairs": counters.pairs,
             "dropped": counters.dropped,
             "rejected": rejects.len(),

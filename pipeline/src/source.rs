@@ -25,6 +25,15 @@ pub struct SourceOutput {
     pub records: u64,
 }
 
+/// What a record must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordShape {
+    /// A prompt for the policy: the conversation ends with a user turn.
+    Prompt,
+    /// A response to score: `messages` ending with an assistant turn, or `prompt` + `response`.
+    Response,
+}
+
 /// Input file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputFormat {
@@ -51,7 +60,11 @@ impl InputFormat {
 }
 
 /// Reads every prompt of `spec` (a path or URL to one file).
-pub fn read_prompts(spec: &str, format: InputFormat) -> Result<SourceOutput, PipelineError> {
+pub fn read_prompts(
+    spec: &str,
+    format: InputFormat,
+    shape: RecordShape,
+) -> Result<SourceOutput, PipelineError> {
     let (location, file) = Location::parse_file(spec)?;
     let fail = |message: String| PipelineError::Input {
         location: spec.to_string(),
@@ -62,15 +75,15 @@ pub fn read_prompts(spec: &str, format: InputFormat) -> Result<SourceOutput, Pip
         .block_on(async { location.store.get(&file).await?.bytes().await })
         .map_err(|e| fail(e.to_string()))?;
     let mut out = match format {
-        InputFormat::Jsonl => parse_jsonl(spec, &bytes),
-        InputFormat::Parquet => parse_parquet(spec, bytes).map_err(fail)?,
+        InputFormat::Jsonl => parse_jsonl(spec, &bytes, shape),
+        InputFormat::Parquet => parse_parquet(spec, bytes, shape).map_err(fail)?,
     };
     reject_duplicate_ids(spec, &mut out);
     Ok(out)
 }
 
 /// Parses jsonl bytes; blank lines hold no record and are skipped.
-pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
+pub fn parse_jsonl(file: &str, bytes: &[u8], shape: RecordShape) -> SourceOutput {
     let mut out = SourceOutput::default();
     let ends_with_newline = bytes.last() == Some(&b'\n');
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
@@ -112,7 +125,7 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
             file: file.to_string(),
             record: line_no,
         };
-        match prompt_from_json(&value, position) {
+        match prompt_from_json(&value, position, shape) {
             Ok(p) => out.prompts.push(p),
             Err((field, reason, detail)) => out
                 .rejects
@@ -124,7 +137,11 @@ pub fn parse_jsonl(file: &str, bytes: &[u8]) -> SourceOutput {
 
 type FieldError = (Option<&'static str>, &'static str, String);
 
-fn prompt_from_json(value: &Value, source: SourcePosition) -> Result<Prompt, FieldError> {
+fn prompt_from_json(
+    value: &Value,
+    source: SourcePosition,
+    shape: RecordShape,
+) -> Result<Prompt, FieldError> {
     let obj = value.as_object().ok_or((
         None,
         "not_an_object",
@@ -193,7 +210,30 @@ fn prompt_from_json(value: &Value, source: SourcePosition) -> Result<Prompt, Fie
             ))
         }
     };
-    validate_messages(&messages)?;
+    let mut messages = messages;
+    if shape == RecordShape::Response {
+        match obj.get("response") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(r)) if obj.contains_key("prompt") => {
+                messages.push(Message::new("assistant", r.clone()))
+            }
+            Some(Value::String(_)) => {
+                return Err((
+                    Some("response"),
+                    "ambiguous",
+                    "`response` goes with `prompt`, not with `messages`".into(),
+                ))
+            }
+            Some(other) => {
+                return Err((
+                    Some("response"),
+                    "wrong_type",
+                    format!("`response` must be a string, got {}", type_name(other)),
+                ))
+            }
+        }
+    }
+    validate_messages(&messages, shape)?;
     let id = id.unwrap_or_else(|| prompt_id_from_messages(&messages));
     Ok(Prompt {
         id,
@@ -213,8 +253,9 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// A prompt the policy can answer: non-empty, known roles, ending with a user turn.
-fn validate_messages(messages: &[Message]) -> Result<(), FieldError> {
+/// A usable conversation: non-empty, known roles, ending with a user turn (a prompt) or an
+/// assistant turn (a response to score).
+fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), FieldError> {
     if messages.is_empty() {
         return Err((
             Some("messages"),
@@ -237,18 +278,28 @@ fn validate_messages(messages: &[Message]) -> Result<(), FieldError> {
     {
         return Err((Some("prompt"), "empty", "the prompt is empty".into()));
     }
-    if messages.last().is_some_and(|m| m.role != "user") {
-        return Err((
-            Some("messages"),
-            "bad_conversation_end",
-            "the conversation must end with a user message for the policy to answer".into(),
-        ));
+    let (last_role, why) = match shape {
+        RecordShape::Prompt => (
+            "user",
+            "the conversation must end with a user message for the policy to answer",
+        ),
+        RecordShape::Response => (
+            "assistant",
+            "the conversation must end with the assistant response to score",
+        ),
+    };
+    if messages.last().is_some_and(|m| m.role != last_role) {
+        return Err((Some("messages"), "bad_conversation_end", why.into()));
     }
     Ok(())
 }
 
 /// Parses a parquet file of prompts (columns `prompt` or `messages`, optional `id`).
-pub fn parse_parquet(file: &str, bytes: bytes::Bytes) -> Result<SourceOutput, String> {
+pub fn parse_parquet(
+    file: &str,
+    bytes: bytes::Bytes,
+    shape: RecordShape,
+) -> Result<SourceOutput, String> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| format!("not a readable parquet file: {e}"))?;
     let reader = builder.build().map_err(|e| e.to_string())?;
@@ -256,7 +307,7 @@ pub fn parse_parquet(file: &str, bytes: bytes::Bytes) -> Result<SourceOutput, St
     let mut row: u64 = 0;
     for batch in reader {
         let batch = batch.map_err(|e| format!("corrupt parquet data after row {row}: {e}"))?;
-        parse_batch(file, &batch, &mut row, &mut out)?;
+        parse_batch(file, &batch, &mut row, &mut out, shape)?;
     }
     Ok(out)
 }
@@ -296,9 +347,13 @@ fn parse_batch(
     batch: &RecordBatch,
     row: &mut u64,
     out: &mut SourceOutput,
+    shape: RecordShape,
 ) -> Result<(), String> {
     let schema = batch.schema();
     let id_col = batch.column_by_name("id");
+    let response_col = batch
+        .column_by_name("response")
+        .filter(|_| shape == RecordShape::Response);
     let prompt_col = batch.column_by_name("prompt");
     let messages_col = batch.column_by_name("messages");
     if prompt_col.is_none() && messages_col.is_none() {
@@ -316,7 +371,27 @@ fn parse_batch(
             file: file.to_string(),
             record,
         };
-        let result = prompt_from_row(id_col, prompt_col, messages_col, i, position);
+        let result =
+            prompt_from_row(id_col, prompt_col, messages_col, i, position).and_then(|mut p| {
+                if let Some(col) = response_col.filter(|c| !c.is_null(i)) {
+                    let text = string_at(col.as_ref(), i).ok_or((
+                        Some("response"),
+                        "wrong_type",
+                        format!(
+                            "`response` must be a string column, not {}",
+                            col.data_type()
+                        ),
+                    ))?;
+                    p.messages.push(Message::new("assistant", text));
+                    p.id = if id_col.is_some_and(|c| !c.is_null(i)) {
+                        p.id
+                    } else {
+                        prompt_id_from_messages(&p.messages)
+                    };
+                }
+                validate_messages(&p.messages, shape)?;
+                Ok(p)
+            });
         match result {
             Ok(p) => out.prompts.push(p),
             Err((field, reason, detail)) => out
@@ -372,7 +447,6 @@ fn prompt_from_row(
             ))
         }
     };
-    validate_messages(&messages)?;
     let id = id
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| prompt_id_from_messages(&messages));
@@ -452,7 +526,7 @@ mod tests {
 
 {"id": "x", "prompt": "Hello", "extra": 1}
 "#;
-        let out = parse_jsonl("p.jsonl", input);
+        let out = parse_jsonl("p.jsonl", input, RecordShape::Prompt);
         assert!(out.rejects.is_empty(), "{:?}", out.rejects);
         assert_eq!(out.records, 3);
         assert_eq!(out.prompts.len(), 3);
@@ -477,7 +551,7 @@ mod tests {
         input.extend_from_slice(b"{\"id\": [1], \"prompt\": \"x\"}\n");
         input.extend_from_slice(b"{\"other\": 1}\n");
         input.extend_from_slice(b"{\"prompt\": \"cut");
-        let out = parse_jsonl("in.jsonl", &input);
+        let out = parse_jsonl("in.jsonl", &input, RecordShape::Prompt);
         assert_eq!(out.prompts.len(), 1);
         let got: Vec<(u64, Option<&str>, &str)> = out
             .rejects
@@ -505,6 +579,7 @@ mod tests {
         let mut out = parse_jsonl(
             "d.jsonl",
             b"{\"id\":\"a\",\"prompt\":\"1\"}\n{\"id\":\"a\",\"prompt\":\"2\"}\n",
+            RecordShape::Prompt,
         );
         reject_duplicate_ids("d.jsonl", &mut out);
         assert_eq!(out.prompts.len(), 1);
@@ -563,7 +638,7 @@ mod tests {
             ("messages", Arc::new(messages)),
         ])
         .unwrap();
-        let out = parse_parquet("m.parquet", parquet_of(batch)).unwrap();
+        let out = parse_parquet("m.parquet", parquet_of(batch), RecordShape::Prompt).unwrap();
         assert_eq!(out.prompts.len(), 1);
         assert_eq!(out.prompts[0].id, "10");
         assert_eq!(out.prompts[0].messages[1], Message::new("user", "Hi?"));
@@ -576,17 +651,39 @@ mod tests {
         let prompts = StringArray::from(vec![Some("Hello"), None]);
         let batch =
             RecordBatch::try_from_iter([("prompt", Arc::new(prompts) as ArrayRef)]).unwrap();
-        let out = parse_parquet("p.parquet", parquet_of(batch)).unwrap();
+        let out = parse_parquet("p.parquet", parquet_of(batch), RecordShape::Prompt).unwrap();
         assert_eq!(out.prompts[0].messages, vec![Message::new("user", "Hello")]);
         assert_eq!(out.rejects[0].reason, "missing_field");
 
         let other = StringArray::from(vec!["x"]);
         let batch = RecordBatch::try_from_iter([("text", Arc::new(other) as ArrayRef)]).unwrap();
-        let err = parse_parquet("t.parquet", parquet_of(batch)).unwrap_err();
+        let err = parse_parquet("t.parquet", parquet_of(batch), RecordShape::Prompt).unwrap_err();
         assert!(
             err.contains("schema mismatch") && err.contains("text"),
             "{err}"
         );
-        assert!(parse_parquet("c.parquet", bytes::Bytes::from_static(b"PAR1 not really")).is_err());
+        assert!(parse_parquet(
+            "c.parquet",
+            bytes::Bytes::from_static(b"PAR1 not really"),
+            RecordShape::Prompt
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn responses_to_score() {
+        let input = br#"{"prompt": "Q?", "response": "A."}
+{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "B."}]}
+{"prompt": "Q?"}
+{"messages": [{"role": "user", "content": "Q?"}], "response": "C."}
+"#;
+        let out = parse_jsonl("r.jsonl", input, RecordShape::Response);
+        assert_eq!(out.prompts.len(), 2);
+        assert_eq!(
+            out.prompts[0].messages,
+            vec![Message::new("user", "Q?"), Message::new("assistant", "A.")]
+        );
+        let reasons: Vec<&str> = out.rejects.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["bad_conversation_end", "ambiguous"]);
     }
 }

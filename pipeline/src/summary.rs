@@ -17,6 +17,10 @@ pub struct StageCounters {
     pub samples_unscored: u64,
     pub tokens_scored: u64,
     pub scoring_seconds: f64,
+    /// Responses the reward model could not fit in its context (overlength = skip).
+    pub overlength_skipped: u64,
+    /// Responses scored after dropping earliest turns (overlength = drop-turns).
+    pub overlength_truncated: u64,
     pub finish_reasons: BTreeMap<String, u64>,
     pub pairs: u64,
     pub dropped: BTreeMap<String, u64>,
@@ -33,6 +37,8 @@ impl StageCounters {
         self.samples_unscored += other.samples_unscored;
         self.tokens_scored += other.tokens_scored;
         self.scoring_seconds += other.scoring_seconds;
+        self.overlength_skipped += other.overlength_skipped;
+        self.overlength_truncated += other.overlength_truncated;
         self.pairs += other.pairs;
         for (k, v) in &other.finish_reasons {
             *self.finish_reasons.entry(k.clone()).or_default() += v;
