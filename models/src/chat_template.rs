@@ -51,18 +51,41 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
+        let messages =
+            serde_json::to_value(messages).map_err(|e| ModelError::Template(e.to_string()))?;
+        self.render_json(&messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// Renders messages given as JSON (so tool calls and non-string content pass through) with
+    /// extra template variables, as `apply_chat_template(messages, tools=..., **kwargs)` does.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, ModelError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ModelError::Template(e.to_string()))?;
+        let mut context = extra.clone();
+        context.insert("messages".into(), messages.clone());
+        context.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        context.insert("bos_token".into(), self.bos_token.clone().into());
+        context.insert("eos_token".into(), self.eos_token.clone().into());
         template
-            .render(minijinja::context! {
-                messages => Value::from(Serde(messages)),
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token.as_str(),
-                eos_token => self.eos_token.as_str(),
-            })
+            .render(Value::from(Serde(&context)))
             .map_err(|e| ModelError::Template(format!("{e:#}")))
+    }
+
+    /// Makes `strftime_now` format this instant instead of the current time (for reproducible
+    /// renders and tests).
+    pub fn with_clock(mut self, now: chrono::NaiveDateTime) -> Self {
+        self.env
+            .add_function("strftime_now", move |format: String| {
+                now.format(&format).to_string()
+            });
+        self
     }
 }
 
