@@ -6,6 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 use steerflow::config::parse_config;
 use steerflow::run_job;
+use steerflow_operators::records::Message;
+use steerflow_operators::seeding::prompt_id_from_messages;
 use support::{read_pairs_with_pyarrow, tiny_config};
 
 const PROMPTS: &str = r#"{"id": "a", "prompt": "Name a primary colour."}
@@ -110,12 +112,9 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
         .iter()
         .map(|r| r["prompt_id"].as_str().unwrap())
         .collect();
-    assert!(ids.is_subset(
-        &["a", "b", "c"]
-            .into_iter()
-            .chain(rows1.iter().map(|r| r["prompt_id"].as_str().unwrap()))
-            .collect()
-    ));
+    let hello = prompt_id_from_messages(&[Message::new("user", "Say hello.")]);
+    let known: BTreeSet<&str> = ["a", "b", "c", hello.as_str()].into_iter().collect();
+    assert!(ids.is_subset(&known), "{ids:?}");
 
     // The README lists exactly the parquet files written, and they exist.
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
@@ -157,4 +156,67 @@ fn a_margin_larger_than_any_score_gap_drops_every_prompt_and_says_so() {
     assert!(
         dropped.contains_key("margin_too_small") || dropped.contains_key("identical_responses")
     );
+}
+
+#[test]
+fn iterative_dpo_with_trained_reward_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = support::workspace_root().join("tests/fixtures/hf");
+    let five = format!(
+        "reward.model={}",
+        fixtures.join("llama-seqcls5-f32").display()
+    );
+    let (summary, rows) = run(
+        dir.path(),
+        1,
+        &[
+            "reward.kind=sequence-classification".into(),
+            five,
+            "sampling.max_new_tokens=6".into(),
+        ],
+    );
+    assert_eq!(summary["counts"]["samples_scored"], 12);
+    assert!(summary["scorer"]
+        .as_str()
+        .unwrap()
+        .starts_with("sequence-classification:llama-seqcls5-f32"));
+    for row in &rows {
+        let a = &row["chosen_attributes"];
+        let g = 0.65 * a["helpfulness"].as_f64().unwrap()
+            + 0.8 * a["correctness"].as_f64().unwrap()
+            + 0.45 * a["coherence"].as_f64().unwrap();
+        assert!((g - row["chosen_score"].as_f64().unwrap()).abs() < 1e-9);
+    }
+
+    // A scalar reward cannot be normalised over the whole run (it only ranks within a prompt).
+    let scalar = format!(
+        "reward.model={}",
+        fixtures.join("qwen2-seqcls1-f32").display()
+    );
+    let input = dir.path().join("prompts.jsonl");
+    let config = |normalization: &str| {
+        parse_config(
+            &tiny_config(
+                &input,
+                &dir.path().join(format!("out-scalar-{normalization}")),
+                1,
+                2,
+                4,
+            ),
+            "tiny.toml",
+            &[
+                "input.max_rejects=1".into(),
+                "reward.kind=sequence-classification".into(),
+                scalar.clone(),
+                "reward.attributes=scalar".into(),
+                "goodness.preset=scalar".into(),
+                format!("goodness.normalization={normalization}"),
+            ],
+        )
+        .unwrap()
+    };
+    let err = run_job(&config("run")).unwrap_err().to_string();
+    assert!(err.contains("per-prompt"), "{err}");
+    let report = run_job(&config("per-prompt")).unwrap();
+    assert_eq!(report.summary["attributes"], serde_json::json!(["reward"]));
 }

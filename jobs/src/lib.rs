@@ -218,9 +218,11 @@ pub fn reward_spec(reward: &config::RewardSection) -> Result<RewardSpec, JobErro
         "judge" => RewardKind::Judge,
         "sequence-classification" => RewardKind::SequenceClassification,
         "next-token-logit" => RewardKind::NextTokenLogit,
-        other => return Err(invalid(format!(
+        other => {
+            return Err(invalid(format!(
             "reward.kind `{other}` is not known (judge, sequence-classification, next-token-logit)"
-        ))),
+        )))
+        }
     };
     let names = attribute_names(&reward.attributes)?;
     if kind == RewardKind::Judge
