@@ -191,3 +191,42 @@ fn a_checkpoint_without_its_head_is_a_clear_error() {
     .unwrap();
     assert!(err.to_string().contains("score.weight"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_serves_as_the_policy() {
+    use std::sync::Arc;
+    use steerflow_kernels::sampling::SamplingParams;
+    use steerflow_models::policy::{GenerationParams, Policy};
+    use steerflow_models::LanguageModel;
+    let (dir, golden) = fixture("llama3-f32");
+    let model: Arc<dyn LanguageModel> = Arc::new(
+        HfModel::load(&dir, HeadKind::CausalLm, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_language_model()
+            .unwrap(),
+    );
+    let policy = Policy::new(model.clone());
+    let greedy = GenerationParams {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        },
+        max_new_tokens: 6,
+        stop: vec![],
+    };
+    for expected in golden["per_input"].as_array().unwrap() {
+        let prompt = ids(&expected["input_ids"]);
+        let (gens, counters) = policy.generate(&prompt, &[0, 1], &greedy).unwrap();
+        // Greedy ignores the seed; generation stops at the first end-of-sequence id.
+        let want = ids(&expected["greedy"]);
+        let until_eos: Vec<u32> = want
+            .iter()
+            .copied()
+            .take_while(|t| !model.text().is_eos(*t))
+            .collect();
+        assert_eq!(gens[0].text, model.text().decode(&until_eos).unwrap());
+        assert_eq!(gens[0], gens[1]);
+        assert_eq!(counters.prompt_tokens_prefilled, prompt.len() as u64);
+    }
+}
