@@ -172,6 +172,36 @@ fn smollm2_matches_transformers() {
         );
     }
 
+    // Several responses to one prompt rated as a group (one prefix tree) get the ratings they get
+    // alone, for fewer tokens.
+    let responses = ["2 + 2 = 4.", "It is 5.", "Four."];
+    let group = judge.score_group(&conversation, &responses);
+    let mut alone_tokens = 0;
+    let mut group_tokens = 0;
+    for (r, g) in responses.iter().zip(&group) {
+        let alone = judge.score(&conversation, r).unwrap();
+        let g = g.as_ref().unwrap();
+        for (a, b) in alone.attributes.iter().zip(&g.attributes) {
+            assert!((a - b).abs() < 1e-3, "{r}: alone {a} vs group {b}");
+        }
+        alone_tokens += alone.tokens_run;
+        group_tokens += g.tokens_run;
+    }
+    // The part every question shares (instructions and prompt) runs once instead of 3 times.
+    let all: Vec<Vec<u32>> = responses
+        .iter()
+        .flat_map(|r| helpsteer2_attributes().into_iter().map(move |a| (r, a)))
+        .map(|(r, a)| judge.question_tokens(&conversation, r, &a).unwrap())
+        .collect();
+    let shared = (0..all[0].len())
+        .take_while(|&i| all.iter().all(|q| q.get(i) == all[0].get(i)))
+        .count() as u64;
+    eprintln!("judge tokens run: {alone_tokens} one response at a time, {group_tokens} as a group; shared prefix {shared}");
+    assert!(
+        shared > 20 && group_tokens <= alone_tokens - 2 * shared,
+        "{group_tokens} vs {alone_tokens}"
+    );
+
     // A stop string ends the text before it.
     let with_stop = GenerationParams {
         stop: vec![" Paris".into()],

@@ -107,47 +107,117 @@ impl Judge {
         conversation: &[Message],
         response: &str,
     ) -> Result<JudgeScore, ModelError> {
-        let questions = self
-            .attributes
-            .iter()
-            .map(|a| self.question_tokens(conversation, response, a))
-            .collect::<Result<Vec<_>, _>>()?;
+        self.score_group(conversation, &[response])
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Judge("no result".into())))
+    }
+
+    /// Rates several responses to the same conversation. All their questions run as one prefix
+    /// tree: the judge instructions and the conversation once, each response once, then each
+    /// attribute's question. A response that does not fit the context fails alone.
+    pub fn score_group(
+        &self,
+        conversation: &[Message],
+        responses: &[&str],
+    ) -> Vec<Result<JudgeScore, ModelError>> {
         let limit = self.model.context_length();
-        if let Some(longest) = questions.iter().map(Vec::len).max().filter(|&n| n > limit) {
-            return Err(ModelError::ContextOverflow {
-                tokens: longest,
-                limit,
-                what: "judge question".into(),
-            });
-        }
-        // Shared prefix, leaving at least one token of its own to every question.
-        let shortest = questions.iter().map(Vec::len).min().unwrap_or(0);
-        let shared = common_prefix_len(&questions).min(shortest.saturating_sub(1));
-        let mut tokens_run = shared as u64;
-        let mut prefix = self.model.start();
-        if shared > 0 {
-            prefix.extend(&questions[0][..shared])?;
-        }
-        let mut attributes = Vec::with_capacity(questions.len());
-        let mut digit_mass = Vec::with_capacity(questions.len());
-        for q in &questions {
-            let mut session = prefix.fork();
-            let logits = session.extend(&q[shared..])?;
-            tokens_run += (q.len() - shared) as u64;
-            let logits: Vec<f32> = logits.to_vec1()?;
-            let rating = digit_rating(&logits, &self.digit_ids)?;
-            attributes.push(rating.expected);
-            digit_mass.push(rating.digit_mass);
-        }
-        Ok(JudgeScore {
-            attributes,
-            digit_mass,
-            tokens_run,
-        })
+        let questions: Vec<Result<Vec<Vec<u32>>, ModelError>> = responses
+            .iter()
+            .map(|response| {
+                let qs = self
+                    .attributes
+                    .iter()
+                    .map(|a| self.question_tokens(conversation, response, a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match qs.iter().map(Vec::len).max() {
+                    Some(longest) if longest > limit => Err(ModelError::ContextOverflow {
+                        tokens: longest,
+                        limit,
+                        what: "judge question".into(),
+                    }),
+                    _ => Ok(qs),
+                }
+            })
+            .collect();
+        let runnable: Vec<Vec<u32>> = questions
+            .iter()
+            .flat_map(|q| q.iter().flatten().cloned())
+            .collect();
+        let scored = if runnable.is_empty() {
+            Ok((Vec::new(), 0))
+        } else {
+            crate::prefix_tree::run_shared_prefixes(self.model.start().as_ref(), &runnable)
+        };
+        let (logits, tokens_run) = match scored {
+            Ok(r) => r,
+            Err(e) => {
+                let message = e.to_string();
+                return responses
+                    .iter()
+                    .map(|_| Err(ModelError::Judge(message.clone())))
+                    .collect();
+            }
+        };
+        // The shared work is split evenly over the responses that ran, so totals add up.
+        let ran = questions.iter().filter(|q| q.is_ok()).count().max(1) as u64;
+        let mut logits = logits.into_iter();
+        let mut k = 0u64;
+        questions
+            .into_iter()
+            .map(|q| {
+                let q = q?;
+                let mut attributes = Vec::with_capacity(q.len());
+                let mut digit_mass = Vec::with_capacity(q.len());
+                for _ in &q {
+                    let l: Vec<f32> = logits
+                        .next()
+                        .ok_or_else(|| ModelError::Judge("missing logits".into()))?
+                        .to_vec1()?;
+                    let rating = digit_rating(&l, &self.digit_ids)?;
+                    attributes.push(rating.expected);
+                    digit_mass.push(rating.digit_mass);
+                }
+                let share = tokens_run / ran + u64::from(k < tokens_run % ran);
+                k += 1;
+                Ok(JudgeScore {
+                    attributes,
+                    digit_mass,
+                    tokens_run: share,
+                })
+            })
+            .collect()
     }
 }
 
 impl crate::RewardModel for Judge {
+    /// Consecutive items with the same conversation (the N samples of a prompt) are rated as
+    /// one group, sharing their prefill.
+    fn score_batch(
+        &self,
+        items: &[(&[Message], &str)],
+    ) -> Vec<Result<crate::RewardScores, ModelError>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            let conversation = items[start].0;
+            let end = start
+                + items[start..]
+                    .iter()
+                    .take_while(|(c, _)| *c == conversation)
+                    .count();
+            let responses: Vec<&str> = items[start..end].iter().map(|(_, r)| *r).collect();
+            for r in self.score_group(conversation, &responses) {
+                out.push(r.map(|s| crate::RewardScores {
+                    attributes: s.attributes,
+                    tokens_run: s.tokens_run,
+                    dropped_turns: 0,
+                }));
+            }
+            start = end;
+        }
+        out
+    }
+
     fn id(&self) -> String {
         format!("judge:{}", self.model.id())
     }
@@ -211,32 +281,9 @@ fn rating_token_ids(model: &dyn LanguageModel) -> Result<Vec<u32>, ModelError> {
         .collect()
 }
 
-/// Length of the longest common prefix of all sequences.
-pub fn common_prefix_len(sequences: &[Vec<u32>]) -> usize {
-    let Some(first) = sequences.first() else {
-        return 0;
-    };
-    let mut n = first.len();
-    for s in &sequences[1..] {
-        n = n.min(first.iter().zip(s).take_while(|(a, b)| a == b).count());
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn common_prefix() {
-        assert_eq!(
-            common_prefix_len(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]),
-            2
-        );
-        assert_eq!(common_prefix_len(&[vec![1, 2, 3]]), 3);
-        assert_eq!(common_prefix_len(&[]), 0);
-        assert_eq!(common_prefix_len(&[vec![5], vec![6]]), 0);
-    }
 
     #[test]
     fn questions_differ_only_at_the_end() {

@@ -151,43 +151,53 @@ fn sample_prompt(
 }
 
 /// Scores one sample; a failure leaves NaN attributes (never chosen, counted as unscored).
-fn score_sample(
-    sample: Sample,
+/// Scores samples as they arrive: consecutive samples of one prompt go to the reward model
+/// together, so it can share their prompt's prefill (the judge) or batch them (trained heads).
+/// A failure leaves NaN attributes (never chosen, counted as unscored).
+fn score_samples(
+    samples: Vec<Sample>,
     spec: &RunSpec,
     models: &Models,
     counters: &RefCell<StageCounters>,
-) -> ScoredSample {
+) -> Vec<ScoredSample> {
     let started = Instant::now();
+    let items: Vec<(&[steerflow_operators::records::Message], &str)> = samples
+        .iter()
+        .map(|s| (s.prompt.messages.as_slice(), s.text.as_str()))
+        .collect();
+    let results = models.reward.score_batch(&items);
     let mut c = counters.borrow_mut();
-    let (attributes, tokens) = match models.reward.score(&sample.prompt.messages, &sample.text) {
-        Ok(s) => {
-            if s.dropped_turns > 0 {
-                c.overlength_truncated += 1;
+    let scored: Vec<ScoredSample> = samples
+        .into_iter()
+        .zip(results)
+        .map(|(sample, result)| {
+            let (attributes, tokens) = match result {
+                Ok(s) => {
+                    if s.dropped_turns > 0 {
+                        c.overlength_truncated += 1;
+                    }
+                    (s.attributes, s.tokens_run)
+                }
+                Err(e) => {
+                    if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
+                        c.overlength_skipped += 1;
+                    }
+                    tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
+                    (vec![f64::NAN; models.reward.attribute_names().len()], 0)
+                }
+            };
+            let goodness = spec.goodness.goodness(&attributes);
+            if goodness.is_finite() {
+                c.samples_scored += 1;
+            } else {
+                c.samples_unscored += 1;
             }
-            (s.attributes, s.tokens_run)
-        }
-        Err(e) => {
-            if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
-                c.overlength_skipped += 1;
-            }
-            tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
-            (vec![f64::NAN; models.reward.attribute_names().len()], 0)
-        }
-    };
-    let goodness = spec.goodness.goodness(&attributes);
-    if goodness.is_finite() {
-        c.samples_scored += 1;
-    } else {
-        c.samples_unscored += 1;
-    }
-    c.tokens_scored += tokens;
+            c.tokens_scored += tokens;
+            ScoredSample { sample, attributes, goodness, scored_tokens: tokens }
+        })
+        .collect();
     c.scoring_seconds += started.elapsed().as_secs_f64();
-    ScoredSample {
-        sample,
-        attributes,
-        goodness,
-        scored_tokens: tokens,
-    }
+    scored
 }
 
 /// Runs the graph on `spec.workers` threads; each worker then writes the output shards it owns.
@@ -234,11 +244,24 @@ pub fn run_graph(
                 .inspect(move |r: &Reject| rejects_sink.borrow_mut().push(r.clone()))
                 .probe_with(&probe);
             let (spec_c, models_c, counters_c, bar) = (spec.clone(), models.clone(), counters.clone(), score_bar_w.clone());
-            let scored = samples.container::<Vec<Sample>>().map(move |sample| {
-                let s = score_sample(sample, &spec_c, &models_c, &counters_c);
-                bar.advance(1);
-                s
-            });
+            let scored = samples.container::<Vec<Sample>>().unary::<timely::container::CapacityContainerBuilder<Vec<ScoredSample>>, _, _, _>(
+                Pipeline,
+                "Score",
+                move |_, _| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let mut session = output.session(&cap);
+                            for batch in data {
+                                // One prompt's samples are emitted together by the sample stage.
+                                let samples = std::mem::take(batch);
+                                let n = samples.len() as u64;
+                                session.give_iterator(score_samples(samples, &spec_c, &models_c, &counters_c).into_iter());
+                                bar.advance(n);
+                            }
+                        });
+                    }
+                },
+            );
 
             // Run-wide goodness stats: gathered on worker 0, then broadcast.
             let stats_sink = run_stats.clone();
