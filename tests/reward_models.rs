@@ -158,3 +158,54 @@ fn attribute_names_must_match_the_head() {
         .unwrap();
     assert!(err.to_string().contains("5 outputs"), "{err}");
 }
+
+#[test]
+fn the_template_may_come_from_chat_template_jinja() {
+    // transformers 5 saves the template as chat_template.jinja beside tokenizer_config.json.
+    let src = support::workspace_root().join("tests/fixtures/hf/llama-seqcls5-f32");
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "conversations.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut tc: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap()).unwrap();
+    let template = tc.as_object_mut().unwrap().remove("chat_template").unwrap();
+    std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+    // With no template anywhere, loading says where one was looked for.
+    let err = HfModel::load(
+        dir.path(),
+        HeadKind::SequenceClassification,
+        &candle_core::Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("chat_template.jinja"), "{err}");
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        template.as_str().unwrap(),
+    )
+    .unwrap();
+    let model = HfModel::load(
+        dir.path(),
+        HeadKind::SequenceClassification,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(src.join("conversations.json")).unwrap()).unwrap();
+    let c = &golden["conversations"][0];
+    let messages: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+    assert_eq!(
+        model
+            .text_codec()
+            .unwrap()
+            .render(&messages, false)
+            .unwrap(),
+        c["rendered"].as_str().unwrap()
+    );
+}
