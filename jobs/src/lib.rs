@@ -3,6 +3,7 @@
 //! [`config`] parses and checks the file; [`build_run`] resolves it (models installed and loaded,
 //! presets bound); [`run_job`] runs it. The `steerflow` binary is a thin clap layer over these.
 
+pub mod bench;
 pub mod config;
 
 use config::{ConfigError, JobConfig};
@@ -57,7 +58,7 @@ impl JobError {
     }
 }
 
-fn invalid(message: impl Into<String>) -> JobError {
+pub(crate) fn invalid(message: impl Into<String>) -> JobError {
     JobError::Config(ConfigError::Invalid(message.into()))
 }
 

@@ -61,6 +61,24 @@ enum Command {
         #[arg(long)]
         output: String,
     },
+    /// Measure the N-samples-per-prompt workload (prefill and decode tokens/s, responses scored/s,
+    /// peak memory); prints JSON on stdout.
+    Bench {
+        #[arg(long, default_value_t = 16)]
+        prompts: usize,
+        #[arg(long, default_value_t = 4)]
+        samples: u32,
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The policy model (as `policy.model` in a job file).
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// The judge model (as `reward.model`; `policy` reuses the policy).
+        #[arg(long, default_value = "policy")]
+        reward_model: String,
+    },
     /// Install the default model into the cache (done automatically on first use).
     InstallModel,
 }
@@ -143,6 +161,36 @@ fn main() {
                     eprintln!(
                         "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
                         report.scored, report.failed, report.rejected, report.truncated
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("steerflow: error: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::Bench {
+            prompts,
+            samples,
+            max_new_tokens,
+            workers,
+            policy,
+            reward_model,
+        } => {
+            let options = steerflow::bench::BenchOptions {
+                prompts,
+                samples,
+                max_new_tokens,
+                workers,
+                policy,
+                reward_model,
+            };
+            match steerflow::bench::run_bench(&options) {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
                     );
                     0
                 }

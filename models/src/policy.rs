@@ -31,6 +31,10 @@ pub struct Generation {
 pub struct GenerationCounters {
     pub prompt_tokens_prefilled: u64,
     pub tokens_decoded: u64,
+    /// Seconds spent prefilling the prompt.
+    pub prefill_seconds: f64,
+    /// Seconds spent drawing the samples after the prefill.
+    pub decode_seconds: f64,
 }
 
 /// A policy model and the way it is prompted.
@@ -70,12 +74,15 @@ impl Policy {
         params: &GenerationParams,
     ) -> Result<(Vec<Generation>, GenerationCounters), ModelError> {
         let text = self.model.text();
+        let started = std::time::Instant::now();
         let mut prefilled = self.model.start();
         let first_logits = prefilled.extend(prompt_tokens)?;
         let mut counters = GenerationCounters {
             prompt_tokens_prefilled: prompt_tokens.len() as u64,
-            tokens_decoded: 0,
+            prefill_seconds: started.elapsed().as_secs_f64(),
+            ..GenerationCounters::default()
         };
+        let decoding = std::time::Instant::now();
         // The context bounds new tokens too; hitting it ends the sample with `length`, as
         // `max_new_tokens` does, and the summary shows it.
         let budget = params
@@ -120,6 +127,7 @@ impl Policy {
                 finish,
             });
         }
+        counters.decode_seconds = decoding.elapsed().as_secs_f64();
         Ok((generations, counters))
     }
 }

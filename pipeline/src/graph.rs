@@ -129,6 +129,8 @@ fn sample_prompt(
     c.samples += generations.len() as u64;
     c.prompt_tokens_prefilled += work.prompt_tokens_prefilled;
     c.tokens_decoded += work.tokens_decoded;
+    c.prefill_seconds += work.prefill_seconds;
+    c.decode_seconds += work.decode_seconds;
     c.sampling_seconds += started.elapsed().as_secs_f64();
     generations
         .into_iter()

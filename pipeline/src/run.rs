@@ -113,10 +113,15 @@ pub fn run_iterative_dpo(
         "timings": {
             "total_seconds": elapsed,
             "sampling_busy_seconds": counters.sampling_seconds,
+            "prefill_busy_seconds": counters.prefill_seconds,
+            "decode_busy_seconds": counters.decode_seconds,
             "scoring_busy_seconds": counters.scoring_seconds,
         },
         "throughput": {
             "sampling_tokens_per_second": per_second(counters.tokens_decoded, counters.sampling_seconds, spec.workers),
+            "prefill_tokens_per_second": per_second(counters.prompt_tokens_prefilled, counters.prefill_seconds, spec.workers),
+            "decode_tokens_per_second": per_second(counters.tokens_decoded, counters.decode_seconds, spec.workers),
+            "tokens_scored_per_second": per_second(counters.tokens_scored, counters.scoring_seconds, spec.workers),
             "scoring_responses_per_second": per_second(counters.samples_scored + counters.samples_unscored, counters.scoring_seconds, spec.workers),
         },
         "files": files,

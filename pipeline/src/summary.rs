@@ -12,6 +12,9 @@ pub struct StageCounters {
     pub tokens_decoded: u64,
     /// Seconds the sampling stage kept its worker busy.
     pub sampling_seconds: f64,
+    /// Of which: prompt prefill, and drawing samples after it.
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
     pub samples_scored: u64,
     /// Samples whose scores are NaN or infinite (never chosen; reported here).
     pub samples_unscored: u64,
@@ -33,6 +36,8 @@ impl StageCounters {
         self.prompt_tokens_prefilled += other.prompt_tokens_prefilled;
         self.tokens_decoded += other.tokens_decoded;
         self.sampling_seconds += other.sampling_seconds;
+        self.prefill_seconds += other.prefill_seconds;
+        self.decode_seconds += other.decode_seconds;
         self.samples_scored += other.samples_scored;
         self.samples_unscored += other.samples_unscored;
         self.tokens_scored += other.tokens_scored;
