@@ -333,6 +333,27 @@ pub fn score_responses(
     )?)
 }
 
+/// Sizes the compute thread pool so that `workers` dataflow workers, each running model kernels
+/// on the shared pool, do not oversubscribe the cores: threads = max(1, cores / workers).
+/// `RAYON_NUM_THREADS` wins when set. Call once, before any model runs; returns the pool size.
+pub fn configure_threads(workers: usize) -> usize {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = (cores / workers.max(1)).max(1);
+    // Fails only if the pool already exists (a second job in one process); the first size stays.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    rayon::current_num_threads()
+}
+
 /// Runs the job a config describes.
 pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
     let plan = plan(config)?;

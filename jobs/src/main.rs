@@ -186,6 +186,7 @@ fn main() {
                 policy,
                 reward_model,
             };
+            steerflow::configure_threads(workers);
             match steerflow::bench::run_bench(&options) {
                 Ok(report) => {
                     println!(
