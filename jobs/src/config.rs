@@ -18,12 +18,29 @@ pub struct JobConfig {
     pub goodness: GoodnessSection,
     pub pairs: PairsSection,
     pub output: OutputSection,
+    pub eval: EvalSection,
+}
+
+/// `rm-eval` settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// `rewardbench` (RewardBench's subset → category map) or a table `{ subset = "Category" }`.
+    pub categories: toml::Value,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            categories: toml::Value::String("rewardbench".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSection {
-    /// Only `iterative-dpo` so far.
+    /// `iterative-dpo` or `rm-eval`.
     pub kind: String,
     pub seed: u64,
     /// Worker threads of the dataflow (`--workers` overrides).

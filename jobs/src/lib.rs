@@ -73,9 +73,9 @@ pub struct Plan {
 
 /// Checks everything in the config that can be checked without loading a model.
 pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
-    if config.job.kind != "iterative-dpo" {
+    if !["iterative-dpo", "rm-eval"].contains(&config.job.kind.as_str()) {
         return Err(invalid(format!(
-            "job.kind `{}` is not known (iterative-dpo)",
+            "job.kind `{}` is not known (iterative-dpo, rm-eval)",
             config.job.kind
         )));
     }
@@ -352,6 +352,62 @@ pub fn configure_threads(workers: usize) -> usize {
         .num_threads(threads)
         .build_global();
     rayon::current_num_threads()
+}
+
+/// The subset → category map of an `[eval]` section.
+pub fn eval_categories(
+    value: &toml::Value,
+) -> Result<std::collections::BTreeMap<String, String>, JobError> {
+    match value {
+        toml::Value::String(s) if s == "rewardbench" => {
+            Ok(steerflow_operators::evaluation::rewardbench_categories())
+        }
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|c| (k.clone(), c.to_string()))
+                    .ok_or_else(|| invalid(format!("eval.categories.{k} must be a category name")))
+            })
+            .collect(),
+        other => Err(invalid(format!(
+            "eval.categories must be \"rewardbench\" or a table, got {other}"
+        ))),
+    }
+}
+
+/// Runs a job of any kind and returns its summary.
+pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    match config.job.kind.as_str() {
+        "rm-eval" => run_rm_eval_job(config),
+        _ => Ok(run_job(config)?.summary),
+    }
+}
+
+/// The `rm-eval` job: a preference set scored by the reward model, accuracy per subset and category.
+pub fn run_rm_eval_job(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    let plan = plan(config)?;
+    let categories = eval_categories(&config.eval.categories)?;
+    let mut reward_section = config.reward.clone();
+    if reward_section.model == "policy" {
+        reward_section.model = config.policy.model.clone();
+    }
+    let reward = load_reward_model(&reward_section, None)?;
+    let goodness = plan
+        .weights
+        .bind(&reward.attribute_names())
+        .map_err(|e| invalid(format!("goodness: {e}")))?;
+    let report = steerflow_pipeline::rm_eval::run_rm_eval(
+        &config.input.path,
+        &config.output.path,
+        reward.as_ref(),
+        &goodness,
+        &categories,
+        plan.max_rejects,
+    )?;
+    Ok(
+        serde_json::json!({ "job": "rm-eval", "scorer": reward.id(), "output": config.output.path, "report": report }),
+    )
 }
 
 /// Runs the job a config describes.

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use steerflow::config::load_config;
-use steerflow::{exit_code, run_job};
+use steerflow::{exit_code, run_any};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -104,18 +104,37 @@ fn main() {
             }
             match load_config(&config, &overrides)
                 .map_err(steerflow::JobError::from)
-                .and_then(|c| run_job(&c))
-            {
-                Ok(report) => {
-                    let counts = &report.summary["counts"];
-                    let throughput = &report.summary["throughput"];
+                .and_then(|c| {
+                    let threads = steerflow::configure_threads(c.job.workers);
+                    tracing::info!(
+                        workers = c.job.workers,
+                        compute_threads = threads,
+                        "threads"
+                    );
+                    run_any(&c)
+                }) {
+                Ok(summary) if summary["job"] == "rm-eval" => {
+                    eprintln!(
+                        "steerflow: reward-model evaluation written to {}: overall {}",
+                        summary["output"].as_str().unwrap_or_default(),
+                        summary["report"]["overall"]
+                    );
+                    0
+                }
+                Ok(summary) => {
+                    let counts = &summary["counts"];
+                    let throughput = &summary["throughput"];
+                    let dropped: u64 = counts["dropped"]
+                        .as_object()
+                        .map(|d| d.values().filter_map(|v| v.as_u64()).sum())
+                        .unwrap_or(0);
                     eprintln!(
                         "steerflow: {} pairs from {} prompts ({} dropped, {} rejected) written to {}; sampling {:.1} tokens/s, scoring {:.2} responses/s",
                         counts["pairs"],
                         counts["prompts"],
-                        report.counters.dropped.values().sum::<u64>(),
+                        dropped,
                         counts["rejected"],
-                        report.summary["output"].as_str().unwrap_or_default(),
+                        summary["output"].as_str().unwrap_or_default(),
                         throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
                         throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
                     );

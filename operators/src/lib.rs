@@ -7,6 +7,7 @@
 
 pub mod attributes;
 pub mod error;
+pub mod evaluation;
 pub mod goodness;
 pub mod normalize;
 pub mod pairs;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod graph;
 pub mod progress;
 pub mod reject;
+pub mod rm_eval;
 pub mod run;
 pub mod score_file;
 pub mod sink;

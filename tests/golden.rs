@@ -1,0 +1,82 @@
+//! Golden-file tests: one folder per case under `tests/golden/` with its job file, inputs and
+//! expected output. Outputs are compared after sorting rows by key. Set
+//! `STEERFLOW_REGENERATE_GOLDEN=1` to rewrite the expected files from the current code (then
+//! review the diff before committing).
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use steerflow::config::parse_config;
+
+fn regenerate() -> bool {
+    std::env::var("STEERFLOW_REGENERATE_GOLDEN").is_ok_and(|v| v == "1")
+}
+
+/// Loads `case/job.toml` with paths resolved inside the case folder and output in `out`.
+fn job(case: &Path, out: &Path) -> steerflow::config::JobConfig {
+    let text = std::fs::read_to_string(case.join("job.toml")).unwrap();
+    let mut config = parse_config(&text, "job.toml", &[]).unwrap();
+    config.input.path = case.join(&config.input.path).display().to_string();
+    if config.reward.model.contains('/') {
+        config.reward.model = case.join(&config.reward.model).display().to_string();
+    }
+    config.output.path = out.display().to_string();
+    config
+}
+
+fn compare(case: &Path, actual: Value) {
+    let expected_path = case.join("expected.json");
+    if regenerate() {
+        std::fs::write(
+            &expected_path,
+            serde_json::to_string_pretty(&actual).unwrap() + "\n",
+        )
+        .unwrap();
+        return;
+    }
+    let expected: Value = serde_json::from_slice(&std::fs::read(&expected_path).unwrap()).unwrap();
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs from its expected output",
+        case.display()
+    );
+}
+
+#[test]
+fn rm_eval_on_a_hand_built_preference_set() {
+    let case = support::workspace_root().join("tests/golden/rm-eval");
+    let out = tempfile::tempdir().unwrap();
+    steerflow::run_any(&job(&case, out.path())).unwrap();
+    let mut cases: Vec<Value> = std::fs::read_to_string(out.path().join("cases.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    cases.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    // Scores rounded to 1e-6 so the comparison is about behaviour, not the last float bit.
+    for c in &mut cases {
+        for key in ["chosen_score", "rejected_score"] {
+            let v = c[key].as_f64().unwrap();
+            c[key] = serde_json::json!((v * 1e6).round() / 1e6);
+        }
+    }
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("eval.json")).unwrap()).unwrap();
+    // The report agrees with the cases: recount correct answers per category from cases.jsonl.
+    let correct = cases.iter().filter(|c| c["correct"] == true).count() as u64;
+    let subset_total: u64 = report["report"]["subsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|a| a["correct"].as_u64().unwrap())
+        .sum();
+    assert_eq!(correct, subset_total);
+    let md = std::fs::read_to_string(out.path().join("eval.md")).unwrap();
+    assert!(md.contains("**Overall**"), "{md}");
+    compare(
+        &case,
+        serde_json::json!({ "cases": cases, "categories": report["report"]["categories"], "overall": report["report"]["overall"] }),
+    );
+}
