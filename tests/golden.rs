@@ -80,3 +80,53 @@ fn rm_eval_on_a_hand_built_preference_set() {
         serde_json::json!({ "cases": cases, "categories": report["report"]["categories"], "overall": report["report"]["overall"] }),
     );
 }
+
+#[test]
+fn steerlm_annotation_of_single_and_multi_turn_conversations() {
+    let case = support::workspace_root().join("tests/golden/steerlm-annotate");
+    let out = tempfile::tempdir().unwrap();
+    let summary = steerflow::run_any(&job(&case, out.path())).unwrap();
+    let annotated: Vec<Value> = std::fs::read_to_string(out.path().join("annotated.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every assistant turn carries a non-empty label; user turns keep null.
+    for record in &annotated {
+        for turn in record["conversations"].as_array().unwrap() {
+            match turn["from"].as_str().unwrap() {
+                "Assistant" => assert!(!turn["label"].as_str().unwrap().is_empty()),
+                _ => assert!(turn["label"].is_null()),
+            }
+        }
+    }
+    let read = std::process::Command::new(support::python())
+        .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
+        .arg(out.path().join("data/train-00000-of-00001.parquet"))
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let mut rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    for row in &mut rows {
+        if let Some(attrs) = row["attributes"].as_object_mut() {
+            for v in attrs.values_mut() {
+                if let Some(x) = v.as_f64() {
+                    *v = serde_json::json!((x * 1e6).round() / 1e6);
+                }
+            }
+        }
+        row.as_object_mut().unwrap().remove("scorer");
+    }
+    rows.sort_by(|a, b| {
+        (a["conversation_id"].as_str(), a["turn"].as_i64())
+            .cmp(&(b["conversation_id"].as_str(), b["turn"].as_i64()))
+    });
+    compare(
+        &case,
+        serde_json::json!({ "summary": summary["turns_labelled"], "defaulted": summary["turns_defaulted"], "annotated": annotated, "turns": rows }),
+    );
+}

@@ -19,6 +19,23 @@ pub struct JobConfig {
     pub pairs: PairsSection,
     pub output: OutputSection,
     pub eval: EvalSection,
+    pub annotate: AnnotateSection,
+}
+
+/// `steerlm-annotate` settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnotateSection {
+    /// The label of an assistant turn that could not be scored (never null or empty).
+    pub default_label: String,
+}
+
+impl Default for AnnotateSection {
+    fn default() -> Self {
+        Self {
+            default_label: steerflow_operators::steerlm::DEFAULT_LABEL.to_string(),
+        }
+    }
 }
 
 /// `rm-eval` settings.
@@ -40,7 +57,7 @@ impl Default for EvalSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSection {
-    /// `iterative-dpo` or `rm-eval`.
+    /// `iterative-dpo`, `rm-eval` or `steerlm-annotate`.
     pub kind: String,
     pub seed: u64,
     /// Worker threads of the dataflow (`--workers` overrides).

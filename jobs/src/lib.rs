@@ -73,9 +73,9 @@ pub struct Plan {
 
 /// Checks everything in the config that can be checked without loading a model.
 pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
-    if !["iterative-dpo", "rm-eval"].contains(&config.job.kind.as_str()) {
+    if !["iterative-dpo", "rm-eval", "steerlm-annotate"].contains(&config.job.kind.as_str()) {
         return Err(invalid(format!(
-            "job.kind `{}` is not known (iterative-dpo, rm-eval)",
+            "job.kind `{}` is not known (iterative-dpo, rm-eval, steerlm-annotate)",
             config.job.kind
         )));
     }
@@ -380,19 +380,46 @@ pub fn eval_categories(
 pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
     match config.job.kind.as_str() {
         "rm-eval" => run_rm_eval_job(config),
+        "steerlm-annotate" => run_annotate_job(config),
         _ => Ok(run_job(config)?.summary),
     }
+}
+
+/// The reward model of a scoring-only job; `reward.model = "policy"` means `policy.model`.
+fn scoring_reward_model(config: &JobConfig) -> Result<Arc<dyn RewardModel>, JobError> {
+    let mut reward_section = config.reward.clone();
+    if reward_section.model == "policy" {
+        reward_section.model = config.policy.model.clone();
+    }
+    load_reward_model(&reward_section, None)
+}
+
+/// The `steerlm-annotate` job: every assistant turn labelled for SteerLM training.
+pub fn run_annotate_job(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    let plan = plan(config)?;
+    if config.annotate.default_label.trim().is_empty() {
+        return Err(invalid("annotate.default_label must not be empty"));
+    }
+    let reward = scoring_reward_model(config)?;
+    let report = steerflow_pipeline::annotate::run_annotate(
+        &config.input.path,
+        &config.output.path,
+        reward.as_ref(),
+        &config.annotate.default_label,
+        plan.max_rejects,
+    )?;
+    Ok(serde_json::json!({
+        "job": "steerlm-annotate", "scorer": reward.id(), "output": config.output.path,
+        "conversations": report.conversations, "turns_labelled": report.turns_labelled,
+        "turns_defaulted": report.turns_defaulted, "rejected": report.rejected,
+    }))
 }
 
 /// The `rm-eval` job: a preference set scored by the reward model, accuracy per subset and category.
 pub fn run_rm_eval_job(config: &JobConfig) -> Result<serde_json::Value, JobError> {
     let plan = plan(config)?;
     let categories = eval_categories(&config.eval.categories)?;
-    let mut reward_section = config.reward.clone();
-    if reward_section.model == "policy" {
-        reward_section.model = config.policy.model.clone();
-    }
-    let reward = load_reward_model(&reward_section, None)?;
+    let reward = scoring_reward_model(config)?;
     let goodness = plan
         .weights
         .bind(&reward.attribute_names())

@@ -113,6 +113,14 @@ fn main() {
                     );
                     run_any(&c)
                 }) {
+                Ok(summary) if summary["job"] == "steerlm-annotate" => {
+                    eprintln!(
+                        "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {}",
+                        summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],
+                        summary["output"].as_str().unwrap_or_default()
+                    );
+                    0
+                }
                 Ok(summary) if summary["job"] == "rm-eval" => {
                     eprintln!(
                         "steerflow: reward-model evaluation written to {}: overall {}",

@@ -13,5 +13,6 @@ pub mod normalize;
 pub mod pairs;
 pub mod records;
 pub mod seeding;
+pub mod steerlm;
 
 pub use error::OperatorError;

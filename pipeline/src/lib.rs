@@ -5,6 +5,7 @@
 //! - [`sink`] writes the Hugging Face dataset folder (parquet shards, README) and the summary.
 //! - [`storage`] maps paths and URLs to object_store locations.
 
+pub mod annotate;
 pub mod error;
 pub mod graph;
 pub mod progress;
