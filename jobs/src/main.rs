@@ -2,9 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use steerflow::config::load_config;
-use steerflow::{exit_code, run_any};
+use steerflow::{run_any, JobError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -92,68 +92,12 @@ fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Run {
             config,
             set,
             workers,
-        } => {
-            let mut overrides = set;
-            if let Some(w) = workers {
-                overrides.push(format!("job.workers={w}"));
-            }
-            match load_config(&config, &overrides)
-                .map_err(steerflow::JobError::from)
-                .and_then(|c| {
-                    let threads = steerflow::configure_threads(c.job.workers);
-                    tracing::info!(
-                        workers = c.job.workers,
-                        compute_threads = threads,
-                        "threads"
-                    );
-                    run_any(&c)
-                }) {
-                Ok(summary) if summary["job"] == "steerlm-annotate" => {
-                    eprintln!(
-                        "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {}",
-                        summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],
-                        summary["output"].as_str().unwrap_or_default()
-                    );
-                    0
-                }
-                Ok(summary) if summary["job"] == "rm-eval" => {
-                    eprintln!(
-                        "steerflow: reward-model evaluation written to {}: overall {}",
-                        summary["output"].as_str().unwrap_or_default(),
-                        summary["report"]["overall"]
-                    );
-                    0
-                }
-                Ok(summary) => {
-                    let counts = &summary["counts"];
-                    let throughput = &summary["throughput"];
-                    let dropped: u64 = counts["dropped"]
-                        .as_object()
-                        .map(|d| d.values().filter_map(|v| v.as_u64()).sum())
-                        .unwrap_or(0);
-                    eprintln!(
-                        "steerflow: {} pairs from {} prompts ({} dropped, {} rejected) written to {}; sampling {:.1} tokens/s, scoring {:.2} responses/s",
-                        counts["pairs"],
-                        counts["prompts"],
-                        dropped,
-                        counts["rejected"],
-                        summary["output"].as_str().unwrap_or_default(),
-                        throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
-                        throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("steerflow: error: {e}");
-                    e.exit_code()
-                }
-            }
-        }
+        } => run(&config, set, workers),
         Command::Score {
             reward_model,
             kind,
@@ -165,37 +109,20 @@ fn main() {
             format,
             output,
         } => {
-            let attributes = if attributes.contains(',') {
-                toml::Value::Array(
-                    attributes
-                        .split(',')
-                        .map(|a| toml::Value::String(a.trim().to_string()))
-                        .collect(),
-                )
-            } else {
-                toml::Value::String(attributes)
-            };
             let reward = steerflow::config::RewardSection {
                 kind,
                 model: reward_model,
-                attributes,
+                attributes: attribute_list(attributes),
                 logit_index,
                 max_tokens,
                 overlength,
             };
-            match steerflow::score_responses(&reward, &input, &format, &output) {
-                Ok(report) => {
-                    eprintln!(
-                        "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
-                        report.scored, report.failed, report.rejected, report.truncated
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("steerflow: error: {e}");
-                    e.exit_code()
-                }
-            }
+            steerflow::score_responses(&reward, &input, &format, &output).map(|report| {
+                eprintln!(
+                    "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
+                    report.scored, report.failed, report.rejected, report.truncated
+                );
+            })
         }
         Command::Bench {
             prompts,
@@ -214,30 +141,77 @@ fn main() {
                 reward_model,
             };
             steerflow::configure_threads(workers);
-            match steerflow::bench::run_bench(&options) {
-                Ok(report) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("steerflow: error: {e}");
-                    e.exit_code()
-                }
-            }
+            steerflow::bench::run_bench(&options).map(|report| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                )
+            })
         }
-        Command::InstallModel => match steerflow_models::registry::resolve_model("default") {
-            Ok(path) => {
-                println!("{}", path.display());
-                0
-            }
-            Err(e) => {
-                eprintln!("steerflow: error: {e}");
-                exit_code::FAILURE
-            }
-        },
+        Command::InstallModel => steerflow_models::registry::resolve_model("default")
+            .map(|path| println!("{}", path.display()))
+            .map_err(JobError::from),
+    };
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("steerflow: error: {e}");
+            e.exit_code()
+        }
     };
     std::process::exit(code);
+}
+
+/// `--attributes a,b,c` as a list, or a preset name.
+fn attribute_list(attributes: String) -> toml::Value {
+    if attributes.contains(',') {
+        toml::Value::Array(
+            attributes
+                .split(',')
+                .map(|a| toml::Value::String(a.trim().to_string()))
+                .collect(),
+        )
+    } else {
+        toml::Value::String(attributes)
+    }
+}
+
+/// `steerflow run`: any job kind, with a one-line account on stderr.
+fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Result<(), JobError> {
+    if let Some(w) = workers {
+        overrides.push(format!("job.workers={w}"));
+    }
+    let config = load_config(config, &overrides)?;
+    let threads = steerflow::configure_threads(config.job.workers);
+    tracing::info!(
+        workers = config.job.workers,
+        compute_threads = threads,
+        "threads"
+    );
+    let summary = run_any(&config)?;
+    let output = summary["output"].as_str().unwrap_or_default();
+    match summary["job"].as_str() {
+        Some("steerlm-annotate") => eprintln!(
+            "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {output}",
+            summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],
+        ),
+        Some("rm-eval") => {
+            eprintln!("steerflow: reward-model evaluation written to {output}: overall {}", summary["report"]["overall"])
+        }
+        _ => {
+            let counts = &summary["counts"];
+            let throughput = &summary["throughput"];
+            let dropped: u64 =
+                counts["dropped"].as_object().map(|d| d.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+            eprintln!(
+                "steerflow: {} pairs from {} prompts ({dropped} dropped, {} rejected) written to {output}; sampling {:.1} tokens/s, scoring {:.2} responses/s",
+                counts["pairs"],
+                counts["prompts"],
+                counts["rejected"],
+                throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
+                throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@
 //! It follows transformers' `modeling_llama.py` (eager attention), with which the tests compare
 //! it; checkpoint names are the Hugging Face ones (`model.layers.N.self_attn.q_proj`...).
 
-use crate::hf::config::Rope;
+use crate::hf::config::{HfConfig, Rope};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear_b, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
 
@@ -32,6 +32,33 @@ pub struct DecoderSpec {
     pub mlp_bias: bool,
     /// Keys further back than this are masked (Mistral).
     pub sliding_window: Option<usize>,
+}
+
+impl DecoderSpec {
+    /// The shapes every family reads the same way from `config.json`, with no biases and no
+    /// sliding window; each family's file adjusts what differs.
+    pub fn from_config(
+        cfg: &HfConfig,
+        default_rope_theta: f64,
+        default_max_positions: usize,
+    ) -> std::result::Result<Self, String> {
+        Ok(Self {
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_layers: cfg.num_hidden_layers,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_kv_heads(),
+            head_dim: cfg.head_dim(),
+            rms_norm_eps: cfg.rms_norm_eps,
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings.unwrap_or(default_max_positions),
+            rope: cfg.rope(default_rope_theta)?,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            sliding_window: None,
+        })
+    }
 }
 
 struct Attention {

@@ -10,15 +10,14 @@
 //! - `data/train-00000-of-00001.parquet`: one row per assistant turn with the raw floats.
 //! - `rejects/rejects.jsonl` for records that cannot be read.
 
-use crate::reject::{Reject, RejectLimit};
+use crate::reject::{enforce_limit, rejects_jsonl, Reject, RejectLimit};
 use crate::sink::parquet_bytes;
-use crate::storage::{io_runtime, Location};
+use crate::storage::{io_runtime, read_file, Location};
 use crate::PipelineError;
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray, StructArray,
 };
 use arrow::datatypes::{DataType, Field, Fields};
-use object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use steerflow_models::RewardModel;
@@ -195,22 +194,8 @@ pub fn run_annotate(
     default_label: &str,
     max_rejects: RejectLimit,
 ) -> Result<AnnotateReport, PipelineError> {
-    let rt = io_runtime()?;
-    let (location, file) = Location::parse_file(input)?;
-    let bytes = rt
-        .block_on(async { location.store.get(&file).await?.bytes().await })
-        .map_err(|e| PipelineError::Input {
-            location: input.to_string(),
-            message: e.to_string(),
-        })?;
-    let (mut conversations, rejects, records) = parse_conversations(input, &bytes);
-    if max_rejects.exceeded(rejects.len() as u64, records) {
-        return Err(PipelineError::TooManyRejects {
-            count: rejects.len() as u64,
-            limit: max_rejects.to_string(),
-            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
-        });
-    }
+    let (mut conversations, rejects, records) = parse_conversations(input, &read_file(input)?);
+    enforce_limit(max_rejects, &rejects, records)?;
     let names = reward.attribute_names();
     // (conversation, turn) of every assistant turn, and its context.
     let targets: Vec<(usize, usize)> = conversations
@@ -297,15 +282,12 @@ pub fn run_annotate(
         .map(|c| format!("{}\n", c.record))
         .collect();
     let out = Location::parse(output, true)?;
-    rt.block_on(async {
+    io_runtime()?.block_on(async {
         out.put("data/train-00000-of-00001.parquet", parquet_bytes(&batch)?)
             .await?;
         if !rejects.is_empty() {
-            let r: String = rejects
-                .iter()
-                .map(|r| format!("{}\n", serde_json::to_string(r).unwrap_or_default()))
-                .collect();
-            out.put("rejects/rejects.jsonl", r.into_bytes()).await?;
+            out.put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
+                .await?;
         }
         out.put("annotated.jsonl", annotated.into_bytes()).await
     })?;

@@ -48,6 +48,32 @@ impl std::fmt::Display for Reject {
     }
 }
 
+/// Rejects as `rejects.jsonl` lines.
+pub fn rejects_jsonl(rejects: &[Reject]) -> Vec<u8> {
+    let mut out = String::new();
+    for r in rejects {
+        out.push_str(&serde_json::to_string(r).unwrap_or_default());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Fails with `TooManyRejects` when `rejects` of `records` exceed `limit`.
+pub fn enforce_limit(
+    limit: RejectLimit,
+    rejects: &[Reject],
+    records: u64,
+) -> Result<(), crate::PipelineError> {
+    if limit.exceeded(rejects.len() as u64, records) {
+        return Err(crate::PipelineError::TooManyRejects {
+            count: rejects.len() as u64,
+            limit: limit.to_string(),
+            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
 /// How many rejects a run tolerates: a count, or a fraction of the records read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RejectLimit {

@@ -5,10 +5,9 @@
 //! Input (jsonl): `prompt` (string) or `messages` (the conversation before the response),
 //! `chosen` and `rejected` (strings), `subset` (string; default `default`), optional `id`.
 
-use crate::reject::{Reject, RejectLimit};
-use crate::storage::{io_runtime, Location};
+use crate::reject::{enforce_limit, rejects_jsonl, Reject, RejectLimit};
+use crate::storage::{io_runtime, read_file, Location};
 use crate::PipelineError;
-use object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use steerflow_models::RewardModel;
@@ -124,22 +123,8 @@ pub fn run_rm_eval(
     categories: &BTreeMap<String, String>,
     max_rejects: RejectLimit,
 ) -> Result<EvalReport, PipelineError> {
-    let rt = io_runtime()?;
-    let (location, file) = Location::parse_file(input)?;
-    let bytes = rt
-        .block_on(async { location.store.get(&file).await?.bytes().await })
-        .map_err(|e| PipelineError::Input {
-            location: input.to_string(),
-            message: e.to_string(),
-        })?;
-    let (cases, rejects, records) = parse_preferences(input, &bytes);
-    if max_rejects.exceeded(rejects.len() as u64, records) {
-        return Err(PipelineError::TooManyRejects {
-            count: rejects.len() as u64,
-            limit: max_rejects.to_string(),
-            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
-        });
-    }
+    let (cases, rejects, records) = parse_preferences(input, &read_file(input)?);
+    enforce_limit(max_rejects, &rejects, records)?;
     // Chosen and rejected of a case side by side: they share the conversation's prefill.
     let items: Vec<(&[Message], &str)> = cases
         .iter()
@@ -179,14 +164,11 @@ pub fn run_rm_eval(
         lines.push('\n');
     }
     let summary = json!({ "scorer": reward.id(), "input": input, "cases": cases.len(), "rejected": rejects.len(), "report": report });
-    rt.block_on(async {
+    io_runtime()?.block_on(async {
         out.put("cases.jsonl", lines.into_bytes()).await?;
         if !rejects.is_empty() {
-            let r: String = rejects
-                .iter()
-                .map(|r| format!("{}\n", serde_json::to_string(r).unwrap_or_default()))
-                .collect();
-            out.put("rejects/rejects.jsonl", r.into_bytes()).await?;
+            out.put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
+                .await?;
         }
         out.put("eval.md", markdown_table(&report).into_bytes())
             .await?;

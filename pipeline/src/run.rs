@@ -2,7 +2,7 @@
 
 use crate::graph::run_graph;
 use crate::progress::Progress;
-use crate::reject::Reject;
+use crate::reject::{enforce_limit, rejects_jsonl, Reject};
 use crate::sink::{dataset_readme, ModelIds, ShardFile};
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::{Models, RunSpec};
@@ -32,7 +32,7 @@ pub fn run_iterative_dpo(
     let output = Location::parse(&spec.output, true)?;
     let source = read_prompts(&spec.input, input_format, RecordShape::Prompt)?;
     tracing::info!(input = %spec.input, prompts = source.prompts.len(), rejected = source.rejects.len(), "read input");
-    check_rejects(&spec, &source.rejects, source.records)?;
+    enforce_limit(spec.max_rejects, &source.rejects, source.records)?;
     let prompts_read = source.records;
     let prompts = Arc::new(source.prompts);
     let ids = ModelIds {
@@ -63,7 +63,7 @@ pub fn run_iterative_dpo(
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     rejects.sort_by(|a, b| (a.file.as_str(), a.record).cmp(&(b.file.as_str(), b.record)));
-    check_rejects(&spec, &rejects, prompts_read)?;
+    enforce_limit(spec.max_rejects, &rejects, prompts_read)?;
 
     let elapsed = started.elapsed().as_secs_f64();
     let mut rejects_by_reason = std::collections::BTreeMap::<String, u64>::new();
@@ -130,13 +130,8 @@ pub fn run_iterative_dpo(
     let rt = io_runtime()?;
     rt.block_on(async {
         if !rejects.is_empty() {
-            let mut lines = String::new();
-            for r in &rejects {
-                lines.push_str(&serde_json::to_string(r).unwrap_or_default());
-                lines.push('\n');
-            }
             output
-                .put("rejects/rejects.jsonl", lines.into_bytes())
+                .put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
                 .await?;
         }
         let pretty = serde_json::to_vec_pretty(&summary).unwrap_or_default();
@@ -155,15 +150,4 @@ pub fn run_iterative_dpo(
         counters,
         rejects,
     })
-}
-
-fn check_rejects(spec: &RunSpec, rejects: &[Reject], records: u64) -> Result<(), PipelineError> {
-    if spec.max_rejects.exceeded(rejects.len() as u64, records) {
-        return Err(PipelineError::TooManyRejects {
-            count: rejects.len() as u64,
-            limit: spec.max_rejects.to_string(),
-            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
-        });
-    }
-    Ok(())
 }

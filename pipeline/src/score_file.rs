@@ -2,7 +2,7 @@
 //! parquet file, in input order. A record that cannot be scored keeps its row, with null
 //! scores and the reason in `error`; records that cannot be read go to `<output>.rejects.jsonl`.
 
-use crate::reject::Reject;
+use crate::reject::rejects_jsonl;
 use crate::sink::parquet_bytes;
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::storage::{io_runtime, Location};
@@ -46,10 +46,9 @@ pub fn score_file(
     let rt = io_runtime()?;
     rt.block_on(location.put(file.as_ref(), parquet_bytes(&batch)?))?;
     if !source.rejects.is_empty() {
-        let lines: String = source.rejects.iter().map(reject_line).collect();
         rt.block_on(location.put(
             &format!("{}.rejects.jsonl", file.as_ref()),
-            lines.into_bytes(),
+            rejects_jsonl(&source.rejects),
         ))?;
     }
     Ok(ScoreReport {
@@ -61,10 +60,6 @@ pub fn score_file(
             .filter(|r| r.as_ref().is_ok_and(|s| s.dropped_turns > 0))
             .count() as u64,
     })
-}
-
-fn reject_line(r: &Reject) -> String {
-    format!("{}\n", serde_json::to_string(r).unwrap_or_default())
 }
 
 /// The conversation before the last message, and the last message (the response).

@@ -5,11 +5,9 @@
 //! cannot be used becomes a [`Reject`] naming the file, line or row, field and reason; the rest go on.
 
 use crate::reject::Reject;
-use crate::storage::Location;
 use crate::PipelineError;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -65,15 +63,11 @@ pub fn read_prompts(
     format: InputFormat,
     shape: RecordShape,
 ) -> Result<SourceOutput, PipelineError> {
-    let (location, file) = Location::parse_file(spec)?;
     let fail = |message: String| PipelineError::Input {
         location: spec.to_string(),
         message,
     };
-    let rt = crate::storage::io_runtime()?;
-    let bytes = rt
-        .block_on(async { location.store.get(&file).await?.bytes().await })
-        .map_err(|e| fail(e.to_string()))?;
+    let bytes = crate::storage::read_file(spec)?;
     let mut out = match format {
         InputFormat::Jsonl => parse_jsonl(spec, &bytes, shape),
         InputFormat::Parquet => parse_parquet(spec, bytes, shape).map_err(fail)?,

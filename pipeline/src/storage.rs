@@ -116,6 +116,17 @@ impl Location {
     }
 }
 
+/// The whole content of one file given as a path or URL.
+pub fn read_file(spec: &str) -> Result<bytes::Bytes, PipelineError> {
+    let (location, file) = Location::parse_file(spec)?;
+    io_runtime()?
+        .block_on(async { location.store.get(&file).await?.bytes().await })
+        .map_err(|e| PipelineError::Input {
+            location: spec.to_string(),
+            message: e.to_string(),
+        })
+}
+
 /// A single-threaded tokio runtime for a blocking caller (the main thread or one worker).
 pub fn io_runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
     tokio::runtime::Builder::new_current_thread()
