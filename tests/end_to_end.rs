@@ -125,6 +125,44 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
         assert!(readme.contains(&format!("    - {shard}\n")), "{readme}");
         assert!(out.join(shard).exists());
     }
+    // The same pairs in TRL's standard form and NeMo-Aligner's DPO jsonl, the prompt rendered by
+    // the policy's chat template.
+    let nemo: Vec<serde_json::Value> = [
+        "nemo/train-00000-of-00002.jsonl",
+        "nemo/train-00001-of-00002.jsonl",
+    ]
+    .iter()
+    .flat_map(|f| {
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    })
+    .collect();
+    assert_eq!(nemo.len(), rows1.len());
+    for line in &nemo {
+        let prompt = line["prompt"].as_str().unwrap();
+        assert!(
+            prompt.starts_with("<|im_start|>") && prompt.ends_with("<|im_start|>assistant\n"),
+            "{line}"
+        );
+        assert!(
+            line["chosen_reward"].as_f64().unwrap() > line["rejected_reward"].as_f64().unwrap()
+        );
+        let row = rows1
+            .iter()
+            .find(|r| r["chosen"][0]["content"] == line["chosen_response"])
+            .expect("same pair");
+        assert_eq!(row["rejected"][0]["content"], line["rejected_response"]);
+    }
+    assert!(readme.contains("- config_name: standard\n"), "{readme}");
+    for shard in [
+        "standard/train-00000-of-00002.parquet",
+        "standard/train-00001-of-00002.parquet",
+    ] {
+        assert!(readme.contains(&format!("    - {shard}\n")) && out.join(shard).exists());
+    }
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert!(

@@ -210,6 +210,9 @@ pub struct OutputSection {
     pub path: String,
     /// Number of parquet files.
     pub shards: usize,
+    /// Forms the pairs are written in: `conversational` (TRL message lists, `data/`), `standard`
+    /// (TRL strings, `standard/`), `nemo` (NeMo-Aligner DPO jsonl, `nemo/`).
+    pub formats: Vec<String>,
 }
 
 impl Default for OutputSection {
@@ -217,6 +220,7 @@ impl Default for OutputSection {
         Self {
             path: String::new(),
             shards: 1,
+            formats: vec!["conversational".into(), "standard".into(), "nemo".into()],
         }
     }
 }

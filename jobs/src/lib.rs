@@ -21,6 +21,7 @@ use steerflow_operators::goodness::GoodnessWeights;
 use steerflow_operators::normalize::NormStats;
 use steerflow_pipeline::reject::RejectLimit;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
+use steerflow_pipeline::sink::ExportFormat;
 use steerflow_pipeline::source::InputFormat;
 use steerflow_pipeline::spec::{Models, Normalization, RunSpec};
 
@@ -103,6 +104,7 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
         return Err(invalid("pairs.min_margin must be a finite number >= 0"));
     }
     reward_spec(&config.reward)?;
+    export_formats(&config.output.formats)?;
     let input_format =
         InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
     let sampling = SamplingParams {
@@ -376,6 +378,26 @@ pub fn eval_categories(
     }
 }
 
+/// The export formats named in `output.formats`, in a fixed order, at least one.
+pub fn export_formats(names: &[String]) -> Result<Vec<ExportFormat>, JobError> {
+    let mut formats = names
+        .iter()
+        .map(|n| {
+            ExportFormat::parse(n).ok_or_else(|| {
+                invalid(format!(
+                    "output.formats: `{n}` is not known (conversational, standard, nemo)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    formats.sort();
+    formats.dedup();
+    if formats.is_empty() {
+        return Err(invalid("output.formats must name at least one format"));
+    }
+    Ok(formats)
+}
+
 /// Runs a job of any kind and returns its summary.
 pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
     match config.job.kind.as_str() {
@@ -476,6 +498,7 @@ pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
         max_rejects: plan.max_rejects,
         workers: config.job.workers,
         description,
+        formats: export_formats(&config.output.formats)?,
     };
     Ok(run_iterative_dpo(spec, plan.input_format, models)?)
 }

@@ -358,7 +358,10 @@ pub fn run_graph(
         let rejects = std::mem::take(&mut *rejects.borrow_mut());
         let outcomes = std::mem::take(&mut *outcomes.borrow_mut());
         let run_stats = *run_stats.borrow();
-        let files = write_worker_shards(&output, &spec, &ids, index, peers, &outcomes, run_stats.as_ref())?;
+        let text = models.policy.model().text();
+        let render = |messages: &[steerflow_operators::records::Message]| text.render(messages, true);
+        let files =
+            write_worker_shards(&output, &spec, &ids, index, peers, &outcomes, run_stats.as_ref(), &render)?;
         Ok::<_, PipelineError>(WorkerResult { index, counters, rejects, files, run_stats })
     })
     .map_err(PipelineError::Worker)?;

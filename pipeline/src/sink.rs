@@ -29,13 +29,53 @@ use steerflow_operators::records::Message;
 /// Rows per parquet row group.
 pub const ROW_GROUP_SIZE: usize = 10_000;
 
-/// A parquet file the run wrote.
+/// A file the run wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    pub format: ExportFormat,
 }
+
+/// The forms pairs are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportFormat {
+    /// TRL conversational: `prompt`, `chosen`, `rejected` as message lists, with all score
+    /// columns (`data/`, the dataset's default config).
+    Conversational,
+    /// TRL standard: strings, the prompt rendered by the policy's chat template with the
+    /// generation prompt (`standard/`).
+    Standard,
+    /// NeMo-Aligner DPO jsonl: `prompt` (chat template applied), `chosen_response`,
+    /// `rejected_response`, `chosen_reward`, `rejected_reward` (`nemo/`).
+    Nemo,
+}
+
+impl ExportFormat {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "conversational" => Some(Self::Conversational),
+            "standard" => Some(Self::Standard),
+            "nemo" => Some(Self::Nemo),
+            _ => None,
+        }
+    }
+
+    /// The path of shard `k` of `n` in this format.
+    pub fn shard_path(self, k: usize, n: usize) -> String {
+        match self {
+            Self::Conversational => shard_path(k, n),
+            Self::Standard => format!("standard/train-{k:05}-of-{n:05}.parquet"),
+            Self::Nemo => format!("nemo/train-{k:05}-of-{n:05}.jsonl"),
+        }
+    }
+}
+
+/// Renders a prompt as the policy sees it (chat template with the generation prompt).
+pub type PromptRenderer<'a> =
+    &'a dyn Fn(&[Message]) -> Result<String, steerflow_models::ModelError>;
 
 /// Ids of the models, written into every row.
 #[derive(Debug, Clone)]
@@ -255,8 +295,68 @@ pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, PipelineError> {
     Ok(buffer)
 }
 
+/// The TRL standard form of one shard: strings, the prompt rendered by the chat template.
+pub fn standard_batch(
+    outcomes: &[&PromptOutcome],
+    render: PromptRenderer<'_>,
+) -> Result<RecordBatch, PipelineError> {
+    let mut columns: [Vec<String>; 4] = Default::default();
+    let (mut cs, mut rs, mut margin) = (vec![], vec![], vec![]);
+    for o in outcomes {
+        let Some((c, r, m)) = o.pair else { continue };
+        columns[0].push(o.prompt.id.clone());
+        columns[1].push(render(&o.prompt.messages)?);
+        columns[2].push(o.samples[c].sample.text.clone());
+        columns[3].push(o.samples[r].sample.text.clone());
+        cs.push(o.samples[c].goodness);
+        rs.push(o.samples[r].goodness);
+        margin.push(m);
+    }
+    let [ids, prompts, chosen, rejected] = columns;
+    Ok(RecordBatch::try_from_iter([
+        ("prompt_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("prompt", Arc::new(StringArray::from(prompts)) as ArrayRef),
+        ("chosen", Arc::new(StringArray::from(chosen)) as ArrayRef),
+        (
+            "rejected",
+            Arc::new(StringArray::from(rejected)) as ArrayRef,
+        ),
+        ("chosen_score", Arc::new(Float64Array::from(cs)) as ArrayRef),
+        (
+            "rejected_score",
+            Arc::new(Float64Array::from(rs)) as ArrayRef,
+        ),
+        ("margin", Arc::new(Float64Array::from(margin)) as ArrayRef),
+    ])?)
+}
+
+/// NeMo-Aligner DPO jsonl lines for one shard.
+pub fn nemo_jsonl(
+    outcomes: &[&PromptOutcome],
+    render: PromptRenderer<'_>,
+) -> Result<(Vec<u8>, u64), PipelineError> {
+    let mut out = String::new();
+    let mut rows = 0;
+    for o in outcomes {
+        let Some((c, r, _)) = o.pair else { continue };
+        let line = serde_json::json!({
+            "prompt": render(&o.prompt.messages)?,
+            "chosen_response": o.samples[c].sample.text,
+            "rejected_response": o.samples[r].sample.text,
+            "chosen_reward": o.samples[c].goodness,
+            "rejected_reward": o.samples[r].goodness,
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+        rows += 1;
+    }
+    Ok((out.into_bytes(), rows))
+}
+
 /// Writes the shards owned by worker `index` of `peers` (shard k belongs to worker k % peers,
-/// the same rule timely's exchange uses), each with its pairs sorted by prompt id.
+/// the same rule timely's exchange uses), each with its pairs sorted by prompt id, in every
+/// requested format.
+#[allow(clippy::too_many_arguments)]
 pub fn write_worker_shards(
     output: &Location,
     spec: &RunSpec,
@@ -265,6 +365,7 @@ pub fn write_worker_shards(
     peers: usize,
     outcomes: &[PromptOutcome],
     run_stats: Option<&NormStats>,
+    render: PromptRenderer<'_>,
 ) -> Result<Vec<ShardFile>, PipelineError> {
     let rt = crate::storage::io_runtime()?;
     let mut files = Vec::new();
@@ -277,16 +378,28 @@ pub fn write_worker_shards(
             })
             .collect();
         rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
-        let batch = pairs_batch(&rows, spec, ids, run_stats)?;
-        let bytes = parquet_bytes(&batch)?;
-        let path = shard_path(shard, spec.shards);
-        let size = bytes.len() as u64;
-        rt.block_on(output.put(&path, bytes))?;
-        files.push(ShardFile {
-            path,
-            rows: batch.num_rows() as u64,
-            bytes: size,
-        });
+        for &format in &spec.formats {
+            let (bytes, count) = match format {
+                ExportFormat::Conversational => {
+                    let batch = pairs_batch(&rows, spec, ids, run_stats)?;
+                    (parquet_bytes(&batch)?, batch.num_rows() as u64)
+                }
+                ExportFormat::Standard => {
+                    let batch = standard_batch(&rows, render)?;
+                    (parquet_bytes(&batch)?, batch.num_rows() as u64)
+                }
+                ExportFormat::Nemo => nemo_jsonl(&rows, render)?,
+            };
+            let path = format.shard_path(shard, spec.shards);
+            let size = bytes.len() as u64;
+            rt.block_on(output.put(&path, bytes))?;
+            files.push(ShardFile {
+                path,
+                rows: count,
+                bytes: size,
+                format,
+            });
+        }
     }
     Ok(files)
 }
@@ -297,16 +410,32 @@ pub fn dataset_readme(
     description: &str,
     summary: &serde_json::Value,
 ) -> String {
-    let mut out = String::from(
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n",
-    );
-    for f in files {
-        out.push_str(&format!("    - {}\n", f.path));
+    let mut out = String::from("---\nconfigs:\n");
+    for (name, format) in [
+        ("default", ExportFormat::Conversational),
+        ("standard", ExportFormat::Standard),
+    ] {
+        let paths: Vec<&str> = files
+            .iter()
+            .filter(|f| f.format == format)
+            .map(|f| f.path.as_str())
+            .collect();
+        if paths.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "- config_name: {name}\n  data_files:\n  - split: train\n    path:\n"
+        ));
+        for p in paths {
+            out.push_str(&format!("    - {p}\n"));
+        }
     }
     out.push_str("---\n\n# Preference pairs generated by steerflow\n\n");
     out.push_str(description);
-    out.push_str("\n\nColumns follow TRL's conversational preference format (`prompt`, `chosen`, `rejected` as message lists),\n");
-    out.push_str("with goodness scores, per-attribute scores and the sampling parameters as extra columns.\n\n");
+    out.push_str("\n\nThe `default` config follows TRL's conversational preference format (`prompt`, `chosen`, `rejected`\n");
+    out.push_str("as message lists), with goodness scores, per-attribute scores and the sampling parameters as extra\n");
+    out.push_str("columns. The `standard` config holds the same pairs as strings, the prompt rendered by the policy's\n");
+    out.push_str("chat template; `nemo/*.jsonl` is NeMo-Aligner's DPO format.\n\n");
     out.push_str("## Files\n\n| file | rows |\n|---|---|\n");
     for f in files {
         out.push_str(&format!("| `{}` | {} |\n", f.path, f.rows));
@@ -329,20 +458,25 @@ mod tests {
 
     #[test]
     fn readme_lists_exactly_the_files() {
+        let file = |k: usize, format: ExportFormat| ShardFile {
+            path: format.shard_path(k, 2),
+            rows: 3,
+            bytes: 10,
+            format,
+        };
         let files = vec![
-            ShardFile {
-                path: shard_path(0, 2),
-                rows: 3,
-                bytes: 10,
-            },
-            ShardFile {
-                path: shard_path(1, 2),
-                rows: 4,
-                bytes: 10,
-            },
+            file(0, ExportFormat::Conversational),
+            file(1, ExportFormat::Conversational),
+            file(0, ExportFormat::Nemo),
+            file(0, ExportFormat::Standard),
         ];
         let readme = dataset_readme(&files, "demo", &serde_json::json!({"pairs": 7}));
-        assert!(readme.starts_with("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n    - data/train-00000-of-00002.parquet\n    - data/train-00001-of-00002.parquet\n---\n"));
+        let header = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n    \
+                      - data/train-00000-of-00002.parquet\n    - data/train-00001-of-00002.parquet\n\
+                      - config_name: standard\n  data_files:\n  - split: train\n    path:\n    \
+                      - standard/train-00000-of-00002.parquet\n---\n";
+        assert!(readme.starts_with(header), "{readme}");
+        assert!(readme.contains("nemo/train-00000-of-00002.jsonl"));
     }
 
     #[test]

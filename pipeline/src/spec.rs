@@ -48,6 +48,8 @@ pub struct RunSpec {
     pub workers: usize,
     /// A short description written into the dataset README.
     pub description: String,
+    /// The forms the pairs are written in.
+    pub formats: Vec<crate::sink::ExportFormat>,
 }
 
 /// The loaded models, shared by every worker of the process.
