@@ -130,3 +130,30 @@ fn steerlm_annotation_of_single_and_multi_turn_conversations() {
         serde_json::json!({ "summary": summary["turns_labelled"], "defaulted": summary["turns_defaulted"], "annotated": annotated, "turns": rows }),
     );
 }
+
+#[test]
+fn helpsteer2_pairs_with_ties() {
+    let case = support::workspace_root().join("tests/golden/helpsteer2-pairs");
+    let out = tempfile::tempdir().unwrap();
+    let summary = steerflow::run_any(&job(&case, out.path())).unwrap();
+    // Known answers: 4 prompts; the tie and the single response are dropped.
+    assert_eq!(summary["pairs"], 2);
+    assert_eq!(summary["dropped"]["margin_too_small"], 1);
+    assert_eq!(summary["dropped"]["too_few_scored"], 1);
+    let read = std::process::Command::new(support::python())
+        .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
+        .arg(out.path().join("data/train-00000-of-00001.parquet"))
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let mut rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    rows.sort_by(|a, b| a["prompt_id"].as_str().cmp(&b["prompt_id"].as_str()));
+    compare(
+        &case,
+        serde_json::json!({ "summary": summary["dropped"], "rows": rows }),
+    );
+}

@@ -57,7 +57,7 @@ impl Default for EvalSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSection {
-    /// `iterative-dpo`, `rm-eval` or `steerlm-annotate`.
+    /// `iterative-dpo`, `rm-eval`, `steerlm-annotate` or `helpsteer2-pairs`.
     pub kind: String,
     pub seed: u64,
     /// Worker threads of the dataflow (`--workers` overrides).
@@ -196,11 +196,25 @@ impl Default for GoodnessSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PairsSection {
     /// A prompt is kept only when best - worst > min_margin.
     pub min_margin: f64,
+    /// `helpsteer2-pairs`: the attribute that decides chosen and rejected.
+    pub by: String,
+    /// `helpsteer2-pairs`: the attributes carried with each response (a preset or a list).
+    pub attributes: toml::Value,
+}
+
+impl Default for PairsSection {
+    fn default() -> Self {
+        Self {
+            min_margin: 0.0,
+            by: "helpfulness".into(),
+            attributes: toml::Value::String("helpsteer2".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

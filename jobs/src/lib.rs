@@ -74,9 +74,16 @@ pub struct Plan {
 
 /// Checks everything in the config that can be checked without loading a model.
 pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
-    if !["iterative-dpo", "rm-eval", "steerlm-annotate"].contains(&config.job.kind.as_str()) {
+    if ![
+        "iterative-dpo",
+        "rm-eval",
+        "steerlm-annotate",
+        "helpsteer2-pairs",
+    ]
+    .contains(&config.job.kind.as_str())
+    {
         return Err(invalid(format!(
-            "job.kind `{}` is not known (iterative-dpo, rm-eval, steerlm-annotate)",
+            "job.kind `{}` is not known (iterative-dpo, rm-eval, steerlm-annotate, helpsteer2-pairs)",
             config.job.kind
         )));
     }
@@ -403,6 +410,7 @@ pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
     match config.job.kind.as_str() {
         "rm-eval" => run_rm_eval_job(config),
         "steerlm-annotate" => run_annotate_job(config),
+        "helpsteer2-pairs" => run_labelled_pairs_job(config),
         _ => Ok(run_job(config)?.summary),
     }
 }
@@ -414,6 +422,31 @@ fn scoring_reward_model(config: &JobConfig) -> Result<Arc<dyn RewardModel>, JobE
         reward_section.model = config.policy.model.clone();
     }
     load_reward_model(&reward_section, None)
+}
+
+/// The `helpsteer2-pairs` job: pairs from responses that already carry attribute labels.
+pub fn run_labelled_pairs_job(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    let plan = plan(config)?;
+    let names = attribute_names(&config.pairs.attributes)?;
+    if !names.contains(&config.pairs.by) {
+        return Err(invalid(format!(
+            "pairs.by `{}` is not among pairs.attributes ({})",
+            config.pairs.by,
+            names.join(", ")
+        )));
+    }
+    let report = steerflow_pipeline::labelled_pairs::run_labelled_pairs(
+        &config.input.path,
+        plan.input_format,
+        &config.output.path,
+        &names,
+        &config.pairs.by,
+        plan.max_rejects,
+    )?;
+    Ok(serde_json::json!({
+        "job": "helpsteer2-pairs", "output": config.output.path, "pairs": report.pairs, "prompts": report.prompts,
+        "responses": report.responses, "dropped": report.dropped, "rejected": report.rejected,
+    }))
 }
 
 /// The `steerlm-annotate` job: every assistant turn labelled for SteerLM training.

@@ -195,6 +195,10 @@ fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Res
             "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {output}",
             summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],
         ),
+        Some("helpsteer2-pairs") => eprintln!(
+            "steerflow: {} pairs from {} prompts ({} responses; dropped {}; {} records rejected) written to {output}",
+            summary["pairs"], summary["prompts"], summary["responses"], summary["dropped"], summary["rejected"],
+        ),
         Some("rm-eval") => {
             eprintln!("steerflow: reward-model evaluation written to {output}: overall {}", summary["report"]["overall"])
         }

@@ -8,6 +8,7 @@
 pub mod annotate;
 pub mod error;
 pub mod graph;
+pub mod labelled_pairs;
 pub mod progress;
 pub mod reject;
 pub mod rm_eval;

@@ -90,14 +90,14 @@ pub fn shard_path(k: usize, n: usize) -> String {
     format!("data/train-{k:05}-of-{n:05}.parquet")
 }
 
-fn message_fields() -> Fields {
+pub(crate) fn message_fields() -> Fields {
     Fields::from(vec![
         Field::new("role", DataType::Utf8, false),
         Field::new("content", DataType::Utf8, false),
     ])
 }
 
-fn messages_type() -> DataType {
+pub(crate) fn messages_type() -> DataType {
     DataType::List(Arc::new(Field::new(
         "item",
         DataType::Struct(message_fields()),
@@ -105,7 +105,7 @@ fn messages_type() -> DataType {
     )))
 }
 
-fn attributes_type(names: &[String]) -> DataType {
+pub(crate) fn attributes_type(names: &[String]) -> DataType {
     DataType::Struct(
         names
             .iter()
@@ -148,7 +148,7 @@ pub fn pairs_schema(attribute_names: &[String]) -> Arc<Schema> {
     ]))
 }
 
-fn messages_array(rows: &[Vec<Message>]) -> ListArray {
+pub(crate) fn messages_array(rows: &[Vec<Message>]) -> ListArray {
     let roles = StringArray::from_iter_values(rows.iter().flatten().map(|m| m.role.as_str()));
     let contents = StringArray::from_iter_values(rows.iter().flatten().map(|m| m.content.as_str()));
     let values = StructArray::new(
@@ -169,7 +169,7 @@ fn messages_array(rows: &[Vec<Message>]) -> ListArray {
     )
 }
 
-fn attributes_array(names: &[String], rows: &[&[f64]]) -> StructArray {
+pub(crate) fn attributes_array(names: &[String], rows: &[&[f64]]) -> StructArray {
     let fields: Fields = names
         .iter()
         .map(|n| Field::new(n, DataType::Float64, true))
