@@ -157,3 +157,87 @@ fn helpsteer2_pairs_with_ties() {
         serde_json::json!({ "summary": summary["dropped"], "rows": rows }),
     );
 }
+
+#[test]
+fn filter_rank_each_rule() {
+    let case = support::workspace_root().join("tests/golden/filter-rank");
+    let rules: [(&str, steerflow::config::FilterSection); 5] = [
+        (
+            "min",
+            steerflow::config::FilterSection {
+                min: [("helpfulness".to_string(), 0.5)].into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "max",
+            steerflow::config::FilterSection {
+                max: [("verbosity".to_string(), 0.0)].into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "top_k",
+            steerflow::config::FilterSection {
+                top_k: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "quantile",
+            steerflow::config::FilterSection {
+                quantile: Some(0.5),
+                ..Default::default()
+            },
+        ),
+        (
+            "all",
+            steerflow::config::FilterSection {
+                min: [("normalized_goodness".to_string(), -1.0)].into(),
+                max: [("verbosity".to_string(), 1.0)].into(),
+                top_k: 2,
+                quantile: Some(0.25),
+            },
+        ),
+    ];
+    let mut results = serde_json::Map::new();
+    for (name, filter) in rules {
+        let out = tempfile::tempdir().unwrap();
+        let mut config = job(&case, out.path());
+        config.filter = filter;
+        let summary = steerflow::run_any(&config).unwrap();
+        let counts = &summary["counts"];
+        let removed: u64 = counts["removed_by"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            counts["kept"].as_u64().unwrap() + removed,
+            counts["rows"].as_u64().unwrap(),
+            "{name}"
+        );
+        let read = std::process::Command::new(support::python())
+            .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
+            .arg(out.path().join("data/train-00000-of-00001.parquet"))
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let mut kept: Vec<Value> = serde_json::from_slice::<Vec<Value>>(&read.stdout)
+            .unwrap()
+            .into_iter()
+            .map(|r| serde_json::json!({ "id": r["id"], "rank": r["rank"], "response": r["response"] }))
+            .collect();
+        kept.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        results.insert(
+            name.to_string(),
+            serde_json::json!({ "removed_by": counts["removed_by"], "kept": kept }),
+        );
+    }
+    compare(&case, Value::Object(results));
+}

@@ -20,6 +20,22 @@ pub struct JobConfig {
     pub output: OutputSection,
     pub eval: EvalSection,
     pub annotate: AnnotateSection,
+    pub filter: FilterSection,
+}
+
+/// `filter-rank` rules.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    /// Keep rows whose score is at least this: `{ helpfulness = 3.0, goodness = 2.5 }`. Names are
+    /// the reward model's attributes, `goodness` and `normalized_goodness`.
+    pub min: std::collections::BTreeMap<String, f64>,
+    /// Keep rows whose score is at most this.
+    pub max: std::collections::BTreeMap<String, f64>,
+    /// Keep the k best responses of each prompt (0 = no limit).
+    pub top_k: usize,
+    /// Keep rows whose goodness is at least this quantile of the run (0.5 = top half).
+    pub quantile: Option<f64>,
 }
 
 /// `steerlm-annotate` settings.
@@ -57,7 +73,7 @@ impl Default for EvalSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSection {
-    /// `iterative-dpo`, `rm-eval`, `steerlm-annotate` or `helpsteer2-pairs`.
+    /// `iterative-dpo`, `rm-eval`, `steerlm-annotate`, `helpsteer2-pairs` or `filter-rank`.
     pub kind: String,
     pub seed: u64,
     /// Worker threads of the dataflow (`--workers` overrides).

@@ -72,19 +72,22 @@ pub struct Plan {
     pub generation: GenerationParams,
 }
 
+/// The jobs `job.kind` names.
+pub const JOB_KINDS: [&str; 5] = [
+    "iterative-dpo",
+    "helpsteer2-pairs",
+    "filter-rank",
+    "rm-eval",
+    "steerlm-annotate",
+];
+
 /// Checks everything in the config that can be checked without loading a model.
 pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
-    if ![
-        "iterative-dpo",
-        "rm-eval",
-        "steerlm-annotate",
-        "helpsteer2-pairs",
-    ]
-    .contains(&config.job.kind.as_str())
-    {
+    if !JOB_KINDS.contains(&config.job.kind.as_str()) {
         return Err(invalid(format!(
-            "job.kind `{}` is not known (iterative-dpo, rm-eval, steerlm-annotate, helpsteer2-pairs)",
-            config.job.kind
+            "job.kind `{}` is not known ({})",
+            config.job.kind,
+            JOB_KINDS.join(", ")
         )));
     }
     if config.input.path.is_empty() {
@@ -411,6 +414,7 @@ pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
         "rm-eval" => run_rm_eval_job(config),
         "steerlm-annotate" => run_annotate_job(config),
         "helpsteer2-pairs" => run_labelled_pairs_job(config),
+        "filter-rank" => run_filter_rank_job(config),
         _ => Ok(run_job(config)?.summary),
     }
 }
@@ -422,6 +426,54 @@ fn scoring_reward_model(config: &JobConfig) -> Result<Arc<dyn RewardModel>, JobE
         reward_section.model = config.policy.model.clone();
     }
     load_reward_model(&reward_section, None)
+}
+
+/// The `filter-rank` job: a scored corpus filtered by thresholds, top-k and quantile, and ranked.
+pub fn run_filter_rank_job(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    let plan = plan(config)?;
+    let f = &config.filter;
+    if let Some(q) = f.quantile.filter(|q| !(0.0..=1.0).contains(q)) {
+        return Err(invalid(format!(
+            "filter.quantile must be in [0, 1], got {q}"
+        )));
+    }
+    let reward = scoring_reward_model(config)?;
+    let names = reward.attribute_names();
+    let scalar = names == ["reward"];
+    if scalar && (plan.normalization == Normalization::Run || f.quantile.is_some()) {
+        return Err(invalid(
+            "a scalar reward only ranks responses to the same prompt: use filter.top_k and \
+             goodness.normalization = \"per-prompt\", not a run-wide quantile or run normalisation",
+        ));
+    }
+    for name in f.min.keys().chain(f.max.keys()) {
+        if !names.contains(name) && name != "goodness" && name != "normalized_goodness" {
+            return Err(invalid(format!(
+                "filter rule on `{name}`: the scores are {}, goodness and normalized_goodness",
+                names.join(", ")
+            )));
+        }
+    }
+    let goodness = plan
+        .weights
+        .bind(&names)
+        .map_err(|e| invalid(format!("goodness: {e}")))?;
+    let rules = steerflow_operators::filter::FilterRules {
+        min: f.min.clone(),
+        max: f.max.clone(),
+        top_k: (f.top_k > 0).then_some(f.top_k),
+        quantile: f.quantile,
+    };
+    Ok(steerflow_pipeline::filter_rank::run_filter_rank(
+        &config.input.path,
+        plan.input_format,
+        &config.output.path,
+        reward.as_ref(),
+        &goodness,
+        plan.normalization,
+        &rules,
+        plan.max_rejects,
+    )?)
 }
 
 /// The `helpsteer2-pairs` job: pairs from responses that already carry attribute labels.

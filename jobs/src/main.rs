@@ -199,6 +199,10 @@ fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Res
             "steerflow: {} pairs from {} prompts ({} responses; dropped {}; {} records rejected) written to {output}",
             summary["pairs"], summary["prompts"], summary["responses"], summary["dropped"], summary["rejected"],
         ),
+        Some("filter-rank") => eprintln!(
+            "steerflow: {} of {} rows kept (removed by rule: {}) written to {output}",
+            summary["counts"]["kept"], summary["counts"]["rows"], summary["counts"]["removed_by"],
+        ),
         Some("rm-eval") => {
             eprintln!("steerflow: reward-model evaluation written to {output}: overall {}", summary["report"]["overall"])
         }

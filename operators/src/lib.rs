@@ -8,6 +8,7 @@
 pub mod attributes;
 pub mod error;
 pub mod evaluation;
+pub mod filter;
 pub mod goodness;
 pub mod normalize;
 pub mod pairs;

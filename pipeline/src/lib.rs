@@ -7,6 +7,7 @@
 
 pub mod annotate;
 pub mod error;
+pub mod filter_rank;
 pub mod graph;
 pub mod labelled_pairs;
 pub mod progress;
