@@ -106,8 +106,8 @@ pub fn apply_filters(rows: &[FilterRow], rules: &FilterRules) -> FilterOutcome {
         }
     }
     if let Some(k) = rules.top_k {
-        for i in 0..rows.len() {
-            if rank[i] as usize > k {
+        for (i, &r) in rank.iter().enumerate() {
+            if r as usize > k {
                 remove(&mut kept, i, "top_k".into());
             }
         }
