@@ -117,14 +117,19 @@ impl Default for InputSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySection {
-    /// `default` (SmolLM2-135M-Instruct, installed on first use) or a path to a GGUF file.
+    /// `default` (SmolLM2-135M-Instruct, installed on first use), a GGUF file, a checkpoint
+    /// directory, or a hub id in the local Hugging Face cache.
     pub model: String,
+    /// `model` (the model's own template), `nemo-steerlm` (NeMo's SteerLM format, for models
+    /// trained on it), or a path to a `.jinja` file.
+    pub chat_template: String,
 }
 
 impl Default for PolicySection {
     fn default() -> Self {
         Self {
             model: "default".into(),
+            chat_template: "model".into(),
         }
     }
 }
@@ -139,6 +144,9 @@ pub struct SamplingSection {
     pub top_k: usize,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
+    /// SteerLM 2.0: target attributes the policy is prompted with (`steerlm2-paper`, or a label
+    /// such as `helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2`); empty = off.
+    pub steer: String,
 }
 
 impl Default for SamplingSection {
@@ -151,6 +159,7 @@ impl Default for SamplingSection {
             top_k: 0,
             max_new_tokens: 1024,
             stop: vec![],
+            steer: String::new(),
         }
     }
 }

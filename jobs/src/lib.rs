@@ -9,16 +9,19 @@ pub mod config;
 use config::{ConfigError, JobConfig};
 use std::sync::Arc;
 use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
+use steerflow_models::chat_template::NEMO_STEERLM_TEMPLATE;
 use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
 use steerflow_models::registry::{locate_model, ModelLocation};
 use steerflow_models::reward::{NextTokenLogitReward, Overlength, SequenceClassifierReward};
+use steerflow_models::TemplatedModel;
 use steerflow_models::{LanguageModel, RewardModel};
 use steerflow_operators::attributes::{HELPSTEER2, NEMO_NINE};
 use steerflow_operators::goodness::GoodnessWeights;
 use steerflow_operators::normalize::NormStats;
+use steerflow_operators::steerlm::steer_label;
 use steerflow_pipeline::reject::RejectLimit;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
 use steerflow_pipeline::sink::ExportFormat;
@@ -114,6 +117,9 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
         return Err(invalid("pairs.min_margin must be a finite number >= 0"));
     }
     reward_spec(&config.reward)?;
+    if !config.sampling.steer.is_empty() {
+        steer_label(&config.sampling.steer).map_err(|e| invalid(format!("sampling.steer: {e}")))?;
+    }
     export_formats(&config.output.formats)?;
     let input_format =
         InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
@@ -320,12 +326,27 @@ pub fn load_reward_model(
 
 /// Loads the models a config names.
 pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
-    let policy_model = load_language_model(&config.policy.model)?;
-    let reward = load_reward_model(&config.reward, Some(&policy_model))?;
-    Ok(Models {
-        policy: Policy::new(policy_model),
-        reward,
-    })
+    let model = load_language_model(&config.policy.model)?;
+    // A judge that is the policy model rates with the model's own template.
+    let reward = load_reward_model(&config.reward, Some(&model))?;
+    let policy_model: Arc<dyn LanguageModel> = match config.policy.chat_template.as_str() {
+        "model" => model,
+        "nemo-steerlm" => Arc::new(TemplatedModel::new(model, NEMO_STEERLM_TEMPLATE)?),
+        path => {
+            let source = std::fs::read_to_string(path)
+                .map_err(|e| invalid(format!("policy.chat_template: cannot read {path}: {e}")))?;
+            Arc::new(TemplatedModel::new(model, &source)?)
+        }
+    };
+    let mut policy = Policy::new(policy_model);
+    if !config.sampling.steer.is_empty() {
+        let label = steer_label(&config.sampling.steer)
+            .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
+        policy = policy
+            .with_steer(&label)
+            .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
+    }
+    Ok(Models { policy, reward })
 }
 
 /// Scores every response of `input` with the reward model `reward` describes (`steerflow score`).

@@ -18,6 +18,7 @@ const TEMPLATE_NAME: &str = "chat";
 /// A compiled chat template and the special-token strings it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -41,6 +42,7 @@ impl ChatTemplate {
             })?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -78,6 +80,16 @@ impl ChatTemplate {
             .map_err(|e| ModelError::Template(format!("{e:#}")))
     }
 
+    /// The template's source text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A copy with the same special tokens and another source.
+    pub fn with_source(&self, source: &str) -> Result<Self, ModelError> {
+        Self::new(source, &self.bos_token, &self.eos_token)
+    }
+
     /// Makes `strftime_now` format this instant instead of the current time (for reproducible
     /// renders and tests).
     pub fn with_clock(mut self, now: chrono::NaiveDateTime) -> Self {
@@ -88,6 +100,19 @@ impl ChatTemplate {
         self
     }
 }
+
+/// NeMo's SteerLM prompt format (Llama2-70B-SteerLM-Chat card): every assistant turn opens with
+/// `<extra_id_2>` and the target attributes given as the template variable `steer_label`.
+pub const NEMO_STEERLM_TEMPLATE: &str = concat!(
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}",
+    "{% else %}{% set system = 'A chat between a curious user and an artificial intelligence assistant. ",
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' %}{% endif %}",
+    "<extra_id_0>System\n{{ system }}\n",
+    "{% for m in messages %}{% if m['role'] == 'user' %}<extra_id_1>User\n{{ m['content'] }}\n",
+    "{% elif m['role'] == 'assistant' %}<extra_id_1>Assistant\n<extra_id_2>{{ steer_label }}\n{{ m['content'] }}\n",
+    "{% endif %}{% endfor %}",
+    "{% if add_generation_prompt %}<extra_id_1>Assistant\n<extra_id_2>{{ steer_label }}\n{% endif %}",
+);
 
 fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
@@ -305,6 +330,30 @@ mod tests {
         assert_eq!(
             t.render(&[Message::new("user", " hi ")], false).unwrap(),
             "HI!"
+        );
+    }
+
+    #[test]
+    fn nemo_steerlm_format_as_on_the_card() {
+        // The Llama2-70B-SteerLM-Chat card's single- and multi-turn templates.
+        let t = ChatTemplate::new(NEMO_STEERLM_TEMPLATE, "", "").unwrap();
+        let label = "quality:4,toxicity:0,humor:0,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:4";
+        let extra = serde_json::Map::from_iter([("steer_label".to_string(), serde_json::Value::from(label))]);
+        let system = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+        let single = serde_json::json!([{"role": "user", "content": "Write a poem on NVIDIA in the style of Shakespeare"}]);
+        assert_eq!(
+            t.render_json(&single, true, &extra).unwrap(),
+            format!("<extra_id_0>System\n{system}\n<extra_id_1>User\nWrite a poem on NVIDIA in the style of Shakespeare\n<extra_id_1>Assistant\n<extra_id_2>{label}\n")
+        );
+        let multi = serde_json::json!([
+            {"role": "user", "content": "P1"}, {"role": "assistant", "content": "R1"}, {"role": "user", "content": "P2"}
+        ]);
+        assert_eq!(
+            t.render_json(&multi, true, &extra).unwrap(),
+            format!(
+                "<extra_id_0>System\n{system}\n<extra_id_1>User\nP1\n<extra_id_1>Assistant\n<extra_id_2>{label}\nR1\n\
+                 <extra_id_1>User\nP2\n<extra_id_1>Assistant\n<extra_id_2>{label}\n"
+            )
         );
     }
 }

@@ -81,3 +81,35 @@ pub trait RewardModel: Send + Sync {
         items.iter().map(|(c, r)| self.score(c, r)).collect()
     }
 }
+
+/// A model whose chat template is replaced (`policy.chat_template`), for example by NeMo's
+/// SteerLM format for models trained on it.
+pub struct TemplatedModel {
+    inner: std::sync::Arc<dyn LanguageModel>,
+    text: text::TextCodec,
+}
+
+impl TemplatedModel {
+    pub fn new(
+        inner: std::sync::Arc<dyn LanguageModel>,
+        template_source: &str,
+    ) -> Result<Self, ModelError> {
+        let text = inner.text().with_template(template_source)?;
+        Ok(Self { inner, text })
+    }
+}
+
+impl LanguageModel for TemplatedModel {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn text(&self) -> &text::TextCodec {
+        &self.text
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn start(&self) -> Box<dyn LmSession> {
+        self.inner.start()
+    }
+}

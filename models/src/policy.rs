@@ -41,11 +41,37 @@ pub struct GenerationCounters {
 #[derive(Clone)]
 pub struct Policy {
     model: Arc<dyn LanguageModel>,
+    steer: Option<String>,
 }
 
 impl Policy {
     pub fn new(model: Arc<dyn LanguageModel>) -> Self {
-        Self { model }
+        Self { model, steer: None }
+    }
+
+    /// SteerLM 2.0 sampling: prompts carry target attributes (`helpfulness:4,...`) through the
+    /// template variable `steer_label`; a template that does not use it is refused, since the
+    /// attributes would silently do nothing.
+    pub fn with_steer(mut self, label: &str) -> Result<Self, ModelError> {
+        if !self
+            .model
+            .text()
+            .template()
+            .source()
+            .contains("steer_label")
+        {
+            return Err(ModelError::Template(
+                "steered sampling needs a chat template that uses `steer_label` (policy.chat_template = \"nemo-steerlm\")"
+                    .into(),
+            ));
+        }
+        self.steer = Some(label.to_string());
+        Ok(self)
+    }
+
+    /// The target attributes the prompts carry, if steering.
+    pub fn steer(&self) -> Option<&str> {
+        self.steer.as_deref()
     }
 
     pub fn model(&self) -> &Arc<dyn LanguageModel> {
@@ -54,7 +80,19 @@ impl Policy {
 
     /// The prompt's token ids, refused when it leaves no room for a single new token.
     pub fn prompt_tokens(&self, messages: &[Message]) -> Result<Vec<u32>, ModelError> {
-        let tokens = self.model.text().encode_chat(messages, true)?;
+        let text = self.model.text();
+        let tokens = match &self.steer {
+            None => text.encode_chat(messages, true)?,
+            Some(label) => {
+                let json = serde_json::to_value(messages)
+                    .map_err(|e| ModelError::Template(e.to_string()))?;
+                let extra = serde_json::Map::from_iter([(
+                    "steer_label".to_string(),
+                    serde_json::Value::from(label.as_str()),
+                )]);
+                text.encode(&text.template().render_json(&json, true, &extra)?)?
+            }
+        };
         let limit = self.model.context_length();
         if tokens.len() >= limit {
             return Err(ModelError::ContextOverflow {

@@ -47,6 +47,19 @@ impl TextCodec {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// A copy whose chat template is `source` (same tokenizer and special tokens).
+    pub fn with_template(&self, source: &str) -> Result<Self, ModelError> {
+        Ok(Self {
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.with_source(source)?,
+            eos_token_ids: self.eos_token_ids.clone(),
+        })
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
     /// The rendered conversation, tokenized.
     pub fn encode_chat(
         &self,

@@ -69,6 +69,8 @@ pub struct Sample {
     pub prompt_tokens: u32,
     pub new_tokens: u32,
     pub finish: FinishReason,
+    /// The target attributes the policy was prompted with (SteerLM 2.0), if any.
+    pub steer: Option<String>,
 }
 
 /// A sample with its reward-model attributes and goodness.

@@ -28,6 +28,33 @@ pub fn steerlm_label(names: &[String], values: &[f64]) -> Option<String> {
     )
 }
 
+/// SteerLM 2.0's sampling targets (HelpSteer2 paper, section 4.4): helpfulness, correctness and
+/// coherence 4, complexity and verbosity 2.
+pub const STEERLM2_PAPER_TARGETS: &str =
+    "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2";
+
+/// Checks a target-attribute label (`name:value,...`, integer values 0..4) or expands the preset
+/// `steerlm2-paper`.
+pub fn steer_label(spec: &str) -> Result<String, String> {
+    let label = if spec == "steerlm2-paper" {
+        STEERLM2_PAPER_TARGETS
+    } else {
+        spec
+    };
+    for part in label.split(',') {
+        let (name, value) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}` is not name:value"))?;
+        let value: i64 = value
+            .parse()
+            .map_err(|_| format!("`{part}`: the value must be an integer"))?;
+        if name.is_empty() || !(0..=4).contains(&value) {
+            return Err(format!("`{part}`: a named attribute with a value in 0..4"));
+        }
+    }
+    Ok(label.to_string())
+}
+
 /// The label the SteerLM cards suggest when no scores are available: high quality, moderate
 /// complexity and verbosity.
 pub const DEFAULT_LABEL: &str = "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2";
@@ -52,6 +79,21 @@ mod tests {
             assert_eq!(training_value(input), expected, "{input}");
         }
         assert!(training_value(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn steer_labels() {
+        assert_eq!(
+            steer_label("steerlm2-paper").unwrap(),
+            STEERLM2_PAPER_TARGETS
+        );
+        assert_eq!(
+            steer_label("quality:4,toxicity:0").unwrap(),
+            "quality:4,toxicity:0"
+        );
+        assert!(steer_label("helpfulness:5").is_err());
+        assert!(steer_label("helpfulness").is_err());
+        assert!(steer_label("helpfulness:high").is_err());
     }
 
     #[test]

@@ -147,6 +147,7 @@ fn sample_prompt(
                 prompt_tokens: tokens.len() as u32,
                 new_tokens: g.new_tokens,
                 finish: g.finish,
+                steer: models.policy.steer().map(str::to_string),
             })
         })
         .collect()

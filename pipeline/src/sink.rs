@@ -145,6 +145,7 @@ pub fn pairs_schema(attribute_names: &[String]) -> Arc<Schema> {
         Field::new("top_k", DataType::Int64, false),
         Field::new("max_new_tokens", DataType::Int64, false),
         Field::new("seed", DataType::UInt64, false),
+        Field::new("steer_label", DataType::Utf8, true),
     ]))
 }
 
@@ -275,6 +276,9 @@ pub fn pairs_batch(
             rows
         ])),
         Arc::new(UInt64Array::from(vec![spec.seed; rows])),
+        Arc::new(StringArray::from_iter(outcomes.iter().filter_map(|o| {
+            o.pair.map(|(c, _, _)| o.samples[c].sample.steer.clone())
+        }))),
     ];
     Ok(RecordBatch::try_new(
         pairs_schema(&ids.attribute_names),
