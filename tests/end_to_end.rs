@@ -273,14 +273,20 @@ fn steerlm2_sampling_prompts_with_targets_and_records_them() {
     );
     assert_eq!(summary["counts"]["samples"], 12);
     for row in &rows {
-        assert_eq!(row["steer_label"], "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2");
+        assert_eq!(
+            row["steer_label"],
+            "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2"
+        );
     }
     // The model's own template has no place for targets: refused rather than silently ignored.
     let input = dir.path().join("prompts.jsonl");
     let config = parse_config(
         &tiny_config(&input, &dir.path().join("out-refused"), 1, 2, 4),
         "tiny.toml",
-        &["sampling.steer=steerlm2-paper".into(), "input.max_rejects=1".into()],
+        &[
+            "sampling.steer=steerlm2-paper".into(),
+            "input.max_rejects=1".into(),
+        ],
     )
     .unwrap();
     let err = run_job(&config).unwrap_err().to_string();

@@ -152,6 +152,26 @@ fn helpsteer2_pairs_with_ties() {
     );
     let mut rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
     rows.sort_by(|a, b| a["prompt_id"].as_str().cmp(&b["prompt_id"].as_str()));
+    // NeMo-Aligner DPO jsonl beside it, prompts rendered by the policy model's chat template.
+    let nemo = std::fs::read_to_string(out.path().join("nemo/train-00000-of-00001.jsonl")).unwrap();
+    let nemo: Vec<Value> = nemo
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(nemo.len(), 2);
+    for line in &nemo {
+        assert!(line["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("<|im_start|>assistant\n"));
+        assert!(
+            line["chosen_reward"].as_f64().unwrap() > line["rejected_reward"].as_f64().unwrap()
+        );
+    }
+    assert!(out
+        .path()
+        .join("standard/train-00000-of-00001.parquet")
+        .exists());
     compare(
         &case,
         serde_json::json!({ "summary": summary["dropped"], "rows": rows }),

@@ -325,11 +325,12 @@ pub fn load_reward_model(
 }
 
 /// Loads the models a config names.
-pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
-    let model = load_language_model(&config.policy.model)?;
-    // A judge that is the policy model rates with the model's own template.
-    let reward = load_reward_model(&config.reward, Some(&model))?;
-    let policy_model: Arc<dyn LanguageModel> = match config.policy.chat_template.as_str() {
+/// `model` with the chat template `policy.chat_template` names (`model` keeps its own).
+pub fn with_chat_template(
+    model: Arc<dyn LanguageModel>,
+    template: &str,
+) -> Result<Arc<dyn LanguageModel>, JobError> {
+    Ok(match template {
         "model" => model,
         "nemo-steerlm" => Arc::new(TemplatedModel::new(model, NEMO_STEERLM_TEMPLATE)?),
         path => {
@@ -337,7 +338,14 @@ pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
                 .map_err(|e| invalid(format!("policy.chat_template: cannot read {path}: {e}")))?;
             Arc::new(TemplatedModel::new(model, &source)?)
         }
-    };
+    })
+}
+
+pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
+    let model = load_language_model(&config.policy.model)?;
+    // A judge that is the policy model rates with the model's own template.
+    let reward = load_reward_model(&config.reward, Some(&model))?;
+    let policy_model = with_chat_template(model, &config.policy.chat_template)?;
     let mut policy = Policy::new(policy_model);
     if !config.sampling.steer.is_empty() {
         let label = steer_label(&config.sampling.steer)
@@ -508,6 +516,22 @@ pub fn run_labelled_pairs_job(config: &JobConfig) -> Result<serde_json::Value, J
             names.join(", ")
         )));
     }
+    // The string exports render prompts with the template of the model to be trained.
+    let formats = export_formats(&config.output.formats)?;
+    let template_model = if formats.iter().any(|f| *f != ExportFormat::Conversational) {
+        Some(with_chat_template(
+            load_language_model(&config.policy.model)?,
+            &config.policy.chat_template,
+        )?)
+    } else {
+        None
+    };
+    let render = |messages: &[steerflow_operators::records::Message]| match &template_model {
+        Some(m) => m.text().render(messages, true),
+        None => Err(steerflow_models::ModelError::Template(
+            "no template model".into(),
+        )),
+    };
     let report = steerflow_pipeline::labelled_pairs::run_labelled_pairs(
         &config.input.path,
         plan.input_format,
@@ -515,6 +539,8 @@ pub fn run_labelled_pairs_job(config: &JobConfig) -> Result<serde_json::Value, J
         &names,
         &config.pairs.by,
         plan.max_rejects,
+        &formats,
+        &render,
     )?;
     Ok(serde_json::json!({
         "job": "helpsteer2-pairs", "output": config.output.path, "pairs": report.pairs, "prompts": report.prompts,

@@ -338,7 +338,10 @@ mod tests {
         // The Llama2-70B-SteerLM-Chat card's single- and multi-turn templates.
         let t = ChatTemplate::new(NEMO_STEERLM_TEMPLATE, "", "").unwrap();
         let label = "quality:4,toxicity:0,humor:0,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:4";
-        let extra = serde_json::Map::from_iter([("steer_label".to_string(), serde_json::Value::from(label))]);
+        let extra = serde_json::Map::from_iter([(
+            "steer_label".to_string(),
+            serde_json::Value::from(label),
+        )]);
         let system = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
         let single = serde_json::json!([{"role": "user", "content": "Write a poem on NVIDIA in the style of Shakespeare"}]);
         assert_eq!(

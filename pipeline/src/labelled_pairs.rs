@@ -10,7 +10,8 @@
 
 use crate::reject::{enforce_limit, rejects_jsonl, Reject, RejectLimit};
 use crate::sink::{
-    attributes_array, dataset_readme, messages_array, parquet_bytes, ExportFormat, ShardFile,
+    attributes_array, dataset_readme, messages_array, parquet_bytes, write_text_exports,
+    ExportFormat, PairText, PromptRenderer, ShardFile,
 };
 use crate::source::InputFormat;
 use crate::storage::{io_runtime, read_file, Location};
@@ -134,6 +135,7 @@ pub struct LabelledPairsReport {
 }
 
 /// Builds the pairs of `input` and writes them as a dataset folder into `output`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_labelled_pairs(
     input: &str,
     format: InputFormat,
@@ -141,6 +143,8 @@ pub fn run_labelled_pairs(
     names: &[String],
     by: &str,
     max_rejects: RejectLimit,
+    formats: &[ExportFormat],
+    render: PromptRenderer<'_>,
 ) -> Result<LabelledPairsReport, PipelineError> {
     let by_index = names
         .iter()
@@ -266,9 +270,33 @@ pub fn run_labelled_pairs(
         "counts": { "responses": report.responses, "prompts": report.prompts, "pairs": report.pairs, "dropped": dropped, "rejected": report.rejected },
     });
     let out = Location::parse(output, true)?;
+    let rt = io_runtime()?;
+    let mut files = Vec::new();
+    if formats.contains(&ExportFormat::Conversational) {
+        rt.block_on(out.put(&file.path, bytes))?;
+        files.push(file);
+    }
+    let texts: Vec<PairText<'_>> = pairs
+        .iter()
+        .map(|(c, r, _, _)| PairText {
+            prompt_id: &c.prompt_id,
+            prompt: &c.prompt,
+            chosen: &c.response,
+            rejected: &r.response,
+            chosen_score: c.attributes[by_index],
+            rejected_score: r.attributes[by_index],
+        })
+        .collect();
+    files.extend(write_text_exports(
+        &out,
+        &rt,
+        formats,
+        &texts,
+        render,
+        (0, 1),
+    )?);
     let description = format!("HelpSteer2-style pairs from labelled responses: chosen = higher `{by}`, equal `{by}` discarded.");
-    io_runtime()?.block_on(async {
-        out.put(&file.path, bytes).await?;
+    rt.block_on(async {
         if !rejects.is_empty() {
             out.put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
                 .await?;
@@ -280,7 +308,7 @@ pub fn run_labelled_pairs(
         .await?;
         out.put(
             "README.md",
-            dataset_readme(std::slice::from_ref(&file), &description, &summary).into_bytes(),
+            dataset_readme(&files, &description, &summary).into_bytes(),
         )
         .await
     })?;

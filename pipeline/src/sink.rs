@@ -299,62 +299,132 @@ pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, PipelineError> {
     Ok(buffer)
 }
 
-/// The TRL standard form of one shard: strings, the prompt rendered by the chat template.
+/// One preference pair as the string exports need it.
+#[derive(Debug, Clone, Copy)]
+pub struct PairText<'a> {
+    pub prompt_id: &'a str,
+    pub prompt: &'a [Message],
+    pub chosen: &'a str,
+    pub rejected: &'a str,
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+}
+
+/// The pairs of per-prompt outcomes (those that have one), as text.
+pub fn outcome_pairs<'a>(outcomes: &[&'a PromptOutcome]) -> Vec<PairText<'a>> {
+    outcomes
+        .iter()
+        .filter_map(|o| {
+            let (c, r, _) = o.pair?;
+            Some(PairText {
+                prompt_id: &o.prompt.id,
+                prompt: &o.prompt.messages,
+                chosen: &o.samples[c].sample.text,
+                rejected: &o.samples[r].sample.text,
+                chosen_score: o.samples[c].goodness,
+                rejected_score: o.samples[r].goodness,
+            })
+        })
+        .collect()
+}
+
+/// The TRL standard form: strings, the prompt rendered by the chat template.
 pub fn standard_batch(
-    outcomes: &[&PromptOutcome],
+    pairs: &[PairText<'_>],
     render: PromptRenderer<'_>,
 ) -> Result<RecordBatch, PipelineError> {
-    let mut columns: [Vec<String>; 4] = Default::default();
-    let (mut cs, mut rs, mut margin) = (vec![], vec![], vec![]);
-    for o in outcomes {
-        let Some((c, r, m)) = o.pair else { continue };
-        columns[0].push(o.prompt.id.clone());
-        columns[1].push(render(&o.prompt.messages)?);
-        columns[2].push(o.samples[c].sample.text.clone());
-        columns[3].push(o.samples[r].sample.text.clone());
-        cs.push(o.samples[c].goodness);
-        rs.push(o.samples[r].goodness);
-        margin.push(m);
-    }
-    let [ids, prompts, chosen, rejected] = columns;
+    let prompts = pairs
+        .iter()
+        .map(|p| render(p.prompt))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_from_iter([
-        ("prompt_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        (
+            "prompt_id",
+            Arc::new(StringArray::from_iter_values(
+                pairs.iter().map(|p| p.prompt_id),
+            )) as ArrayRef,
+        ),
         ("prompt", Arc::new(StringArray::from(prompts)) as ArrayRef),
-        ("chosen", Arc::new(StringArray::from(chosen)) as ArrayRef),
+        (
+            "chosen",
+            Arc::new(StringArray::from_iter_values(
+                pairs.iter().map(|p| p.chosen),
+            )) as ArrayRef,
+        ),
         (
             "rejected",
-            Arc::new(StringArray::from(rejected)) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                pairs.iter().map(|p| p.rejected),
+            )) as ArrayRef,
         ),
-        ("chosen_score", Arc::new(Float64Array::from(cs)) as ArrayRef),
+        (
+            "chosen_score",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.chosen_score),
+            )) as ArrayRef,
+        ),
         (
             "rejected_score",
-            Arc::new(Float64Array::from(rs)) as ArrayRef,
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.rejected_score),
+            )) as ArrayRef,
         ),
-        ("margin", Arc::new(Float64Array::from(margin)) as ArrayRef),
+        (
+            "margin",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.chosen_score - p.rejected_score),
+            )) as ArrayRef,
+        ),
     ])?)
 }
 
-/// NeMo-Aligner DPO jsonl lines for one shard.
+/// NeMo-Aligner DPO jsonl lines.
 pub fn nemo_jsonl(
-    outcomes: &[&PromptOutcome],
+    pairs: &[PairText<'_>],
     render: PromptRenderer<'_>,
-) -> Result<(Vec<u8>, u64), PipelineError> {
+) -> Result<Vec<u8>, PipelineError> {
     let mut out = String::new();
-    let mut rows = 0;
-    for o in outcomes {
-        let Some((c, r, _)) = o.pair else { continue };
+    for p in pairs {
         let line = serde_json::json!({
-            "prompt": render(&o.prompt.messages)?,
-            "chosen_response": o.samples[c].sample.text,
-            "rejected_response": o.samples[r].sample.text,
-            "chosen_reward": o.samples[c].goodness,
-            "rejected_reward": o.samples[r].goodness,
+            "prompt": render(p.prompt)?,
+            "chosen_response": p.chosen,
+            "rejected_response": p.rejected,
+            "chosen_reward": p.chosen_score,
+            "rejected_reward": p.rejected_score,
         });
         out.push_str(&line.to_string());
         out.push('\n');
-        rows += 1;
     }
-    Ok((out.into_bytes(), rows))
+    Ok(out.into_bytes())
+}
+
+/// Writes the string exports (`standard`, `nemo`) of shard `k` of `n` and returns the files.
+pub fn write_text_exports(
+    output: &Location,
+    rt: &tokio::runtime::Runtime,
+    formats: &[ExportFormat],
+    pairs: &[PairText<'_>],
+    render: PromptRenderer<'_>,
+    (k, n): (usize, usize),
+) -> Result<Vec<ShardFile>, PipelineError> {
+    let mut files = Vec::new();
+    for &format in formats {
+        let bytes = match format {
+            ExportFormat::Conversational => continue,
+            ExportFormat::Standard => parquet_bytes(&standard_batch(pairs, render)?)?,
+            ExportFormat::Nemo => nemo_jsonl(pairs, render)?,
+        };
+        let path = format.shard_path(k, n);
+        let size = bytes.len() as u64;
+        rt.block_on(output.put(&path, bytes))?;
+        files.push(ShardFile {
+            path,
+            rows: pairs.len() as u64,
+            bytes: size,
+            format,
+        });
+    }
+    Ok(files)
 }
 
 /// Writes the shards owned by worker `index` of `peers` (shard k belongs to worker k % peers,
@@ -382,28 +452,28 @@ pub fn write_worker_shards(
             })
             .collect();
         rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
-        for &format in &spec.formats {
-            let (bytes, count) = match format {
-                ExportFormat::Conversational => {
-                    let batch = pairs_batch(&rows, spec, ids, run_stats)?;
-                    (parquet_bytes(&batch)?, batch.num_rows() as u64)
-                }
-                ExportFormat::Standard => {
-                    let batch = standard_batch(&rows, render)?;
-                    (parquet_bytes(&batch)?, batch.num_rows() as u64)
-                }
-                ExportFormat::Nemo => nemo_jsonl(&rows, render)?,
-            };
-            let path = format.shard_path(shard, spec.shards);
+        if spec.formats.contains(&ExportFormat::Conversational) {
+            let batch = pairs_batch(&rows, spec, ids, run_stats)?;
+            let bytes = parquet_bytes(&batch)?;
+            let path = shard_path(shard, spec.shards);
             let size = bytes.len() as u64;
             rt.block_on(output.put(&path, bytes))?;
             files.push(ShardFile {
                 path,
-                rows: count,
+                rows: batch.num_rows() as u64,
                 bytes: size,
-                format,
+                format: ExportFormat::Conversational,
             });
         }
+        let pairs = outcome_pairs(&rows);
+        files.extend(write_text_exports(
+            output,
+            &rt,
+            &spec.formats,
+            &pairs,
+            render,
+            (shard, spec.shards),
+        )?);
     }
     Ok(files)
 }
