@@ -209,3 +209,22 @@ fn the_template_may_come_from_chat_template_jinja() {
         c["rendered"].as_str().unwrap()
     );
 }
+
+#[test]
+fn a_reward_model_can_read_nemo_steerlm_input() {
+    use steerflow_models::chat_template::NEMO_STEERLM_RM_TEMPLATE;
+    let (model, golden) = load("llama-seqcls5-f32", HeadKind::SequenceClassification);
+    let model = model.with_chat_template(NEMO_STEERLM_RM_TEMPLATE).unwrap();
+    let (conv, response) = split(&golden["conversations"][0]);
+    let mut full = conv.clone();
+    full.push(Message::new("assistant", response.clone()));
+    let text = model.text_codec().unwrap().render(&full, false).unwrap();
+    assert!(
+        text.starts_with("<extra_id_0>System\n")
+            && text.ends_with(&format!("{response}\n<extra_id_2>")),
+        "{text}"
+    );
+    let reward = SequenceClassifierReward::new(model, names(5), None, Overlength::Skip).unwrap();
+    let scores = reward.score(&conv, &response).unwrap();
+    assert!(scores.attributes.iter().all(|v| v.is_finite()));
+}

@@ -182,6 +182,9 @@ pub struct RewardSection {
     /// A conversation longer than the context: `skip` (unscored, counted) or `drop-turns`
     /// (earliest turns dropped, response kept, counted).
     pub overlength: String,
+    /// `model` (the model's own template), `nemo-steerlm-rm` (NeMo's SteerLM reward-model input,
+    /// ending with `<extra_id_2>`), `nemo-steerlm`, or a path to a `.jinja` file.
+    pub chat_template: String,
 }
 
 impl Default for RewardSection {
@@ -193,6 +196,7 @@ impl Default for RewardSection {
             logit_index: 0,
             max_tokens: None,
             overlength: "skip".into(),
+            chat_template: "model".into(),
         }
     }
 }

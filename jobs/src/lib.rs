@@ -9,7 +9,7 @@ pub mod config;
 use config::{ConfigError, JobConfig};
 use std::sync::Arc;
 use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
-use steerflow_models::chat_template::NEMO_STEERLM_TEMPLATE;
+use steerflow_models::chat_template::named_template;
 use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
@@ -289,14 +289,20 @@ pub fn load_reward_model(
 ) -> Result<Arc<dyn RewardModel>, JobError> {
     let spec = reward_spec(reward)?;
     let checkpoint = |kind: HeadKind| -> Result<HfModel, JobError> {
-        match locate_model(&reward.model)? {
-            ModelLocation::HfDir(dir) => Ok(HfModel::load(&dir, kind, &candle_core::Device::Cpu)?),
-            ModelLocation::Gguf(path) => Err(invalid(format!(
-                "reward.kind `{}` needs a Hugging Face checkpoint directory, not {}",
-                reward.kind,
-                path.display()
-            ))),
-        }
+        let model = match locate_model(&reward.model)? {
+            ModelLocation::HfDir(dir) => HfModel::load(&dir, kind, &candle_core::Device::Cpu)?,
+            ModelLocation::Gguf(path) => {
+                return Err(invalid(format!(
+                    "reward.kind `{}` needs a Hugging Face checkpoint directory, not {}",
+                    reward.kind,
+                    path.display()
+                )))
+            }
+        };
+        Ok(match reward.chat_template.as_str() {
+            "model" => model,
+            name => model.with_chat_template(&named_template(name)?)?,
+        })
     };
     Ok(match spec.kind {
         RewardKind::Judge => {
@@ -307,7 +313,10 @@ pub fn load_reward_model(
                 }
                 (other, _) => load_language_model(other)?,
             };
-            Arc::new(Judge::new(model, helpsteer2_attributes())?)
+            Arc::new(Judge::new(
+                with_chat_template(model, &reward.chat_template)?,
+                helpsteer2_attributes(),
+            )?)
         }
         RewardKind::SequenceClassification => Arc::new(SequenceClassifierReward::new(
             checkpoint(HeadKind::SequenceClassification)?,
@@ -332,12 +341,7 @@ pub fn with_chat_template(
 ) -> Result<Arc<dyn LanguageModel>, JobError> {
     Ok(match template {
         "model" => model,
-        "nemo-steerlm" => Arc::new(TemplatedModel::new(model, NEMO_STEERLM_TEMPLATE)?),
-        path => {
-            let source = std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("policy.chat_template: cannot read {path}: {e}")))?;
-            Arc::new(TemplatedModel::new(model, &source)?)
-        }
+        name => Arc::new(TemplatedModel::new(model, &named_template(name)?)?),
     })
 }
 

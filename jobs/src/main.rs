@@ -51,6 +51,9 @@ enum Command {
         /// skip or drop-turns.
         #[arg(long, default_value = "skip")]
         overlength: String,
+        /// model (the checkpoint's own), nemo-steerlm-rm, nemo-steerlm, or a .jinja file.
+        #[arg(long, default_value = "model")]
+        chat_template: String,
         /// jsonl or parquet with `messages` ending in an assistant turn, or `prompt` + `response`.
         #[arg(long)]
         input: String,
@@ -105,6 +108,7 @@ fn main() {
             logit_index,
             max_tokens,
             overlength,
+            chat_template,
             input,
             format,
             output,
@@ -116,6 +120,7 @@ fn main() {
                 logit_index,
                 max_tokens,
                 overlength,
+                chat_template,
             };
             steerflow::score_responses(&reward, &input, &format, &output).map(|report| {
                 eprintln!(

@@ -114,6 +114,27 @@ pub const NEMO_STEERLM_TEMPLATE: &str = concat!(
     "{% if add_generation_prompt %}<extra_id_1>Assistant\n<extra_id_2>{{ steer_label }}\n{% endif %}",
 );
 
+/// NeMo's SteerLM reward-model input (REFERENCE.md, "Formats"): the conversation in the
+/// `<extra_id_*>` format, ending with `<extra_id_2>` where the attribute model reads the response.
+pub const NEMO_STEERLM_RM_TEMPLATE: &str = concat!(
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% else %}{% set system = '' %}{% endif %}",
+    "<extra_id_0>System\n{{ system }}\n",
+    "{% for m in messages %}{% if m['role'] == 'user' %}<extra_id_1>User\n{{ m['content'] }}\n",
+    "{% elif m['role'] == 'assistant' %}<extra_id_1>Assistant\n{{ m['content'] }}\n{% endif %}{% endfor %}",
+    "<extra_id_2>",
+);
+
+/// The template source a config names: `nemo-steerlm`, `nemo-steerlm-rm`, or a `.jinja` path.
+pub fn named_template(name: &str) -> Result<String, ModelError> {
+    match name {
+        "nemo-steerlm" => Ok(NEMO_STEERLM_TEMPLATE.to_string()),
+        "nemo-steerlm-rm" => Ok(NEMO_STEERLM_RM_TEMPLATE.to_string()),
+        path => std::fs::read_to_string(path).map_err(|e| {
+            ModelError::Template(format!("cannot read the chat template {path}: {e}"))
+        }),
+    }
+}
+
 fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
@@ -358,5 +379,20 @@ mod tests {
                  <extra_id_1>User\nP2\n<extra_id_1>Assistant\n<extra_id_2>{label}\n"
             )
         );
+    }
+
+    #[test]
+    fn nemo_steerlm_reward_model_input() {
+        let t = ChatTemplate::new(NEMO_STEERLM_RM_TEMPLATE, "", "").unwrap();
+        let messages = [
+            Message::new("system", "S"),
+            Message::new("user", "U"),
+            Message::new("assistant", "A"),
+        ];
+        assert_eq!(
+            t.render(&messages, false).unwrap(),
+            "<extra_id_0>System\nS\n<extra_id_1>User\nU\n<extra_id_1>Assistant\nA\n<extra_id_2>"
+        );
+        assert!(named_template("/nonexistent.jinja").is_err());
     }
 }

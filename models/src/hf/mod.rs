@@ -249,6 +249,13 @@ impl HfModel {
         })
     }
 
+    /// Replaces the chat template (`reward.chat_template`), keeping the tokenizer.
+    pub fn with_chat_template(mut self, source: &str) -> Result<Self, ModelError> {
+        let text = self.text_codec()?.with_template(source)?;
+        self.text = Some(text);
+        Ok(self)
+    }
+
     /// An empty generation session (KV cache at position 0) on this model's head.
     pub fn start_session(&self) -> Box<dyn LmSession> {
         Box::new(HfSession {
