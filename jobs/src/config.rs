@@ -284,6 +284,28 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Prefix of environment variables that set config keys: `STEERFLOW_SECTION__KEY=value`
+/// (double underscore between section and key), e.g. `STEERFLOW_SAMPLING__MAX_NEW_TOKENS=64`.
+pub const ENV_PREFIX: &str = "STEERFLOW_";
+
+/// Config overrides (`section.key=value`) from environment variables, in name order. Variables
+/// without a `__` (such as `STEERFLOW_CACHE_DIR`) are settings of the tool, not config keys.
+pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut out: Vec<(String, String)> = vars
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix(ENV_PREFIX)?;
+            let (section, key) = rest.split_once("__")?;
+            Some((
+                format!("{}.{}", section.to_lowercase(), key.to_lowercase()),
+                value,
+            ))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare string)
 /// and checks every key.
 pub fn load_config(path: &Path, overrides: &[String]) -> Result<JobConfig, ConfigError> {
@@ -377,6 +399,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_become_overrides_and_flags_win() {
+        let vars = [
+            (
+                "STEERFLOW_SAMPLING__MAX_NEW_TOKENS".to_string(),
+                "64".to_string(),
+            ),
+            ("STEERFLOW_CACHE_DIR".to_string(), "/tmp/x".to_string()),
+            ("STEERFLOW_OUTPUT__PATH".to_string(), "out/env".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let env = env_overrides(vars);
+        assert_eq!(
+            env,
+            vec![
+                "output.path=out/env".to_string(),
+                "sampling.max_new_tokens=64".to_string()
+            ]
+        );
+        // File < environment < flags.
+        let mut overrides = env.clone();
+        overrides.push("output.path=out/flag".into());
+        let c = parse_config(
+            "[sampling]\nmax_new_tokens = 8\n[output]\npath = \"out/file\"\n",
+            "t.toml",
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(c.sampling.max_new_tokens, 64);
+        assert_eq!(c.output.path, "out/flag");
+        let bad = env_overrides([(
+            "STEERFLOW_SAMPLING__TEMPRATURE".to_string(),
+            "1".to_string(),
+        )]);
+        assert!(parse_config("", "t.toml", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("temprature"));
     }
 
     #[test]

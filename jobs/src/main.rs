@@ -183,10 +183,13 @@ fn attribute_list(attributes: String) -> toml::Value {
 
 /// `steerflow run`: any job kind, with a one-line account on stderr.
 fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Result<(), JobError> {
+    // Embedded defaults < the file < STEERFLOW_SECTION__KEY variables < --set and --workers.
+    let mut layered = steerflow::config::env_overrides(std::env::vars());
+    layered.append(&mut overrides);
     if let Some(w) = workers {
-        overrides.push(format!("job.workers={w}"));
+        layered.push(format!("job.workers={w}"));
     }
-    let config = load_config(config, &overrides)?;
+    let config = load_config(config, &layered)?;
     let threads = steerflow::configure_threads(config.job.workers);
     tracing::info!(
         workers = config.job.workers,
