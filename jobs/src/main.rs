@@ -82,6 +82,11 @@ enum Command {
         #[arg(long, default_value = "policy")]
         reward_model: String,
     },
+    /// Describe an output: files, schemas, row counts, first rows, summary.
+    Inspect {
+        /// The output directory or URL.
+        output: String,
+    },
     /// Install the default model into the cache (done automatically on first use).
     InstallModel,
 }
@@ -153,6 +158,9 @@ fn main() {
                 )
             })
         }
+        Command::Inspect { output } => steerflow_pipeline::inspect::inspect(&output)
+            .map(|text| print!("{text}"))
+            .map_err(JobError::from),
         Command::InstallModel => steerflow_models::registry::resolve_model("default")
             .map(|path| println!("{}", path.display()))
             .map_err(JobError::from),

@@ -9,6 +9,7 @@ pub mod annotate;
 pub mod error;
 pub mod filter_rank;
 pub mod graph;
+pub mod inspect;
 pub mod labelled_pairs;
 pub mod progress;
 pub mod reject;

@@ -43,6 +43,8 @@ impl Location {
         if create {
             std::fs::create_dir_all(&absolute)
                 .map_err(|e| fail(format!("cannot create directory: {e}")))?;
+        } else if !absolute.is_dir() {
+            return Err(fail("no such directory".into()));
         }
         let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|e| fail(e.to_string()))?;
         Ok(Self {
