@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod dry_run;
 
 use config::{ConfigError, JobConfig};
 use std::sync::Arc;

@@ -30,6 +30,9 @@ enum Command {
         /// Dataflow worker threads (overrides job.workers).
         #[arg(long)]
         workers: Option<usize>,
+        /// Check the job and print its plan as JSON; load no model and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Score every response of a file with a reward model, to check a model before a long run.
     Score {
@@ -105,7 +108,8 @@ fn main() {
             config,
             set,
             workers,
-        } => run(&config, set, workers),
+            dry_run,
+        } => run(&config, set, workers, dry_run),
         Command::Score {
             reward_model,
             kind,
@@ -190,7 +194,12 @@ fn attribute_list(attributes: String) -> toml::Value {
 }
 
 /// `steerflow run`: any job kind, with a one-line account on stderr.
-fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Result<(), JobError> {
+fn run(
+    config: &Path,
+    mut overrides: Vec<String>,
+    workers: Option<usize>,
+    dry_run: bool,
+) -> Result<(), JobError> {
     // Embedded defaults < the file < STEERFLOW_SECTION__KEY variables < --set and --workers.
     let mut layered = steerflow::config::env_overrides(std::env::vars());
     layered.append(&mut overrides);
@@ -198,6 +207,14 @@ fn run(config: &Path, mut overrides: Vec<String>, workers: Option<usize>) -> Res
         layered.push(format!("job.workers={w}"));
     }
     let config = load_config(config, &layered)?;
+    if dry_run {
+        let plan = steerflow::dry_run::dry_run(&config)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+        return Ok(());
+    }
     let threads = steerflow::configure_threads(config.job.workers);
     tracing::info!(
         workers = config.job.workers,

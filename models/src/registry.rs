@@ -102,6 +102,20 @@ pub fn locate_model(spec: &str) -> Result<ModelLocation, ModelError> {
     resolve_model(spec).map(ModelLocation::Gguf)
 }
 
+/// As [`locate_model`] but never downloads: a known model that is not installed yet is reported
+/// with its cache path and `false`.
+pub fn locate_model_without_install(spec: &str) -> Result<(ModelLocation, bool), ModelError> {
+    if spec == "default" || spec == SMOLLM2_135M_INSTRUCT.name {
+        let path = cache_dir()
+            .join("models")
+            .join(SMOLLM2_135M_INSTRUCT.file_name);
+        let installed =
+            std::fs::metadata(&path).is_ok_and(|m| m.len() == SMOLLM2_135M_INSTRUCT.file_size);
+        return Ok((ModelLocation::Gguf(path), installed));
+    }
+    locate_model(spec).map(|l| (l, true))
+}
+
 /// Returns the installed file, installing it first if it is missing.
 pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf, ModelError> {
     let target = models_dir.join(model.file_name);

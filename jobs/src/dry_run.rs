@@ -1,0 +1,115 @@
+//! `steerflow run --dry-run`: checks a job without running it and writes nothing. The config is
+//! validated, the models are located (not loaded, not installed), the input is read and parsed
+//! with its rejects counted against `input.max_rejects`, the output location is checked for
+//! writing, and the plan (prompts, samples, token estimates) is returned as JSON.
+
+use crate::config::JobConfig;
+use crate::{invalid, plan, JobError};
+use serde_json::{json, Value};
+use std::path::Path;
+use steerflow_models::registry::{cache_dir, locate_model_without_install, ModelLocation};
+use steerflow_pipeline::reject::enforce_limit;
+use steerflow_pipeline::source::{read_prompts, RecordShape};
+
+/// Where a model would come from, without loading or installing it.
+fn describe_model(spec: &str) -> Result<Value, JobError> {
+    Ok(match locate_model_without_install(spec)? {
+        (ModelLocation::Gguf(path), installed) => json!({
+            "spec": spec, "format": "gguf", "path": path, "present": installed,
+            "note": if installed { "" } else { "installed on first use" },
+        }),
+        (ModelLocation::HfDir(dir), _) => {
+            json!({ "spec": spec, "format": "hf-checkpoint", "path": dir, "present": true })
+        }
+    })
+}
+
+/// Whether a local output directory could be created and written; URLs are not probed.
+fn output_writable(output: &str) -> Result<Value, JobError> {
+    if output.contains("://") && !output.starts_with("file://") {
+        return Ok(
+            json!({ "location": output, "checked": false, "note": "remote locations are checked when the run writes" }),
+        );
+    }
+    let path = Path::new(output.trim_start_matches("file://"));
+    let mut existing = path;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    let meta = std::fs::metadata(existing).map_err(|e| invalid(format!("output {output}: {e}")))?;
+    if !meta.is_dir() || meta.permissions().readonly() {
+        return Err(invalid(format!(
+            "output {output}: {} is not a writable directory",
+            existing.display()
+        )));
+    }
+    Ok(
+        json!({ "location": output, "checked": true, "exists": path.exists(), "nearest_existing": existing }),
+    )
+}
+
+/// The plan of a job, as JSON.
+pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
+    let plan = plan(config)?;
+    let kind = config.job.kind.as_str();
+    let mut models = Vec::new();
+    if ["iterative-dpo"].contains(&kind) || config.reward.model == "policy" {
+        models.push(describe_model(&config.policy.model)?);
+    }
+    if kind != "helpsteer2-pairs" && config.reward.model != "policy" {
+        models.push(describe_model(&config.reward.model)?);
+    }
+    let input = match kind {
+        "iterative-dpo" | "filter-rank" => {
+            let shape = if kind == "iterative-dpo" {
+                RecordShape::Prompt
+            } else {
+                RecordShape::Response
+            };
+            let source = read_prompts(&config.input.path, plan.input_format, shape)?;
+            enforce_limit(plan.max_rejects, &source.rejects, source.records)?;
+            let chars: usize = source
+                .prompts
+                .iter()
+                .flat_map(|p| p.messages.iter())
+                .map(|m| m.content.chars().count())
+                .sum();
+            json!({
+                "path": config.input.path,
+                "records": source.records,
+                "usable": source.prompts.len(),
+                "rejected": source.rejects.len(),
+                "first_rejects": source.rejects.iter().take(5).map(|r| r.to_string()).collect::<Vec<_>>(),
+                "characters": chars,
+            })
+        }
+        _ => {
+            let bytes = steerflow_pipeline::storage::read_file(&config.input.path)?;
+            json!({ "path": config.input.path, "bytes": bytes.len(), "note": "records are checked when the job reads them" })
+        }
+    };
+    let mut estimate = json!({});
+    if kind == "iterative-dpo" {
+        let prompts = input["usable"].as_u64().unwrap_or(0);
+        let n = u64::from(config.sampling.samples_per_prompt);
+        estimate = json!({
+            "prompts": prompts,
+            "samples": prompts * n,
+            "max_tokens_decoded": prompts * n * config.sampling.max_new_tokens as u64,
+            // About four characters per token for English text; prompts are prefilled once each.
+            "approx_prompt_tokens_prefilled": input["characters"].as_u64().unwrap_or(0) / 4,
+        });
+    }
+    Ok(json!({
+        "job": kind,
+        "dry_run": true,
+        "models": models,
+        "input": input,
+        "output": output_writable(&config.output.path)?,
+        "estimate": estimate,
+        "cache_dir": cache_dir(),
+    }))
+}
