@@ -125,6 +125,13 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
         assert!(readme.contains(&format!("    - {shard}\n")), "{readme}");
         assert!(out.join(shard).exists());
     }
+    // The run report: self-contained, with its plots.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        report.contains("Goodness of every response") && report.contains("id=\"correlations\"")
+    );
+    assert!(report.matches("<svg").count() >= 8 && !report.contains("<script"));
+
     // The same pairs in TRL's standard form and NeMo-Aligner's DPO jsonl, the prompt rendered by
     // the policy's chat template.
     let nemo: Vec<serde_json::Value> = [

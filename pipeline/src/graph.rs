@@ -62,6 +62,10 @@ pub struct WorkerResult {
     pub files: Vec<ShardFile>,
     /// Goodness stats over the whole run (every worker receives them).
     pub run_stats: Option<NormStats>,
+    /// Every scored response of the prompts this worker wrote, for the report.
+    pub responses: Vec<crate::report::ResponseStat>,
+    /// Chosen − rejected margins of this worker's pairs.
+    pub margins: Vec<f64>,
 }
 
 /// Builds the per-prompt outcome from its scored samples (any order).
@@ -363,7 +367,17 @@ pub fn run_graph(
         let render = |messages: &[steerflow_operators::records::Message]| text.render(messages, true);
         let files =
             write_worker_shards(&output, &spec, &ids, index, peers, &outcomes, run_stats.as_ref(), &render)?;
-        Ok::<_, PipelineError>(WorkerResult { index, counters, rejects, files, run_stats })
+        let responses = outcomes
+            .iter()
+            .flat_map(|o| &o.samples)
+            .map(|s| crate::report::ResponseStat {
+                goodness: s.goodness,
+                attributes: s.attributes.clone(),
+                length_chars: s.sample.text.chars().count(),
+            })
+            .collect();
+        let margins = outcomes.iter().filter_map(|o| o.pair.map(|(_, _, m)| m)).collect();
+        Ok::<_, PipelineError>(WorkerResult { index, counters, rejects, files, run_stats, responses, margins })
     })
     .map_err(PipelineError::Worker)?;
     let mut results = Vec::new();

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod labelled_pairs;
 pub mod progress;
 pub mod reject;
+pub mod report;
 pub mod rm_eval;
 pub mod run;
 pub mod score_file;

@@ -55,7 +55,11 @@ pub fn run_iterative_dpo(
     let mut rejects = source.rejects;
     let mut files = Vec::new();
     let mut run_stats = None;
+    let mut responses = Vec::new();
+    let mut margins = Vec::new();
     for r in results {
+        responses.extend(r.responses);
+        margins.extend(r.margins);
         counters.merge(&r.counters);
         rejects.extend(r.rejects);
         files.extend(r.files);
@@ -136,6 +140,23 @@ pub fn run_iterative_dpo(
         }
         let pretty = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         output.put("summary.json", pretty).await?;
+        let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let report = crate::report::report_html(
+            &format!("steerflow run: {}", spec.output),
+            &ids.attribute_names,
+            &responses,
+            &margins,
+            &rejects_by_reason,
+            &summary,
+        );
+        output.put("report.html", report.into_bytes()).await?;
         // Last: the README lists the files, so it only ever names complete ones.
         output
             .put(
