@@ -100,17 +100,9 @@ fn steerlm_annotation_of_single_and_multi_turn_conversations() {
             }
         }
     }
-    let read = std::process::Command::new(support::python())
-        .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
-        .arg(out.path().join("data/train-00000-of-00001.parquet"))
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let mut rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    let rows_read =
+        support::read_parquet_with_pyarrow(&out.path().join("data/train-00000-of-00001.parquet"));
+    let mut rows: Vec<Value> = rows_read;
     for row in &mut rows {
         if let Some(attrs) = row["attributes"].as_object_mut() {
             for v in attrs.values_mut() {
@@ -140,17 +132,9 @@ fn helpsteer2_pairs_with_ties() {
     assert_eq!(summary["pairs"], 2);
     assert_eq!(summary["dropped"]["margin_too_small"], 1);
     assert_eq!(summary["dropped"]["too_few_scored"], 1);
-    let read = std::process::Command::new(support::python())
-        .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
-        .arg(out.path().join("data/train-00000-of-00001.parquet"))
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let mut rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    let rows_read =
+        support::read_parquet_with_pyarrow(&out.path().join("data/train-00000-of-00001.parquet"));
+    let mut rows: Vec<Value> = rows_read;
     rows.sort_by(|a, b| a["prompt_id"].as_str().cmp(&b["prompt_id"].as_str()));
     // NeMo-Aligner DPO jsonl beside it, prompts rendered by the policy model's chat template.
     let nemo = std::fs::read_to_string(out.path().join("nemo/train-00000-of-00001.jsonl")).unwrap();
@@ -238,18 +222,10 @@ fn filter_rank_each_rule() {
             counts["rows"].as_u64().unwrap(),
             "{name}"
         );
-        let read = std::process::Command::new(support::python())
-            .args(["-c", "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))"])
-            .arg(out.path().join("data/train-00000-of-00001.parquet"))
-            .output()
-            .unwrap();
-        assert!(
-            read.status.success(),
-            "{}",
-            String::from_utf8_lossy(&read.stderr)
+        let rows_read = support::read_parquet_with_pyarrow(
+            &out.path().join("data/train-00000-of-00001.parquet"),
         );
-        let mut kept: Vec<Value> = serde_json::from_slice::<Vec<Value>>(&read.stdout)
-            .unwrap()
+        let mut kept: Vec<Value> = rows_read
             .into_iter()
             .map(|r| serde_json::json!({ "id": r["id"], "rank": r["rank"], "response": r["response"] }))
             .collect();

@@ -6,9 +6,9 @@
 //! Input rows (jsonl or parquet): `messages` ending with the assistant response, or `prompt` +
 //! `response`. Responses to the same conversation are one prompt's responses.
 
-use crate::reject::{enforce_limit, rejects_jsonl, RejectLimit};
+use crate::reject::{enforce_limit, RejectLimit};
 use crate::sink::{
-    attributes_array, dataset_readme, messages_array, parquet_bytes, ExportFormat, ShardFile,
+    attributes_array, finish_dataset, messages_array, parquet_bytes, ExportFormat, ShardFile,
 };
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::Normalization;
@@ -183,22 +183,15 @@ pub fn run_filter_rank(
     });
     let out = Location::parse(output, true)?;
     let description = "A scored corpus filtered and ranked by steerflow: every row carries its scores and its rank among its prompt's responses.";
-    io_runtime()?.block_on(async {
-        out.put(&file.path, bytes).await?;
-        if !source.rejects.is_empty() {
-            out.put("rejects/rejects.jsonl", rejects_jsonl(&source.rejects))
-                .await?;
-        }
-        out.put(
-            "summary.json",
-            serde_json::to_vec_pretty(&summary).unwrap_or_default(),
-        )
-        .await?;
-        out.put(
-            "README.md",
-            dataset_readme(std::slice::from_ref(&file), description, &summary).into_bytes(),
-        )
-        .await
-    })?;
+    let rt = io_runtime()?;
+    rt.block_on(out.put(&file.path, bytes))?;
+    finish_dataset(
+        &out,
+        &rt,
+        std::slice::from_ref(&file),
+        &source.rejects,
+        &summary,
+        description,
+    )?;
     Ok(summary)
 }

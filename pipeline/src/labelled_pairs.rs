@@ -8,9 +8,9 @@
 //! or `attributes`, and an optional `prompt_id` (else the hash of the prompt's messages). Rows of
 //! one prompt are grouped; chosen = highest `by`, rejected = lowest, ties at the extremes dropped.
 
-use crate::reject::{enforce_limit, rejects_jsonl, Reject, RejectLimit};
+use crate::reject::{enforce_limit, Reject, RejectLimit};
 use crate::sink::{
-    attributes_array, dataset_readme, messages_array, parquet_bytes, write_text_exports,
+    attributes_array, finish_dataset, messages_array, parquet_bytes, write_text_exports,
     ExportFormat, PairText, PromptRenderer, ShardFile,
 };
 use crate::source::InputFormat;
@@ -296,22 +296,7 @@ pub fn run_labelled_pairs(
         (0, 1),
     )?);
     let description = format!("HelpSteer2-style pairs from labelled responses: chosen = higher `{by}`, equal `{by}` discarded.");
-    rt.block_on(async {
-        if !rejects.is_empty() {
-            out.put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
-                .await?;
-        }
-        out.put(
-            "summary.json",
-            serde_json::to_vec_pretty(&summary).unwrap_or_default(),
-        )
-        .await?;
-        out.put(
-            "README.md",
-            dataset_readme(&files, &description, &summary).into_bytes(),
-        )
-        .await
-    })?;
+    finish_dataset(&out, &rt, &files, &rejects, &summary, &description)?;
     Ok(report)
 }
 

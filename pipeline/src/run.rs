@@ -2,8 +2,8 @@
 
 use crate::graph::run_graph;
 use crate::progress::Progress;
-use crate::reject::{enforce_limit, rejects_jsonl, Reject};
-use crate::sink::{dataset_readme, ModelIds, ShardFile};
+use crate::reject::{enforce_limit, Reject};
+use crate::sink::{finish_dataset, ModelIds, ShardFile};
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, Location};
@@ -131,40 +131,25 @@ pub fn run_iterative_dpo(
         "files": files,
     });
 
+    let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let report = crate::report::report_html(
+        &format!("steerflow run: {}", spec.output),
+        &ids.attribute_names,
+        &responses,
+        &margins,
+        &rejects_by_reason,
+        &summary,
+    );
     let rt = io_runtime()?;
-    rt.block_on(async {
-        if !rejects.is_empty() {
-            output
-                .put("rejects/rejects.jsonl", rejects_jsonl(&rejects))
-                .await?;
-        }
-        let pretty = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-        output.put("summary.json", pretty).await?;
-        let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let report = crate::report::report_html(
-            &format!("steerflow run: {}", spec.output),
-            &ids.attribute_names,
-            &responses,
-            &margins,
-            &rejects_by_reason,
-            &summary,
-        );
-        output.put("report.html", report.into_bytes()).await?;
-        // Last: the README lists the files, so it only ever names complete ones.
-        output
-            .put(
-                "README.md",
-                dataset_readme(&files, &spec.description, &summary).into_bytes(),
-            )
-            .await
-    })?;
+    rt.block_on(output.put("report.html", report.into_bytes()))?;
+    finish_dataset(&output, &rt, &files, &rejects, &summary, &spec.description)?;
     Ok(RunReport {
         summary,
         files,

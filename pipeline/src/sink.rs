@@ -478,6 +478,40 @@ pub fn write_worker_shards(
     Ok(files)
 }
 
+/// Finishes a dataset folder whose data files are written: `rejects/rejects.jsonl` (when there
+/// are rejects), `summary.json`, and last the README, so that it only ever lists complete files.
+pub fn finish_dataset(
+    output: &Location,
+    rt: &tokio::runtime::Runtime,
+    files: &[ShardFile],
+    rejects: &[crate::reject::Reject],
+    summary: &serde_json::Value,
+    description: &str,
+) -> Result<(), PipelineError> {
+    rt.block_on(async {
+        if !rejects.is_empty() {
+            output
+                .put(
+                    "rejects/rejects.jsonl",
+                    crate::reject::rejects_jsonl(rejects),
+                )
+                .await?;
+        }
+        output
+            .put(
+                "summary.json",
+                serde_json::to_vec_pretty(summary).unwrap_or_default(),
+            )
+            .await?;
+        output
+            .put(
+                "README.md",
+                dataset_readme(files, description, summary).into_bytes(),
+            )
+            .await
+    })
+}
+
 /// The dataset card: YAML `configs` listing exactly `files`, then a description.
 pub fn dataset_readme(
     files: &[ShardFile],

@@ -49,6 +49,24 @@ print(json.dumps(rows))
     serde_json::from_slice(&out.stdout).expect("json rows")
 }
 
+/// Reads one parquet file with pyarrow and returns its rows as JSON, in file order.
+pub fn read_parquet_with_pyarrow(file: &Path) -> Vec<serde_json::Value> {
+    let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(file)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "pyarrow failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json rows")
+}
+
 /// A tiny iterative-DPO job over `input`, writing to `output`.
 pub fn tiny_config(
     input: &Path,
