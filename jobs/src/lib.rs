@@ -1,7 +1,9 @@
-//! steerflow jobs: a TOML job file turned into a run of the dataflow.
+//! steerflow jobs: a TOML job file turned into a run.
 //!
-//! [`config`] parses and checks the file; [`build_run`] resolves it (models installed and loaded,
-//! presets bound); [`run_job`] runs it. The `steerflow` binary is a thin clap layer over these.
+//! [`config`] parses the layered configuration; [`plan`] checks everything that needs no model;
+//! [`load_models`] / [`load_reward_model`] locate, install and load models; [`run_any`] runs a
+//! job of any kind ([`JOB_KINDS`]); [`dry_run`] checks a job without running it. The `steerflow`
+//! binary is a thin clap layer over these.
 
 pub mod bench;
 pub mod config;
