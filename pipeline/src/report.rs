@@ -102,6 +102,16 @@ pub fn scatter(title: &str, points: &[(f64, f64)]) -> String {
         (lo, if hi > lo { hi - lo } else { 1.0 })
     };
     let ((x0, xs), (y0, ys)) = (bounds(|p| p.0), bounds(|p| p.1));
+    let _ = write!(
+        out,
+        "<text x=\"{PAD}\" y=\"{:.0}\" font-size=\"11\">x {x0:.0}–{:.0}</text>\
+         <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">y {y0:.2}–{:.2}</text>",
+        H - PAD + 14.0,
+        x0 + xs,
+        W - PAD,
+        H - PAD + 14.0,
+        y0 + ys
+    );
     for (x, y) in &pts {
         let _ = write!(
             out,
