@@ -8,7 +8,7 @@
 
 use crate::reject::{enforce_limit, RejectLimit};
 use crate::sink::{
-    attributes_array, finish_dataset, messages_array, parquet_bytes, ExportFormat, ShardFile,
+    attributes_array, finish_dataset, messages_array, write_parquet_shard, ExportFormat,
 };
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::Normalization;
@@ -159,13 +159,6 @@ pub fn run_filter_rank(
             )),
         ),
     ])?;
-    let bytes = parquet_bytes(&batch)?;
-    let file = ShardFile {
-        path: ExportFormat::Conversational.shard_path(0, 1),
-        rows: batch.num_rows() as u64,
-        bytes: bytes.len() as u64,
-        format: ExportFormat::Conversational,
-    };
     let summary = json!({
         "job": "filter-rank",
         "input": input,
@@ -184,7 +177,7 @@ pub fn run_filter_rank(
     let out = Location::parse(output, true)?;
     let description = "A scored corpus filtered and ranked by steerflow: every row carries its scores and its rank among its prompt's responses.";
     let rt = io_runtime()?;
-    rt.block_on(out.put(&file.path, bytes))?;
+    let file = write_parquet_shard(&out, &rt, &batch, ExportFormat::Conversational, (0, 1))?;
     finish_dataset(
         &out,
         &rt,

@@ -10,8 +10,8 @@
 
 use crate::reject::{enforce_limit, Reject, RejectLimit};
 use crate::sink::{
-    attributes_array, finish_dataset, messages_array, parquet_bytes, write_text_exports,
-    ExportFormat, PairText, PromptRenderer, ShardFile,
+    attributes_array, finish_dataset, messages_array, write_parquet_shard, write_text_exports,
+    ExportFormat, PairText, PromptRenderer,
 };
 use crate::source::InputFormat;
 use crate::storage::{io_runtime, read_file, Location};
@@ -251,13 +251,6 @@ pub fn run_labelled_pairs(
             )) as ArrayRef,
         ),
     ])?;
-    let bytes = parquet_bytes(&batch)?;
-    let file = ShardFile {
-        path: ExportFormat::Conversational.shard_path(0, 1),
-        rows: batch.num_rows() as u64,
-        bytes: bytes.len() as u64,
-        format: ExportFormat::Conversational,
-    };
     let report = LabelledPairsReport {
         responses: groups.values().map(|g| g.len() as u64).sum(),
         prompts: groups.len() as u64,
@@ -273,8 +266,13 @@ pub fn run_labelled_pairs(
     let rt = io_runtime()?;
     let mut files = Vec::new();
     if formats.contains(&ExportFormat::Conversational) {
-        rt.block_on(out.put(&file.path, bytes))?;
-        files.push(file);
+        files.push(write_parquet_shard(
+            &out,
+            &rt,
+            &batch,
+            ExportFormat::Conversational,
+            (0, 1),
+        )?);
     }
     let texts: Vec<PairText<'_>> = pairs
         .iter()

@@ -454,16 +454,13 @@ pub fn write_worker_shards(
         rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
         if spec.formats.contains(&ExportFormat::Conversational) {
             let batch = pairs_batch(&rows, spec, ids, run_stats)?;
-            let bytes = parquet_bytes(&batch)?;
-            let path = shard_path(shard, spec.shards);
-            let size = bytes.len() as u64;
-            rt.block_on(output.put(&path, bytes))?;
-            files.push(ShardFile {
-                path,
-                rows: batch.num_rows() as u64,
-                bytes: size,
-                format: ExportFormat::Conversational,
-            });
+            files.push(write_parquet_shard(
+                output,
+                &rt,
+                &batch,
+                ExportFormat::Conversational,
+                (shard, spec.shards),
+            )?);
         }
         let pairs = outcome_pairs(&rows);
         files.extend(write_text_exports(
@@ -476,6 +473,26 @@ pub fn write_worker_shards(
         )?);
     }
     Ok(files)
+}
+
+/// Writes `batch` as parquet shard `k` of `n` in `format`'s folder and returns the file.
+pub fn write_parquet_shard(
+    output: &Location,
+    rt: &tokio::runtime::Runtime,
+    batch: &RecordBatch,
+    format: ExportFormat,
+    (k, n): (usize, usize),
+) -> Result<ShardFile, PipelineError> {
+    let bytes = parquet_bytes(batch)?;
+    let path = format.shard_path(k, n);
+    let size = bytes.len() as u64;
+    rt.block_on(output.put(&path, bytes))?;
+    Ok(ShardFile {
+        path,
+        rows: batch.num_rows() as u64,
+        bytes: size,
+        format,
+    })
 }
 
 /// Finishes a dataset folder whose data files are written: `rejects/rejects.jsonl` (when there
