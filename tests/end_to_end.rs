@@ -62,7 +62,12 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
     assert_eq!(summary1["counts"], summary2["counts"]);
 
     let out = dir.path().join("out-1");
-    let rejects = std::fs::read_to_string(out.join("rejects/rejects.jsonl")).unwrap();
+    let run = summary1["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        run, summary2["run_id"],
+        "the run id does not depend on the workers"
+    );
+    let rejects = std::fs::read_to_string(out.join(format!("rejects/{run}.jsonl"))).unwrap();
     let reject: serde_json::Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
     assert_eq!(reject["record"], 5);
     assert_eq!(reject["field"], "prompt");
@@ -119,11 +124,11 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
     // The README lists exactly the parquet files written, and they exist.
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     for shard in [
-        "data/train-00000-of-00002.parquet",
-        "data/train-00001-of-00002.parquet",
+        &format!("data/{run}/train-00000-of-00002.parquet"),
+        &format!("data/{run}/train-00001-of-00002.parquet"),
     ] {
         assert!(readme.contains(&format!("    - {shard}\n")), "{readme}");
-        assert!(out.join(shard).exists());
+        assert!(out.join(shard.as_str()).exists());
     }
     // The run report: self-contained, with its plots.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -135,8 +140,8 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
     // The same pairs in TRL's standard form and NeMo-Aligner's DPO jsonl, the prompt rendered by
     // the policy's chat template.
     let nemo: Vec<serde_json::Value> = [
-        "nemo/train-00000-of-00002.jsonl",
-        "nemo/train-00001-of-00002.jsonl",
+        &format!("nemo/{run}/train-00000-of-00002.jsonl"),
+        &format!("nemo/{run}/train-00001-of-00002.jsonl"),
     ]
     .iter()
     .flat_map(|f| {
@@ -165,10 +170,10 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
     }
     assert!(readme.contains("- config_name: standard\n"), "{readme}");
     for shard in [
-        "standard/train-00000-of-00002.parquet",
-        "standard/train-00001-of-00002.parquet",
+        &format!("standard/{run}/train-00000-of-00002.parquet"),
+        &format!("standard/{run}/train-00001-of-00002.parquet"),
     ] {
-        assert!(readme.contains(&format!("    - {shard}\n")) && out.join(shard).exists());
+        assert!(readme.contains(&format!("    - {shard}\n")) && out.join(shard.as_str()).exists());
     }
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();

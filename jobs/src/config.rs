@@ -21,6 +21,9 @@ pub struct JobConfig {
     pub eval: EvalSection,
     pub annotate: AnnotateSection,
     pub filter: FilterSection,
+    /// How to reach object storage (endpoint, region, `allow_http`, retries, further
+    /// object_store options); credentials normally come from the standard environment variables.
+    pub storage: steerflow_pipeline::storage::StorageOptions,
 }
 
 /// `filter-rank` rules.

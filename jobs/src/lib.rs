@@ -39,6 +39,9 @@ pub mod exit_code {
     pub const CONFIG: i32 = 2;
     /// More records were rejected than `input.max_rejects` allows.
     pub const TOO_MANY_REJECTS: i32 = 3;
+    /// Storage failed in a way that may pass (5xx, throttling, resets, timeouts, after the
+    /// retries): nothing partial was committed; rerun the same command to resume.
+    pub const RETRYABLE: i32 = 4;
 }
 
 /// Any failure of a job, with its exit code.
@@ -60,6 +63,13 @@ impl JobError {
                 exit_code::TOO_MANY_REJECTS
             }
             JobError::Pipeline(steerflow_pipeline::PipelineError::Operator(_)) => exit_code::CONFIG,
+            JobError::Pipeline(steerflow_pipeline::PipelineError::RunConflict(_)) => {
+                exit_code::CONFIG
+            }
+            JobError::Pipeline(steerflow_pipeline::PipelineError::Storage {
+                retryable: true,
+                ..
+            }) => exit_code::RETRYABLE,
             _ => exit_code::FAILURE,
         }
     }
@@ -89,6 +99,7 @@ pub const JOB_KINDS: [&str; 5] = [
 
 /// Checks everything in the config that can be checked without loading a model.
 pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
+    steerflow_pipeline::storage::configure(config.storage.clone());
     if !JOB_KINDS.contains(&config.job.kind.as_str()) {
         return Err(invalid(format!(
             "job.kind `{}` is not known ({})",

@@ -90,6 +90,21 @@ enum Command {
         /// The output directory or URL.
         output: String,
     },
+    /// List the runs committed in an output (and those begun but not committed); `--sweep`
+    /// deletes what failed attempts left behind.
+    Runs {
+        /// The output directory or URL.
+        output: String,
+        /// A job file whose `[storage]` section says how to reach the output.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Delete the parts of attempts that lost a shard to another attempt.
+        #[arg(long)]
+        sweep: bool,
+        /// With --sweep: also delete runs never committed and untouched for this many hours.
+        #[arg(long, value_name = "HOURS")]
+        incomplete_older_than: Option<f64>,
+    },
     /// Install the default model into the cache (done automatically on first use).
     InstallModel,
 }
@@ -165,6 +180,12 @@ fn main() {
         Command::Inspect { output } => steerflow_pipeline::inspect::inspect(&output)
             .map(|text| print!("{text}"))
             .map_err(JobError::from),
+        Command::Runs {
+            output,
+            config,
+            sweep,
+            incomplete_older_than,
+        } => runs(&output, config.as_deref(), sweep, incomplete_older_than),
         Command::InstallModel => steerflow_models::registry::resolve_model("default")
             .map(|path| println!("{}", path.display()))
             .map_err(JobError::from),
@@ -177,6 +198,51 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `steerflow runs`: one line per run on stdout.
+fn runs(
+    output: &str,
+    config: Option<&Path>,
+    sweep: bool,
+    incomplete_older_than: Option<f64>,
+) -> Result<(), JobError> {
+    if let Some(config) = config {
+        let config = load_config(config, &steerflow::config::env_overrides(std::env::vars()))?;
+        steerflow_pipeline::storage::configure(config.storage);
+    }
+    let location = steerflow_pipeline::storage::Location::parse(output, false)?;
+    let rt = steerflow_pipeline::storage::io_runtime()?;
+    let runs = rt.block_on(steerflow_pipeline::commit::list_runs(&location))?;
+    println!("run_id\tstate\tcommitted_at\tprompts\tpairs\tfiles");
+    for run in &runs {
+        match &run.manifest {
+            Some(m) => println!(
+                "{}\tcommitted\t{}\t{}\t{}\t{}",
+                m.run_id,
+                m.committed_at,
+                m.prompts.len(),
+                m.counts["pairs"],
+                m.files.len()
+            ),
+            None => println!(
+                "{}\tincomplete ({} of {} shards)\t-\t{}\t-\t-",
+                run.run_id,
+                run.shards_done,
+                run.plan.as_ref().map(|p| p.shards).unwrap_or(0),
+                run.plan.as_ref().map(|p| p.prompts).unwrap_or(0),
+            ),
+        }
+    }
+    if sweep {
+        let age = incomplete_older_than.map(|h| chrono::Duration::seconds((h * 3600.0) as i64));
+        let deleted = rt.block_on(steerflow_pipeline::commit::sweep(&location, age))?;
+        eprintln!("steerflow: swept {} files", deleted.len());
+        for path in deleted {
+            tracing::info!(%path, "deleted");
+        }
+    }
+    Ok(())
 }
 
 /// `--attributes a,b,c` as a list, or a preset name.

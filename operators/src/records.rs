@@ -82,4 +82,8 @@ pub struct ScoredSample {
     pub goodness: f64,
     /// Tokens the scorer ran for this sample (prefill it could not share).
     pub scored_tokens: u64,
+    /// Earliest turns dropped to fit the scorer's context (`overlength = "drop-turns"`).
+    pub dropped_turns: u32,
+    /// Why the scorer gave no score (`context_overflow`, `scoring_failed`), when it gave none.
+    pub unscored: Option<String>,
 }

@@ -8,6 +8,17 @@ pub enum PipelineError {
     Input { location: String, message: String },
     #[error("output {location}: {message}")]
     Output { location: String, message: String },
+    /// A storage request failed; `retryable` when the failure was transient (5xx, throttling,
+    /// resets, timeouts) even after the retries, so rerunning the same command may succeed.
+    #[error("storage {location}: {message}{}", if *retryable { " (transient: rerun the same command to resume)" } else { "" })]
+    Storage {
+        location: String,
+        message: String,
+        retryable: bool,
+    },
+    /// The output holds committed runs that this run cannot be added to.
+    #[error("{0}")]
+    RunConflict(String),
     #[error("storage location `{location}`: {message}")]
     Location { location: String, message: String },
     #[error(

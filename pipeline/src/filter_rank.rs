@@ -8,7 +8,7 @@
 
 use crate::reject::{enforce_limit, RejectLimit};
 use crate::sink::{
-    attributes_array, finish_dataset, messages_array, write_parquet_shard, ExportFormat,
+    attributes_array, finish_dataset, messages_array, write_parquet_shard, ExportFormat, Shard,
 };
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::Normalization;
@@ -177,7 +177,13 @@ pub fn run_filter_rank(
     let out = Location::parse(output, true)?;
     let description = "A scored corpus filtered and ranked by steerflow: every row carries its scores and its rank among its prompt's responses.";
     let rt = io_runtime()?;
-    let file = write_parquet_shard(&out, &rt, &batch, ExportFormat::Conversational, (0, 1))?;
+    let file = write_parquet_shard(
+        &out,
+        &rt,
+        &batch,
+        ExportFormat::Conversational,
+        Shard::plain(0, 1),
+    )?;
     finish_dataset(
         &out,
         &rt,

@@ -1,12 +1,16 @@
 //! The timely dataflow of an iterative-DPO run.
 //!
 //! ```text
-//! prompts (each worker takes every peers-th) ─exchange(hash(prompt id))→ sample (N per prompt)
-//!   ─ok/err→ rejects
-//!   → score (reward model) → goodness ─exchange(hash(prompt id))→ per-prompt reduce (select pair)
-//!   ─exchange(owner of the prompt's output shard)→ collected per worker → that worker's parquet shards
-//! goodness ─exchange(worker 0)→ run stats ─broadcast→ every worker (for run-normalised goodness)
+//! prompts (sorted by shard; each worker takes every peers-th)
+//!   ─exchange(hash(prompt id))→ sample (N per prompt) ─ok/err→ rejects ─┐
+//!   → score (reward model) → goodness                                     │
+//!   ─exchange(owner of the prompt's shard)→ per-prompt reduce (select pair)│
+//!   → concat ←─────────────exchange(owner of the prompt's shard)──────────┘
+//!   → commit shard (part + marker, as soon as its last prompt is settled)
 //! ```
+//!
+//! Run-wide goodness stats and the output files are made afterwards from the committed parts
+//! (`run.rs`), so a resumed run writes the same files as an uninterrupted one.
 //!
 //! The pure logic (seeds, goodness, normalisation, pair selection) lives in
 //! `steerflow-operators`; the operators here only move records and call it.
@@ -15,10 +19,9 @@
 // of the Result buys nothing.
 #![allow(clippy::result_large_err)]
 
+use crate::commit::{RunStore, ShardMarker, ShardPart};
 use crate::reject::Reject;
-use crate::sink::{write_worker_shards, ModelIds, ShardFile};
 use crate::spec::{Models, RunSpec};
-use crate::storage::Location;
 use crate::summary::StageCounters;
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
@@ -34,8 +37,8 @@ use steerflow_operators::seeding::{route_hash, sample_seed, shard_of};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::vec::{Broadcast, Map, ToStream};
-use timely::dataflow::operators::{Exchange, Inspect, OkErr, Probe};
+use timely::dataflow::operators::vec::{Map, ToStream};
+use timely::dataflow::operators::{Concat, Exchange, OkErr, Probe};
 
 /// The result of the per-prompt reduce: all scored samples of a prompt and the pair, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,20 +55,14 @@ pub struct PromptOutcome {
     pub prompt_stats: Option<NormStats>,
 }
 
-/// What a worker hands back after the dataflow has finished and its shards are written.
+/// What a worker hands back after the dataflow has finished.
 #[derive(Debug, Default)]
 pub struct WorkerResult {
     pub index: usize,
+    /// The work this worker did in this launch.
     pub counters: StageCounters,
-    pub rejects: Vec<Reject>,
-    /// The parquet shards this worker wrote.
-    pub files: Vec<ShardFile>,
-    /// Goodness stats over the whole run (every worker receives them).
-    pub run_stats: Option<NormStats>,
-    /// Every scored response of the prompts this worker wrote, for the report.
-    pub responses: Vec<crate::report::ResponseStat>,
-    /// Chosen − rejected margins of this worker's pairs.
-    pub margins: Vec<f64>,
+    /// The shard markers this worker created (or found created by an earlier attempt).
+    pub markers: Vec<ShardMarker>,
 }
 
 /// Builds the per-prompt outcome from its scored samples (any order).
@@ -178,19 +175,22 @@ fn score_samples(
         .into_iter()
         .zip(results)
         .map(|(sample, result)| {
-            let (attributes, tokens) = match result {
+            let (attributes, tokens, dropped_turns, mut unscored) = match result {
                 Ok(s) => {
                     if s.dropped_turns > 0 {
                         c.overlength_truncated += 1;
                     }
-                    (s.attributes, s.tokens_run)
+                    (s.attributes, s.tokens_run, s.dropped_turns, None)
                 }
                 Err(e) => {
-                    if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
+                    let reason = if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
                         c.overlength_skipped += 1;
-                    }
+                        "context_overflow"
+                    } else {
+                        "scoring_failed"
+                    };
                     tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
-                    (vec![f64::NAN; models.reward.attribute_names().len()], 0)
+                    (vec![f64::NAN; models.reward.attribute_names().len()], 0, 0, Some(reason.to_string()))
                 }
             };
             let goodness = spec.goodness.goodness(&attributes);
@@ -198,22 +198,98 @@ fn score_samples(
                 c.samples_scored += 1;
             } else {
                 c.samples_unscored += 1;
+                unscored.get_or_insert_with(|| "non_finite_score".to_string());
             }
             c.tokens_scored += tokens;
-            ScoredSample { sample, attributes, goodness, scored_tokens: tokens }
+            ScoredSample { sample, attributes, goodness, scored_tokens: tokens, dropped_turns, unscored }
         })
         .collect();
     c.scoring_seconds += started.elapsed().as_secs_f64();
     scored
 }
 
-/// Runs the graph on `spec.workers` threads; each worker then writes the output shards it owns.
+/// What reaches a shard's owner for each prompt: its outcome, or why it could not be sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Settled {
+    Outcome(PromptOutcome),
+    Rejected(Reject),
+}
+
+/// Collects settled prompts per shard and reports a shard as complete once it holds
+/// `expected[shard]` prompts. Pure bookkeeping, tested without dataflow.
+#[derive(Debug, Default)]
+pub struct ShardCollector {
+    expected: Vec<u64>,
+    pending: HashMap<usize, Vec<Settled>>,
+}
+
+impl ShardCollector {
+    pub fn new(expected: Vec<u64>) -> Self {
+        Self {
+            expected,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Adds one settled prompt of `shard`; returns the shard's part when it is complete.
+    pub fn add(&mut self, shard: usize, item: Settled) -> Option<ShardPart> {
+        let items = self.pending.entry(shard).or_default();
+        items.push(item);
+        if items.len() as u64 != self.expected.get(shard).copied().unwrap_or(0) {
+            return None;
+        }
+        let items = self.pending.remove(&shard).unwrap_or_default();
+        Some(shard_part(shard, items))
+    }
+
+    /// Shards that never completed, with how many prompts each holds and expects.
+    pub fn incomplete(&self) -> Vec<(usize, usize, u64)> {
+        let mut out: Vec<_> = self
+            .pending
+            .iter()
+            .map(|(&k, v)| (k, v.len(), self.expected.get(k).copied().unwrap_or(0)))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A shard's part from its settled prompts (any order): outcomes and rejects sorted by prompt id.
+pub fn shard_part(shard: usize, items: Vec<Settled>) -> ShardPart {
+    let mut outcomes = Vec::new();
+    let mut rejects = Vec::new();
+    for item in items {
+        match item {
+            Settled::Outcome(o) => outcomes.push(o),
+            Settled::Rejected(r) => rejects.push(r),
+        }
+    }
+    outcomes.sort_by(|a: &PromptOutcome, b| a.prompt.id.cmp(&b.prompt.id));
+    rejects.sort_by(|a: &Reject, b| a.prompt_id.cmp(&b.prompt_id));
+    ShardPart {
+        shard,
+        outcomes,
+        rejects,
+    }
+}
+
+/// The output shard a settled prompt belongs to.
+fn settled_shard(item: &Settled, shards: usize) -> usize {
+    match item {
+        Settled::Outcome(o) => shard_of(&o.prompt.id, shards),
+        Settled::Rejected(r) => shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards),
+    }
+}
+
+/// Runs the graph on `spec.workers` threads over `prompts` (sorted by shard, so that shards
+/// complete one after another). The owner of shard k (worker k % workers) commits the shard's
+/// part and marker through `store` as soon as its `expected[k]` prompts are settled.
 pub fn run_graph(
     spec: Arc<RunSpec>,
     models: Models,
     prompts: Arc<Vec<Prompt>>,
-    output: Location,
-    ids: ModelIds,
+    store: Arc<RunStore>,
+    expected: Arc<Vec<u64>>,
     progress: &crate::progress::Progress,
 ) -> Result<Vec<WorkerResult>, PipelineError> {
     let total_prompts = prompts.len() as u64;
@@ -228,28 +304,27 @@ pub fn run_graph(
         let index = worker.index();
         let peers = worker.peers();
         let counters = Rc::new(RefCell::new(StageCounters::default()));
-        let rejects = Rc::new(RefCell::new(Vec::new()));
-        let outcomes = Rc::new(RefCell::new(Vec::new()));
-        let run_stats = Rc::new(RefCell::new(None));
+        let markers = Rc::new(RefCell::new(Vec::new()));
+        let failure: Rc<RefCell<Option<PipelineError>>> = Rc::new(RefCell::new(None));
+        let runtime = Rc::new(crate::storage::io_runtime()?);
         let probe = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let mine: Vec<Prompt> =
                 prompts.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, p)| p.clone()).collect();
-            let (spec_s, models_s, counters_s, bar) = (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone());
+            let (spec_s, models_s, counters_s, bar, failed) =
+                (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone(), failure.clone());
             let sampled = mine
                 .to_stream(scope)
                 .exchange(|p: &Prompt| route_hash(&p.id))
                 .flat_map(move |prompt| {
+                    if failed.borrow().is_some() {
+                        return Vec::new(); // a shard could not be committed: stop working
+                    }
                     let out = sample_prompt(prompt, &spec_s, &models_s, &counters_s);
                     bar.advance(1);
                     out
                 });
             let (samples, sample_rejects) = sampled.ok_err(|r| r);
-            let rejects_sink = rejects.clone();
-            sample_rejects
-                .container::<Vec<Reject>>()
-                .inspect(move |r: &Reject| rejects_sink.borrow_mut().push(r.clone()))
-                .probe_with(&probe);
             let (spec_c, models_c, counters_c, bar) = (spec.clone(), models.clone(), counters.clone(), score_bar_w.clone());
             let scored = samples.container::<Vec<Sample>>().unary::<timely::container::CapacityContainerBuilder<Vec<ScoredSample>>, _, _, _>(
                 Pipeline,
@@ -270,45 +345,12 @@ pub fn run_graph(
                 },
             );
 
-            // Run-wide goodness stats: gathered on worker 0, then broadcast.
-            let stats_sink = run_stats.clone();
-            scored
-                .clone()
-                .map(|s: ScoredSample| s.goodness)
-                .exchange(|_| 0)
-                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<NormStats>>, _, _, _>(
-                    Pipeline,
-                    "RunStats",
-                    |default_cap, _info| {
-                        let mut cap = Some(default_cap);
-                        let mut values: Vec<f64> = Vec::new();
-                        move |(input, frontier), output| {
-                            input.for_each_stamp(|_, data| {
-                                for batch in data {
-                                    values.append(batch);
-                                }
-                            });
-                            if frontier.is_empty() {
-                                if let Some(cap) = cap.take() {
-                                    if let Some(stats) = NormStats::from_values(values.drain(..)) {
-                                        output.session(&cap).give(stats);
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
-                .broadcast()
-                .inspect(move |s: &NormStats| *stats_sink.borrow_mut() = Some(*s))
-                .probe_with(&probe);
-
-            // Per-prompt reduce: a prompt's outcome leaves as soon as all its samples are in.
+            // Per-prompt reduce at the owner of the prompt's shard: an outcome leaves as soon as
+            // all its samples are in.
             let (min_margin, shards) = (spec.min_margin, spec.shards);
-            let outcomes_sink = outcomes.clone();
-            let counters_r = counters.clone();
-            scored
-                .exchange(|s: &ScoredSample| route_hash(&s.sample.prompt.id))
-                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<PromptOutcome>>, _, _, _>(
+            let outcomes = scored
+                .exchange(move |s: &ScoredSample| shard_of(&s.sample.prompt.id, shards) as u64)
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Settled>>, _, _, _>(
                     Pipeline,
                     "SelectPair",
                     |default_cap, _info| {
@@ -338,7 +380,7 @@ pub fn run_graph(
                             if let Some(c) = cap.as_ref() {
                                 let mut session = output.session(c);
                                 for group in complete {
-                                    session.give(reduce_prompt(group, min_margin));
+                                    session.give(Settled::Outcome(reduce_prompt(group, min_margin)));
                                 }
                             }
                             if frontier.is_empty() {
@@ -346,38 +388,68 @@ pub fn run_graph(
                             }
                         }
                     },
+                );
+            let rejected = sample_rejects
+                .container::<Vec<Reject>>()
+                .exchange(move |r: &Reject| shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards) as u64)
+                .map(Settled::Rejected);
+
+            // Commit each shard the moment its last prompt is settled.
+            let (store_c, expected_c, runtime_c, markers_c, failure_c) =
+                (store.clone(), expected.clone(), runtime.clone(), markers.clone(), failure.clone());
+            outcomes
+                .concat(rejected)
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<ShardMarker>>, _, _, _>(
+                    Pipeline,
+                    "CommitShards",
+                    move |default_cap, _info| {
+                        let mut cap = Some(default_cap);
+                        let mut collector = ShardCollector::new(expected_c.to_vec());
+                        move |(input, frontier), output| {
+                            let mut complete = Vec::new();
+                            input.for_each_stamp(|_, data| {
+                                for batch in data {
+                                    for item in batch.drain(..) {
+                                        complete.extend(collector.add(settled_shard(&item, shards), item));
+                                    }
+                                }
+                            });
+                            for part in complete {
+                                if failure_c.borrow().is_some() {
+                                    break;
+                                }
+                                match runtime_c.block_on(store_c.commit_shard(&part, &store_c.writer)) {
+                                    Ok(marker) => {
+                                        tracing::info!(shard = part.shard, prompts = marker.prompts, "shard committed");
+                                        markers_c.borrow_mut().push(marker);
+                                    }
+                                    Err(e) => *failure_c.borrow_mut() = Some(e),
+                                }
+                            }
+                            if frontier.is_empty() {
+                                let incomplete = collector.incomplete();
+                                if !incomplete.is_empty() && failure_c.borrow().is_none() {
+                                    *failure_c.borrow_mut() = Some(PipelineError::Worker(format!(
+                                        "shards left incomplete (shard, settled, expected): {incomplete:?}"
+                                    )));
+                                }
+                                if let Some(c) = cap.take() {
+                                    drop(c);
+                                }
+                            }
+                            let _ = &output;
+                        }
+                    },
                 )
-                .inspect(move |o: &PromptOutcome| {
-                    let mut c = counters_r.borrow_mut();
-                    match o.dropped {
-                        None => c.pairs += 1,
-                        Some(reason) => *c.dropped.entry(reason.as_str().to_string()).or_default() += 1,
-                    }
-                })
-                .exchange(move |o: &PromptOutcome| shard_of(&o.prompt.id, shards) as u64)
-                .inspect(move |o: &PromptOutcome| outcomes_sink.borrow_mut().push(o.clone()))
                 .probe_with(&probe);
         });
         worker.step_while(|| !probe.done());
+        if let Some(e) = failure.borrow_mut().take() {
+            return Err(e);
+        }
         let counters = counters.borrow().clone();
-        let rejects = std::mem::take(&mut *rejects.borrow_mut());
-        let outcomes = std::mem::take(&mut *outcomes.borrow_mut());
-        let run_stats = *run_stats.borrow();
-        let text = models.policy.model().text();
-        let render = |messages: &[steerflow_operators::records::Message]| text.render(messages, true);
-        let files =
-            write_worker_shards(&output, &spec, &ids, index, peers, &outcomes, run_stats.as_ref(), &render)?;
-        let responses = outcomes
-            .iter()
-            .flat_map(|o| &o.samples)
-            .map(|s| crate::report::ResponseStat {
-                goodness: s.goodness,
-                attributes: s.attributes.clone(),
-                length_chars: s.sample.text.chars().count(),
-            })
-            .collect();
-        let margins = outcomes.iter().filter_map(|o| o.pair.map(|(_, _, m)| m)).collect();
-        Ok::<_, PipelineError>(WorkerResult { index, counters, rejects, files, run_stats, responses, margins })
+        let markers = std::mem::take(&mut *markers.borrow_mut());
+        Ok::<_, PipelineError>(WorkerResult { index, counters, markers })
     })
     .map_err(PipelineError::Worker)?;
     let mut results = Vec::new();
@@ -388,4 +460,38 @@ pub fn run_graph(
     score_bar.finish();
     results.sort_by_key(|r| r.index);
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(id: &str) -> Settled {
+        let mut r = Reject::new("in.jsonl", 1, None, "policy_prompt", "x");
+        r.prompt_id = Some(id.into());
+        Settled::Rejected(r)
+    }
+
+    #[test]
+    fn a_shard_is_complete_when_all_its_prompts_are_settled() {
+        let mut collector = ShardCollector::new(vec![2, 1]);
+        assert_eq!(collector.add(0, rejected("b")), None);
+        let one = collector
+            .add(1, rejected("c"))
+            .expect("shard 1 holds one prompt");
+        assert_eq!(one.shard, 1);
+        assert_eq!(collector.incomplete(), vec![(0, 1, 2)]);
+        let zero = collector.add(0, rejected("a")).expect("shard 0 complete");
+        let ids: Vec<_> = zero
+            .rejects
+            .iter()
+            .map(|r| r.prompt_id.clone().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["a", "b"],
+            "sorted by prompt id, whatever the arrival order"
+        );
+        assert!(collector.incomplete().is_empty());
+    }
 }

@@ -46,8 +46,38 @@ pub fn inspect(spec: &str) -> Result<String, PipelineError> {
             .trim_start_matches('/')
             .to_string()
     };
+    // Run state (plans, parts, markers, manifests) is summarised under Runs, not listed.
+    objects.retain(|o| !relative(&o.location).starts_with(&format!("{}/", crate::commit::RUNS)));
+    let runs = rt.block_on(crate::commit::list_runs(&location))?;
     let mut out = String::new();
-    let _ = writeln!(out, "# {spec}\n\n## Files\n");
+    let _ = writeln!(out, "# {}\n", crate::storage::redact_url(spec));
+    if !runs.is_empty() {
+        let _ = writeln!(out, "## Runs\n");
+        for run in &runs {
+            match &run.manifest {
+                Some(m) => {
+                    let _ = writeln!(
+                        out,
+                        "- {}: committed {}, {} prompts, {} pairs, {} files",
+                        m.run_id,
+                        m.committed_at,
+                        m.prompts.len(),
+                        m.counts["pairs"],
+                        m.files.len()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "- {}: not committed ({} shards done); rerun its command to finish it",
+                        run.run_id, run.shards_done
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "## Files\n");
     for o in &objects {
         let _ = writeln!(out, "- {} ({} bytes)", relative(&o.location), o.size);
     }

@@ -11,7 +11,7 @@
 use crate::reject::{enforce_limit, Reject, RejectLimit};
 use crate::sink::{
     attributes_array, finish_dataset, messages_array, write_parquet_shard, write_text_exports,
-    ExportFormat, PairText, PromptRenderer,
+    ExportFormat, PairText, PromptRenderer, Shard,
 };
 use crate::source::InputFormat;
 use crate::storage::{io_runtime, read_file, Location};
@@ -271,7 +271,7 @@ pub fn run_labelled_pairs(
             &rt,
             &batch,
             ExportFormat::Conversational,
-            (0, 1),
+            Shard::plain(0, 1),
         )?);
     }
     let texts: Vec<PairText<'_>> = pairs
@@ -291,7 +291,7 @@ pub fn run_labelled_pairs(
         formats,
         &texts,
         render,
-        (0, 1),
+        Shard::plain(0, 1),
     )?);
     let description = format!("HelpSteer2-style pairs from labelled responses: chosen = higher `{by}`, equal `{by}` discarded.");
     finish_dataset(&out, &rt, &files, &rejects, &summary, &description)?;

@@ -4,9 +4,12 @@
 //! - [`graph`] runs sample → score → goodness → per-prompt reduce on timely workers.
 //! - [`sink`] writes the Hugging Face dataset folder (parquet shards, README) and the summary.
 //! - [`storage`] maps paths and URLs to object_store locations.
+//! - [`commit`] makes a run exactly-once: run ids, shard markers, the manifest, resume.
 
 pub mod annotate;
+pub mod commit;
 pub mod error;
+pub mod faults;
 pub mod filter_rank;
 pub mod graph;
 pub mod inspect;

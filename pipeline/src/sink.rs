@@ -65,11 +65,32 @@ impl ExportFormat {
 
     /// The path of shard `k` of `n` in this format.
     pub fn shard_path(self, k: usize, n: usize) -> String {
-        match self {
-            Self::Conversational => shard_path(k, n),
-            Self::Standard => format!("standard/train-{k:05}-of-{n:05}.parquet"),
-            Self::Nemo => format!("nemo/train-{k:05}-of-{n:05}.jsonl"),
-        }
+        self.path_of(Shard::plain(k, n))
+    }
+
+    /// The path of `shard` in this format: `<folder>/[<run>/]train-0000k-of-0000n.<ext>`.
+    pub fn path_of(self, shard: Shard<'_>) -> String {
+        let (folder, ext) = match self {
+            Self::Conversational => ("data", "parquet"),
+            Self::Standard => ("standard", "parquet"),
+            Self::Nemo => ("nemo", "jsonl"),
+        };
+        let run = shard.run.map(|r| format!("{r}/")).unwrap_or_default();
+        format!("{folder}/{run}train-{:05}-of-{:05}.{ext}", shard.k, shard.n)
+    }
+}
+
+/// Which file of a dataset: shard `k` of `n`, in a run's own folder when `run` is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard<'a> {
+    pub k: usize,
+    pub n: usize,
+    pub run: Option<&'a str>,
+}
+
+impl Shard<'_> {
+    pub fn plain(k: usize, n: usize) -> Self {
+        Self { k, n, run: None }
     }
 }
 
@@ -405,7 +426,7 @@ pub fn write_text_exports(
     formats: &[ExportFormat],
     pairs: &[PairText<'_>],
     render: PromptRenderer<'_>,
-    (k, n): (usize, usize),
+    shard: Shard<'_>,
 ) -> Result<Vec<ShardFile>, PipelineError> {
     let mut files = Vec::new();
     for &format in formats {
@@ -414,7 +435,7 @@ pub fn write_text_exports(
             ExportFormat::Standard => parquet_bytes(&standard_batch(pairs, render)?)?,
             ExportFormat::Nemo => nemo_jsonl(pairs, render)?,
         };
-        let path = format.shard_path(k, n);
+        let path = format.path_of(shard);
         let size = bytes.len() as u64;
         rt.block_on(output.put(&path, bytes))?;
         files.push(ShardFile {
@@ -427,51 +448,45 @@ pub fn write_text_exports(
     Ok(files)
 }
 
-/// Writes the shards owned by worker `index` of `peers` (shard k belongs to worker k % peers,
-/// the same rule timely's exchange uses), each with its pairs sorted by prompt id, in every
-/// requested format.
+/// Writes one shard of a run in every requested format from its outcomes (the pairs among them
+/// are written, sorted by prompt id) and returns the files.
 #[allow(clippy::too_many_arguments)]
-pub fn write_worker_shards(
+pub fn write_run_shard(
     output: &Location,
+    rt: &tokio::runtime::Runtime,
     spec: &RunSpec,
     ids: &ModelIds,
-    index: usize,
-    peers: usize,
-    outcomes: &[PromptOutcome],
+    outcomes: &[&PromptOutcome],
     run_stats: Option<&NormStats>,
     render: PromptRenderer<'_>,
+    shard: Shard<'_>,
 ) -> Result<Vec<ShardFile>, PipelineError> {
-    let rt = crate::storage::io_runtime()?;
+    let mut rows: Vec<&PromptOutcome> = outcomes
+        .iter()
+        .copied()
+        .filter(|o| o.pair.is_some())
+        .collect();
+    rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
     let mut files = Vec::new();
-    for shard in (0..spec.shards).filter(|k| k % peers == index) {
-        let mut rows: Vec<&PromptOutcome> = outcomes
-            .iter()
-            .filter(|o| {
-                o.pair.is_some()
-                    && steerflow_operators::seeding::shard_of(&o.prompt.id, spec.shards) == shard
-            })
-            .collect();
-        rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
-        if spec.formats.contains(&ExportFormat::Conversational) {
-            let batch = pairs_batch(&rows, spec, ids, run_stats)?;
-            files.push(write_parquet_shard(
-                output,
-                &rt,
-                &batch,
-                ExportFormat::Conversational,
-                (shard, spec.shards),
-            )?);
-        }
-        let pairs = outcome_pairs(&rows);
-        files.extend(write_text_exports(
+    if spec.formats.contains(&ExportFormat::Conversational) {
+        let batch = pairs_batch(&rows, spec, ids, run_stats)?;
+        files.push(write_parquet_shard(
             output,
-            &rt,
-            &spec.formats,
-            &pairs,
-            render,
-            (shard, spec.shards),
+            rt,
+            &batch,
+            ExportFormat::Conversational,
+            shard,
         )?);
     }
+    let pairs = outcome_pairs(&rows);
+    files.extend(write_text_exports(
+        output,
+        rt,
+        &spec.formats,
+        &pairs,
+        render,
+        shard,
+    )?);
     Ok(files)
 }
 
@@ -481,10 +496,10 @@ pub fn write_parquet_shard(
     rt: &tokio::runtime::Runtime,
     batch: &RecordBatch,
     format: ExportFormat,
-    (k, n): (usize, usize),
+    shard: Shard<'_>,
 ) -> Result<ShardFile, PipelineError> {
     let bytes = parquet_bytes(batch)?;
-    let path = format.shard_path(k, n);
+    let path = format.path_of(shard);
     let size = bytes.len() as u64;
     rt.block_on(output.put(&path, bytes))?;
     Ok(ShardFile {

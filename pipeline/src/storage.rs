@@ -1,10 +1,250 @@
-//! Storage locations: a local path or a URL, resolved to an object_store and a prefix.
+//! Storage locations: a local path or a URL (`file://`, `s3://`, `az://`, `abfs://`, `gs://`,
+//! `memory://`), resolved to an object_store and a prefix.
+//!
+//! Credentials and endpoints come from each store's standard environment variables
+//! (`AWS_*`, `AZURE_*`, `GOOGLE_*`) and from [`StorageOptions`] (the job's `[storage]` section),
+//! which win. Requests are retried with bounded exponential backoff on 5xx, throttling,
+//! connection resets and timeouts (object_store's retry loop, configured here); an error that is
+//! still transient after that is reported as retryable so the command can exit with its own code.
 
 use crate::PipelineError;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use std::sync::Arc;
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, RetryConfig,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Files larger than this are uploaded in parts (multipart upload; still invisible until whole).
+pub const MULTIPART_THRESHOLD: usize = 32 * 1024 * 1024;
+const MULTIPART_PART: usize = 16 * 1024 * 1024;
+
+/// How to reach object storage: the job's `[storage]` section. Its `Debug` shows option names
+/// only, never their values (they may be credentials).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageOptions {
+    /// Allow plain `http://` endpoints (emulators, on-premise S3).
+    pub allow_http: Option<bool>,
+    /// A custom endpoint (MinIO, moto, azurite, a regional endpoint).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Any further object_store option, by its documented key (`aws_access_key_id`,
+    /// `azure_storage_use_emulator`, `google_service_account`...). Never printed.
+    pub options: BTreeMap<String, String>,
+    /// Retries of one request before the error is returned.
+    pub max_retries: usize,
+    /// No retry starts later than this after the first attempt.
+    pub retry_timeout_seconds: f64,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_seconds: f64,
+    /// Per-request timeout.
+    pub request_timeout_seconds: f64,
+    pub connect_timeout_seconds: f64,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            allow_http: None,
+            endpoint: None,
+            region: None,
+            options: BTreeMap::new(),
+            max_retries: 8,
+            retry_timeout_seconds: 180.0,
+            initial_backoff_ms: 100,
+            max_backoff_seconds: 15.0,
+            request_timeout_seconds: 60.0,
+            connect_timeout_seconds: 10.0,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("allow_http", &self.allow_http)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("region", &self.region)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout_seconds", &self.retry_timeout_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with any user, password and query (SAS tokens, signed URLs) replaced by `***`, for logs,
+/// summaries and reports.
+pub fn redact_url(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut url) if spec.contains("://") => {
+            let secret = !url.username().is_empty() || url.password().is_some();
+            if secret {
+                let _ = url.set_username("***");
+                let _ = url.set_password(None);
+            }
+            if url.query().is_some() {
+                url.set_query(Some("***"));
+            }
+            url.to_string()
+        }
+        _ => spec.to_string(),
+    }
+}
+
+impl StorageOptions {
+    fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(self.initial_backoff_ms),
+                max_backoff: Duration::from_secs_f64(self.max_backoff_seconds.max(0.0)),
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: Duration::from_secs_f64(self.retry_timeout_seconds.max(0.0)),
+        }
+    }
+
+    /// The (key, value) pairs handed to a cloud builder, the named settings first.
+    fn pairs(&self, endpoint_key: &str) -> Vec<(String, String)> {
+        let mut pairs = vec![
+            (
+                "timeout".to_string(),
+                format!("{}ms", (self.request_timeout_seconds * 1000.0) as u64),
+            ),
+            (
+                "connect_timeout".to_string(),
+                format!("{}ms", (self.connect_timeout_seconds * 1000.0) as u64),
+            ),
+        ];
+        if let Some(allow) = self.allow_http {
+            pairs.push(("allow_http".into(), allow.to_string()));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            pairs.push((endpoint_key.into(), endpoint.clone()));
+        }
+        if let Some(region) = &self.region {
+            pairs.push(("region".into(), region.clone()));
+        }
+        pairs.extend(self.options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        pairs
+    }
+}
+
+static OPTIONS: RwLock<Option<StorageOptions>> = RwLock::new(None);
+static MEMORY_STORES: Mutex<Option<HashMap<String, Arc<InMemory>>>> = Mutex::new(None);
+
+/// Sets the storage options every later [`Location`] of this process uses.
+pub fn configure(options: StorageOptions) {
+    if let Ok(mut guard) = OPTIONS.write() {
+        *guard = Some(options);
+    }
+}
+
+fn current_options() -> StorageOptions {
+    OPTIONS
+        .read()
+        .ok()
+        .and_then(|o| o.clone())
+        .unwrap_or_default()
+}
+
+/// `memory://name/...` stores live as long as the process, one per name, so that a job and the
+/// code inspecting its output see the same objects.
+fn memory_store(name: &str) -> Arc<InMemory> {
+    let mut guard = MEMORY_STORES.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
+}
+
+/// Builds the store for a URL with the configured options.
+fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+    if url.scheme() == "memory" {
+        let prefix = StorePath::parse(url.path()).map_err(|e| e.to_string())?;
+        let store: Arc<dyn ObjectStore> = memory_store(url.host_str().unwrap_or_default());
+        return Ok((store, prefix));
+    }
+    let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
+    let prefix = StorePath::parse(path).map_err(|e| e.to_string())?;
+    let options = current_options();
+    let unknown = |key: &str| format!("storage option `{key}` is not known to this store");
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => Arc::new(LocalFileSystem::new()),
+        ObjectStoreScheme::AmazonS3 => {
+            let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in options.pairs("endpoint") {
+                let key = AmazonS3ConfigKey::from_str(&key).map_err(|_| unknown(&key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(
+                builder
+                    .with_retry(options.retry())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (key, value) in options.pairs("endpoint") {
+                let key = AzureConfigKey::from_str(&key).map_err(|_| unknown(&key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(
+                builder
+                    .with_retry(options.retry())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut builder = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (key, value) in options.pairs("base_url") {
+                if key == "region" {
+                    continue; // GCS buckets carry their location
+                }
+                let key = GoogleConfigKey::from_str(&key).map_err(|_| unknown(&key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(
+                builder
+                    .with_retry(options.retry())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        other => return Err(format!("{other:?} URLs are not supported for data")),
+    };
+    Ok((store, prefix))
+}
+
+/// Whether a storage error may go away on its own (the server, the network), as opposed to a
+/// missing object, a refused credential or a bad path.
+pub fn is_transient(error: &object_store::Error) -> bool {
+    match error {
+        object_store::Error::Generic { store, .. } => *store != "LocalFileSystem",
+        _ => false,
+    }
+}
+
+/// A storage error with where it happened; transient ones are marked retryable.
+pub fn storage_error(location: String, error: object_store::Error) -> PipelineError {
+    PipelineError::Storage {
+        retryable: is_transient(&error),
+        location,
+        message: error.to_string(),
+    }
+}
 
 /// A place to read from or write to: a store and a prefix inside it.
 #[derive(Clone)]
@@ -15,9 +255,19 @@ pub struct Location {
     pub display: String,
 }
 
+/// What a conditional create found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// The object is ours: created now, or created by us earlier (a retried create whose first
+    /// reply was lost, or a rerun writing the same bytes).
+    Ours,
+    /// Somebody else's object was there first; its content.
+    Theirs(bytes::Bytes),
+}
+
 impl Location {
-    /// `file:///x`, `memory:///x` (and cloud URLs when built with them), or a local path.
-    /// A local directory is created if missing when `create` is set.
+    /// A URL (see the module header) or a local path. A local directory is created if missing
+    /// when `create` is set.
     pub fn parse(spec: &str, create: bool) -> Result<Self, PipelineError> {
         let fail = |message: String| PipelineError::Location {
             location: spec.to_string(),
@@ -25,11 +275,11 @@ impl Location {
         };
         if spec.contains("://") {
             let url = url::Url::parse(spec).map_err(|e| fail(e.to_string()))?;
-            let (store, prefix) = object_store::parse_url(&url).map_err(|e| fail(e.to_string()))?;
+            let (store, prefix) = store_for_url(&url).map_err(fail)?;
             return Ok(Self {
-                store: Arc::from(store),
+                store,
                 prefix,
-                display: spec.to_string(),
+                display: spec.trim_end_matches('/').to_string(),
             });
         }
         let path = std::path::Path::new(spec);
@@ -50,7 +300,7 @@ impl Location {
         Ok(Self {
             store: Arc::new(store),
             prefix: StorePath::default(),
-            display: spec.to_string(),
+            display: spec.trim_end_matches('/').to_string(),
         })
     }
 
@@ -105,17 +355,129 @@ impl Location {
         path
     }
 
-    /// Writes `bytes` at `relative` (a whole-object put: readers see all of it or nothing).
+    /// `relative` as the user would write it, for messages.
+    pub fn describe(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.display)
+    }
+
+    fn error(&self, relative: &str, error: object_store::Error) -> PipelineError {
+        storage_error(self.describe(relative), error)
+    }
+
+    /// Writes `bytes` at `relative`. Readers see all of it or nothing: one put, or for large
+    /// files a multipart upload, which becomes visible only when it completes.
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), PipelineError> {
-        self.store
-            .put(&self.child(relative), bytes.into())
+        let path = self.child(relative);
+        if bytes.len() <= MULTIPART_THRESHOLD {
+            self.store
+                .put(&path, bytes.into())
+                .await
+                .map_err(|e| self.error(relative, e))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .put_multipart(&path)
             .await
-            .map_err(|e| PipelineError::Output {
-                location: format!("{}/{relative}", self.display.trim_end_matches('/')),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.error(relative, e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        writer.write(&bytes);
+        writer.finish().await.map_err(|e| self.error(relative, e))?;
         Ok(())
     }
+
+    /// Creates `relative` only if nothing is there. When something is, it is read back and
+    /// `is_ours` decides: a create whose reply was lost and retried finds its own object.
+    pub async fn create(
+        &self,
+        relative: &str,
+        bytes: Vec<u8>,
+        is_ours: impl Fn(&[u8]) -> bool,
+    ) -> Result<Created, PipelineError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.child(relative), bytes.into(), options)
+            .await
+        {
+            Ok(_) => Ok(Created::Ours),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self
+                    .get(relative)
+                    .await?
+                    .ok_or_else(|| PipelineError::Storage {
+                        location: self.describe(relative),
+                        message: "the store said the object exists, then that it does not".into(),
+                        retryable: true,
+                    })?;
+                if is_ours(&existing) {
+                    Ok(Created::Ours)
+                } else {
+                    Ok(Created::Theirs(existing))
+                }
+            }
+            Err(e) => Err(self.error(relative, e)),
+        }
+    }
+
+    /// The object at `relative`, or `None` when there is none.
+    pub async fn get(&self, relative: &str) -> Result<Option<bytes::Bytes>, PipelineError> {
+        match self.store.get(&self.child(relative)).await {
+            Ok(result) => Ok(Some(
+                result.bytes().await.map_err(|e| self.error(relative, e))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(relative, e)),
+        }
+    }
+
+    /// Every object under `relative` (recursively), as paths relative to this location, sorted.
+    pub async fn list(&self, relative: &str) -> Result<Vec<ListedObject>, PipelineError> {
+        use futures::TryStreamExt;
+        let prefix = self.child(relative);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(relative, e))?;
+        let mut listed: Vec<ListedObject> = objects
+            .into_iter()
+            .filter_map(|meta| {
+                let relative: Vec<String> = meta
+                    .location
+                    .prefix_match(&self.prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some(ListedObject {
+                    path: relative.join("/"),
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(listed)
+    }
+
+    /// Deletes `relative`; a missing object is not an error.
+    pub async fn delete(&self, relative: &str) -> Result<(), PipelineError> {
+        match self.store.delete(&self.child(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(relative, e)),
+        }
+    }
+}
+
+/// One object found by [`Location::list`].
+#[derive(Debug, Clone)]
+pub struct ListedObject {
+    pub path: String,
+    pub size: u64,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// The whole content of one file given as a path or URL.
@@ -123,9 +485,13 @@ pub fn read_file(spec: &str) -> Result<bytes::Bytes, PipelineError> {
     let (location, file) = Location::parse_file(spec)?;
     io_runtime()?
         .block_on(async { location.store.get(&file).await?.bytes().await })
-        .map_err(|e| PipelineError::Input {
-            location: spec.to_string(),
-            message: e.to_string(),
+        .map_err(|e| match storage_error(spec.to_string(), e) {
+            PipelineError::Storage {
+                retryable: false,
+                location,
+                message,
+            } => PipelineError::Input { location, message },
+            transient => transient,
         })
 }
 
@@ -135,4 +501,94 @@ pub fn io_runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
         .enable_all()
         .build()
         .map_err(|e| PipelineError::Worker(format!("cannot start an I/O runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_reach_debug_output_or_urls_in_messages() {
+        let options = StorageOptions {
+            endpoint: Some("http://user:hunter2@127.0.0.1:9000".into()),
+            options: [("aws_secret_access_key".to_string(), "hunter2".to_string())].into(),
+            ..Default::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(
+            shown.contains("aws_secret_access_key") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("https://acct.blob.core.windows.net/c/x.jsonl?sv=2024&sig=hunter2"),
+            "https://acct.blob.core.windows.net/c/x.jsonl?***"
+        );
+        assert_eq!(redact_url("s3://bucket/out"), "s3://bucket/out");
+        assert_eq!(redact_url("/local/path"), "/local/path");
+    }
+
+    #[test]
+    fn memory_urls_share_one_store_per_name() {
+        let rt = io_runtime().unwrap();
+        let a = Location::parse("memory://storage-test/out", true).unwrap();
+        rt.block_on(a.put("x/y.txt", b"hello".to_vec())).unwrap();
+        let b = Location::parse("memory://storage-test/out/x", false).unwrap();
+        assert_eq!(
+            rt.block_on(b.get("y.txt")).unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        let listed = rt.block_on(a.list("")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].path, "x/y.txt");
+        let other = Location::parse("memory://other-test/out", true).unwrap();
+        assert_eq!(rt.block_on(other.get("x/y.txt")).unwrap(), None);
+    }
+
+    #[test]
+    fn create_is_once_and_recognises_its_own_object() {
+        let rt = io_runtime().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap(), true).unwrap();
+        let ours = |b: &[u8]| b == b"writer-a";
+        assert_eq!(
+            rt.block_on(loc.create("m.json", b"writer-a".to_vec(), ours))
+                .unwrap(),
+            Created::Ours
+        );
+        // A retry of the same create (its first reply lost) finds its own object.
+        assert_eq!(
+            rt.block_on(loc.create("m.json", b"writer-a".to_vec(), ours))
+                .unwrap(),
+            Created::Ours
+        );
+        let theirs = |b: &[u8]| b == b"writer-b";
+        assert_eq!(
+            rt.block_on(loc.create("m.json", b"writer-b".to_vec(), theirs))
+                .unwrap(),
+            Created::Theirs(bytes::Bytes::from_static(b"writer-a"))
+        );
+    }
+
+    #[test]
+    fn large_files_are_uploaded_in_parts_and_read_back_whole() {
+        let rt = io_runtime().unwrap();
+        let loc = Location::parse("memory://multipart-test/", true).unwrap();
+        let bytes: Vec<u8> = (0..MULTIPART_THRESHOLD + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        rt.block_on(loc.put("big.bin", bytes.clone())).unwrap();
+        assert_eq!(rt.block_on(loc.get("big.bin")).unwrap().unwrap(), bytes);
+    }
+
+    #[test]
+    fn unknown_storage_options_are_refused_by_name() {
+        let url = url::Url::parse("s3://bucket/prefix").unwrap();
+        configure(StorageOptions {
+            options: [("aws_no_such_thing".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        });
+        let err = store_for_url(&url).err().unwrap();
+        configure(StorageOptions::default());
+        assert!(err.contains("aws_no_such_thing"), "{err}");
+    }
 }

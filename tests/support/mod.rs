@@ -30,7 +30,7 @@ pub fn read_pairs_with_pyarrow(dir: &Path) -> Vec<serde_json::Value> {
 import json, sys, glob
 import pyarrow.parquet as pq
 rows = []
-for f in sorted(glob.glob(sys.argv[1] + "/data/*.parquet")):
+for f in sorted(glob.glob(sys.argv[1] + "/data/**/*.parquet", recursive=True)):
     rows.extend(pq.read_table(f).to_pylist())
 rows.sort(key=lambda r: r["prompt_id"])
 print(json.dumps(rows))
