@@ -305,6 +305,10 @@ fn run(
         Some("rm-eval") => {
             eprintln!("steerflow: reward-model evaluation written to {output}: overall {}", summary["report"]["overall"])
         }
+        _ if summary["up_to_date"] == true => eprintln!(
+            "steerflow: nothing new: every prompt of the input is committed in {output} (latest run {})",
+            summary["run_id"].as_str().unwrap_or("?")
+        ),
         _ => {
             let counts = &summary["counts"];
             let throughput = &summary["throughput"];

@@ -179,14 +179,14 @@ pub fn run_filter_rank(
     let rt = io_runtime()?;
     let file = write_parquet_shard(
         &out,
-        &rt,
+        rt,
         &batch,
         ExportFormat::Conversational,
         Shard::plain(0, 1),
     )?;
     finish_dataset(
         &out,
-        &rt,
+        rt,
         std::slice::from_ref(&file),
         &source.rejects,
         &summary,

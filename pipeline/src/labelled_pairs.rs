@@ -268,7 +268,7 @@ pub fn run_labelled_pairs(
     if formats.contains(&ExportFormat::Conversational) {
         files.push(write_parquet_shard(
             &out,
-            &rt,
+            rt,
             &batch,
             ExportFormat::Conversational,
             Shard::plain(0, 1),
@@ -287,14 +287,14 @@ pub fn run_labelled_pairs(
         .collect();
     files.extend(write_text_exports(
         &out,
-        &rt,
+        rt,
         formats,
         &texts,
         render,
         Shard::plain(0, 1),
     )?);
     let description = format!("HelpSteer2-style pairs from labelled responses: chosen = higher `{by}`, equal `{by}` discarded.");
-    finish_dataset(&out, &rt, &files, &rejects, &summary, &description)?;
+    finish_dataset(&out, rt, &files, &rejects, &summary, &description)?;
     Ok(report)
 }
 

@@ -140,7 +140,7 @@ pub fn run_iterative_dpo(
     if to_process.is_empty() && input_rejects.is_empty() {
         if let Some(latest) = committed.last() {
             tracing::info!(run = %latest.run_id, "nothing new to do: every prompt of the input is committed");
-            return up_to_date(&output, &rt, &committed, &spec);
+            return up_to_date(&output, rt, &committed, &spec);
         }
     }
 
@@ -252,7 +252,7 @@ pub fn run_iterative_dpo(
         let shard_outcomes: Vec<&PromptOutcome> = part.outcomes.iter().collect();
         files.extend(write_run_shard(
             &output,
-            &rt,
+            rt,
             &spec,
             &ids,
             &shard_outcomes,
@@ -330,7 +330,7 @@ pub fn run_iterative_dpo(
         tracing::info!(run = %plan.run_id, "another launch of the same run committed it first; its commit stands");
     }
     let all = rt.block_on(committed_manifests(&output))?;
-    publish(&output, &rt, &all, &spec.description)?;
+    publish(&output, rt, &all, &spec.description)?;
     let swept = rt.block_on(store.sweep_parts(&markers))?;
     if swept > 0 {
         tracing::info!(swept, "removed the parts of losing attempts");

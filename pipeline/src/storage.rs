@@ -169,7 +169,10 @@ fn memory_store(name: &str) -> Arc<InMemory> {
 }
 
 /// Builds the store for a URL with the configured options.
-fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+fn store_for_url(
+    url: &url::Url,
+    options: &StorageOptions,
+) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
     if url.scheme() == "memory" {
         let prefix = StorePath::parse(url.path()).map_err(|e| e.to_string())?;
         let store: Arc<dyn ObjectStore> = memory_store(url.host_str().unwrap_or_default());
@@ -177,7 +180,6 @@ fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), St
     }
     let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
     let prefix = StorePath::parse(path).map_err(|e| e.to_string())?;
-    let options = current_options();
     let unknown = |key: &str| format!("storage option `{key}` is not known to this store");
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::Local => Arc::new(LocalFileSystem::new()),
@@ -246,6 +248,34 @@ pub fn storage_error(location: String, error: object_store::Error) -> PipelineEr
     }
 }
 
+/// Runs `op` again after a transient failure, with exponential backoff bounded by the configured
+/// retries. This sits above object_store's own retries: those do not repeat a request that may
+/// have reached the store but whose reply was lost (a reset after sending, a timeout), which is
+/// exactly what a conditional create must survive. Every operation retried here is idempotent
+/// (a whole-object put of the same bytes, a get, a list, a delete) or checks its own result (a
+/// create reads back what is there).
+async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, object_store::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, object_store::Error>>,
+{
+    let options = current_options();
+    let mut backoff = Duration::from_millis(options.initial_backoff_ms);
+    let max_backoff = Duration::from_secs_f64(options.max_backoff_seconds.max(0.0));
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if is_transient(&e) && attempt < options.max_retries => {
+                attempt += 1;
+                tracing::warn!(%what, attempt, error = %e, "storage request failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A place to read from or write to: a store and a prefix inside it.
 #[derive(Clone)]
 pub struct Location {
@@ -266,16 +296,25 @@ pub enum Created {
 }
 
 impl Location {
-    /// A URL (see the module header) or a local path. A local directory is created if missing
-    /// when `create` is set.
+    /// A URL (see the module header) or a local path, with the options set by [`configure`].
+    /// A local directory is created if missing when `create` is set.
     pub fn parse(spec: &str, create: bool) -> Result<Self, PipelineError> {
+        Self::parse_with(spec, &current_options(), create)
+    }
+
+    /// As [`Location::parse`] with explicit storage options.
+    pub fn parse_with(
+        spec: &str,
+        options: &StorageOptions,
+        create: bool,
+    ) -> Result<Self, PipelineError> {
         let fail = |message: String| PipelineError::Location {
             location: spec.to_string(),
             message,
         };
         if spec.contains("://") {
             let url = url::Url::parse(spec).map_err(|e| fail(e.to_string()))?;
-            let (store, prefix) = store_for_url(&url).map_err(fail)?;
+            let (store, prefix) = store_for_url(&url, options).map_err(fail)?;
             return Ok(Self {
                 store,
                 prefix,
@@ -368,22 +407,21 @@ impl Location {
     /// files a multipart upload, which becomes visible only when it completes.
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), PipelineError> {
         let path = self.child(relative);
-        if bytes.len() <= MULTIPART_THRESHOLD {
-            self.store
-                .put(&path, bytes.into())
-                .await
-                .map_err(|e| self.error(relative, e))?;
-            return Ok(());
-        }
-        let upload = self
-            .store
-            .put_multipart(&path)
-            .await
-            .map_err(|e| self.error(relative, e))?;
-        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
-        writer.write(&bytes);
-        writer.finish().await.map_err(|e| self.error(relative, e))?;
-        Ok(())
+        let payload = bytes::Bytes::from(bytes);
+        with_retries(relative, || async {
+            if payload.len() <= MULTIPART_THRESHOLD {
+                self.store.put(&path, payload.clone().into()).await?;
+                return Ok(());
+            }
+            let upload = self.store.put_multipart(&path).await?;
+            let mut writer =
+                object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+            writer.write(&payload);
+            writer.finish().await?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| self.error(relative, e))
     }
 
     /// Creates `relative` only if nothing is there. When something is, it is read back and
@@ -398,10 +436,13 @@ impl Location {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .store
-            .put_opts(&self.child(relative), bytes.into(), options)
-            .await
+        let path = self.child(relative);
+        let payload = bytes::Bytes::from(bytes);
+        match with_retries(relative, || {
+            self.store
+                .put_opts(&path, payload.clone().into(), options.clone())
+        })
+        .await
         {
             Ok(_) => Ok(Created::Ours),
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -425,10 +466,13 @@ impl Location {
 
     /// The object at `relative`, or `None` when there is none.
     pub async fn get(&self, relative: &str) -> Result<Option<bytes::Bytes>, PipelineError> {
-        match self.store.get(&self.child(relative)).await {
-            Ok(result) => Ok(Some(
-                result.bytes().await.map_err(|e| self.error(relative, e))?,
-            )),
+        let path = self.child(relative);
+        match with_retries(relative, || async {
+            self.store.get(&path).await?.bytes().await
+        })
+        .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(relative, e)),
         }
@@ -438,12 +482,11 @@ impl Location {
     pub async fn list(&self, relative: &str) -> Result<Vec<ListedObject>, PipelineError> {
         use futures::TryStreamExt;
         let prefix = self.child(relative);
-        let objects: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(relative, e))?;
+        let objects: Vec<object_store::ObjectMeta> = with_retries(relative, || {
+            self.store.list(Some(&prefix)).try_collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| self.error(relative, e))?;
         let mut listed: Vec<ListedObject> = objects
             .into_iter()
             .filter_map(|meta| {
@@ -465,7 +508,8 @@ impl Location {
 
     /// Deletes `relative`; a missing object is not an error.
     pub async fn delete(&self, relative: &str) -> Result<(), PipelineError> {
-        match self.store.delete(&self.child(relative)).await {
+        let path = self.child(relative);
+        match with_retries(relative, || self.store.delete(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(relative, e)),
         }
@@ -495,11 +539,23 @@ pub fn read_file(spec: &str) -> Result<bytes::Bytes, PipelineError> {
         })
 }
 
-/// A single-threaded tokio runtime for a blocking caller (the main thread or one worker).
-pub fn io_runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+/// The process's I/O runtime, shared by every blocking caller (the main thread, each worker).
+/// One runtime for all: an object store's HTTP connection pool belongs to the runtime that opened
+/// its connections, so a store used from two runtimes can wait forever on a connection whose
+/// runtime is not running.
+pub fn io_runtime() -> Result<&'static tokio::runtime::Runtime, PipelineError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("steerflow-io")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
         .map_err(|e| PipelineError::Worker(format!("cannot start an I/O runtime: {e}")))
 }
 
@@ -583,12 +639,11 @@ mod tests {
     #[test]
     fn unknown_storage_options_are_refused_by_name() {
         let url = url::Url::parse("s3://bucket/prefix").unwrap();
-        configure(StorageOptions {
+        let options = StorageOptions {
             options: [("aws_no_such_thing".to_string(), "1".to_string())].into(),
             ..Default::default()
-        });
-        let err = store_for_url(&url).err().unwrap();
-        configure(StorageOptions::default());
+        };
+        let err = store_for_url(&url, &options).err().unwrap();
         assert!(err.contains("aws_no_such_thing"), "{err}");
     }
 }

@@ -1,0 +1,794 @@
+//! Exactly-once runs, tested for real: the job killed at every step of the commit protocol and
+//! at random moments, then rerun; two launches of one run at once; faults injected between
+//! steerflow and S3; an input that grows between scheduled runs. On local disk, on moto (S3) and
+//! on azurite (Azure), both started on loopback here (`scripts/test` installs them).
+//!
+//! The models are the tiny checkpoints of `tests/fixtures/hf` (a causal Llama as the policy, a
+//! 5-label head as the reward model), so one run takes a fraction of a second and a test can
+//! kill and rerun it dozens of times. Every check compares against an uninterrupted run: the
+//! bytes of every data file, the manifest, and the prompt ids.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use steerflow_pipeline::commit::{digest, Manifest};
+use steerflow_pipeline::storage::{io_runtime, Location, StorageOptions};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("STEERFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv-test/bin/python"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server process on loopback, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(kind: &str, port: u16) {
+    let status = Command::new(python())
+        .arg(workspace().join("jobs/tests/servers/setup.py"))
+        .args([kind, &port.to_string(), "steerflow"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating the {kind} bucket failed");
+}
+
+fn moto() -> Server {
+    let moto = python().parent().unwrap().join("moto_server");
+    assert!(
+        moto.exists(),
+        "{} is missing: run ./scripts/test (it installs moto into .venv-test)",
+        moto.display()
+    );
+    let port = free_port();
+    let mut child = Command::new(moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "moto_server");
+    setup("s3", port);
+    Server {
+        child,
+        port,
+        _dir: None,
+    }
+}
+
+fn azurite() -> Server {
+    let bin = workspace().join("target/test-servers/node_modules/.bin/azurite-blob");
+    assert!(
+        bin.exists(),
+        "{} is missing: run ./scripts/test (it installs azurite from npm)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .arg("--location")
+        .arg(dir.path())
+        .args(["--silent", "--skipApiVersionCheck"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "azurite-blob");
+    setup("azure", port);
+    Server {
+        child,
+        port,
+        _dir: Some(dir),
+    }
+}
+
+fn faulty_proxy(upstream: u16, faults: &[&str]) -> Server {
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(workspace().join("jobs/tests/servers/faulty_proxy.py"))
+        .args([port.to_string(), upstream.to_string()])
+        .args(faults)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "faulty_proxy.py");
+    Server {
+        child,
+        port,
+        _dir: None,
+    }
+}
+
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Where a test writes: a URL prefix and how to reach it.
+struct Backend {
+    root: String,
+    storage: StorageOptions,
+}
+
+impl Backend {
+    fn local(dir: &Path) -> Self {
+        Self {
+            root: dir.display().to_string(),
+            storage: StorageOptions::default(),
+        }
+    }
+
+    fn s3(port: u16) -> Self {
+        Self {
+            root: "s3://steerflow".into(),
+            storage: StorageOptions {
+                endpoint: Some(format!("http://127.0.0.1:{port}")),
+                allow_http: Some(true),
+                region: Some("us-east-1".into()),
+                options: [
+                    ("aws_access_key_id".to_string(), "test".to_string()),
+                    ("aws_secret_access_key".to_string(), "test".to_string()),
+                ]
+                .into(),
+                max_retries: 6,
+                initial_backoff_ms: 20,
+                max_backoff_seconds: 0.5,
+                retry_timeout_seconds: 20.0,
+                request_timeout_seconds: 1.5,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn azure(port: u16) -> Self {
+        Self {
+            root: "az://steerflow".into(),
+            storage: StorageOptions {
+                endpoint: Some(format!("http://127.0.0.1:{port}/devstoreaccount1")),
+                allow_http: Some(true),
+                options: [
+                    (
+                        "azure_storage_account_name".to_string(),
+                        "devstoreaccount1".to_string(),
+                    ),
+                    (
+                        "azure_storage_account_key".to_string(),
+                        AZURITE_KEY.to_string(),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn output(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    fn location(&self, name: &str) -> Location {
+        Location::parse_with(&self.output(name), &self.storage, false).unwrap()
+    }
+}
+
+/// 12 prompts and one bad line.
+fn write_input(path: &Path, prompts: std::ops::Range<usize>) {
+    let mut text = String::new();
+    for i in prompts {
+        text.push_str(&format!(
+            "{{\"id\": \"p{i:02}\", \"prompt\": \"Question number {i}: name something.\"}}\n"
+        ));
+        if i == 5 {
+            text.push_str("{\"id\": \"broken\", \"prompt\": 7}\n");
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A job file over the tiny fixture models.
+fn write_job(
+    dir: &Path,
+    name: &str,
+    input: &Path,
+    output: &str,
+    storage: &StorageOptions,
+) -> PathBuf {
+    let fixtures = workspace().join("tests/fixtures/hf");
+    let storage_toml = toml::to_string(&toml::Table::from_iter([(
+        "storage".to_string(),
+        toml::Value::try_from(storage).unwrap(),
+    )]))
+    .unwrap();
+    let job = format!(
+        r#"
+[job]
+seed = 7
+workers = 2
+[input]
+path = "{input}"
+max_rejects = 3
+[policy]
+model = "{policy}"
+[sampling]
+samples_per_prompt = 3
+max_new_tokens = 6
+[reward]
+kind = "sequence-classification"
+model = "{reward}"
+[output]
+path = "{output}"
+shards = 4
+{storage_toml}
+"#,
+        input = input.display(),
+        policy = fixtures.join("llama3-f32").display(),
+        reward = fixtures.join("llama-seqcls5-f32").display(),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, job).unwrap();
+    path
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn steerflow(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run_job(job: &Path, env: &[(&str, &str)]) -> Outcome {
+    steerflow(&["run", job.to_str().unwrap()], env)
+}
+
+/// Starts the job and SIGKILLs it after `after`; returns whether it was still running.
+fn kill_after(job: &Path, after: Duration) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(["run", job.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    running
+}
+
+/// What a reader of the output can see, minus what legitimately differs between launches
+/// (writer ids, commit times, timings): every data file's digest, the manifests' files,
+/// prompts and counts. Also checks that no data file outside a manifest is visible and that
+/// every committed run's parts are exactly its markers' parts.
+fn snapshot(location: &Location) -> BTreeMap<String, String> {
+    let rt = io_runtime().unwrap();
+    let objects = rt.block_on(location.list("")).unwrap();
+    let manifests = rt
+        .block_on(steerflow_pipeline::commit::committed_manifests(location))
+        .unwrap();
+    let listed: BTreeSet<String> = manifests
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+        .chain(manifests.iter().filter_map(|m| m.rejects_file.clone()))
+        .collect();
+    let mut snap = BTreeMap::new();
+    for o in &objects {
+        let top = o.path.split('/').next().unwrap();
+        if ["data", "standard", "nemo", "rejects"].contains(&top) {
+            assert!(
+                listed.contains(&o.path),
+                "{} is visible but in no manifest",
+                o.path
+            );
+            let bytes = rt.block_on(location.get(&o.path)).unwrap().unwrap();
+            snap.insert(o.path.clone(), digest(&bytes));
+        }
+    }
+    for m in &manifests {
+        let Manifest {
+            run_id,
+            lineage,
+            prompts,
+            input_rejects,
+            files,
+            rejects_file,
+            counts,
+            ..
+        } = m.clone();
+        let stable = serde_json::json!([
+            run_id,
+            lineage,
+            prompts,
+            input_rejects,
+            files,
+            rejects_file,
+            counts
+        ]);
+        snap.insert(format!("manifest {run_id}"), stable.to_string());
+        let parts: BTreeSet<String> = objects
+            .iter()
+            .filter(|o| o.path.starts_with(&format!("_runs/{run_id}/parts/")))
+            .map(|o| o.path.clone())
+            .collect();
+        let markers = rt
+            .block_on(
+                steerflow_pipeline::commit::RunStore::new(location.clone(), &run_id, "test")
+                    .markers(),
+            )
+            .unwrap();
+        let winners: BTreeSet<String> = markers.values().map(|m| m.part.clone()).collect();
+        assert_eq!(
+            parts, winners,
+            "parts of losing attempts were left after the commit"
+        );
+    }
+    let readme = rt.block_on(location.get("README.md")).unwrap();
+    if let Some(readme) = readme {
+        let readme = String::from_utf8_lossy(&readme);
+        for path in listed.iter().filter(|p| p.starts_with("data/")) {
+            assert!(
+                readme.contains(&format!("    - {path}\n")),
+                "README misses {path}"
+            );
+        }
+    }
+    snap
+}
+
+/// Prompt ids of every committed run, checked for duplicates.
+fn committed_prompt_ids(location: &Location) -> Vec<String> {
+    let rt = io_runtime().unwrap();
+    let manifests = rt
+        .block_on(steerflow_pipeline::commit::committed_manifests(location))
+        .unwrap();
+    let ids: Vec<String> = manifests
+        .iter()
+        .flat_map(|m| m.prompts.iter().map(|k| k.id.clone()))
+        .collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "a prompt was committed twice: {ids:?}"
+    );
+    ids
+}
+
+/// The reference: one uninterrupted run.
+fn reference(dir: &Path, backend: &Backend, input: &Path) -> BTreeMap<String, String> {
+    let job = write_job(
+        dir,
+        "reference.toml",
+        input,
+        &backend.output("reference"),
+        &backend.storage,
+    );
+    let out = run_job(&job, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let location = backend.location("reference");
+    let ids = committed_prompt_ids(&location);
+    let expected: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(ids, expected, "every prompt, once");
+    snapshot(&location)
+}
+
+const CRASH_POINTS: [&str; 9] = [
+    "part-written:1",
+    "part-written:3",
+    "shard-marker:1",
+    "shard-marker:2",
+    "shard-marker:4",
+    "data-file:1",
+    "data-file:3",
+    "before-commit:1",
+    "committed:1",
+];
+
+/// Kills the job at every crash point (and then at `random_kills` random moments), reruns it
+/// each time, and compares with the uninterrupted run.
+fn kill_and_rerun(backend: &Backend, random_kills: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 0..12);
+    let expected = reference(dir.path(), backend, &input);
+    assert!(expected.keys().any(|k| k.starts_with("data/")));
+
+    for (i, point) in CRASH_POINTS.iter().enumerate() {
+        let name = format!("crash-{i}");
+        let job = write_job(
+            dir.path(),
+            &format!("{name}.toml"),
+            &input,
+            &backend.output(&name),
+            &backend.storage,
+        );
+        let crashed = run_job(&job, &[("STEERFLOW_CRASH_AT", point)]);
+        assert_eq!(
+            crashed.code, None,
+            "{point}: the process should have aborted: {}",
+            crashed.stderr
+        );
+        assert!(crashed
+            .stderr
+            .contains(&format!("aborting at {}", point.split(':').next().unwrap())));
+        // A second crash in the rerun, at another step, before the run is let finish.
+        let second = CRASH_POINTS[(i + 4) % CRASH_POINTS.len()];
+        let _ = run_job(&job, &[("STEERFLOW_CRASH_AT", second)]);
+        let rerun = run_job(&job, &[]);
+        assert_eq!(
+            rerun.code,
+            Some(0),
+            "{point} then {second}: {}",
+            rerun.stderr
+        );
+        let location = backend.location(&name);
+        assert_eq!(
+            snapshot(&location),
+            expected,
+            "output after a crash at {point} then {second}"
+        );
+        let ids = committed_prompt_ids(&location);
+        assert_eq!(ids.len(), 12);
+    }
+
+    // SIGKILL at pseudo-random moments (a fixed sequence, so a failure can be replayed).
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut killed_while_running = 0;
+    for i in 0..random_kills {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let after = Duration::from_millis(20 + state % 600);
+        let name = format!("kill-{i}");
+        let job = write_job(
+            dir.path(),
+            &format!("{name}.toml"),
+            &input,
+            &backend.output(&name),
+            &backend.storage,
+        );
+        if kill_after(&job, after) {
+            killed_while_running += 1;
+        }
+        let rerun = run_job(&job, &[]);
+        assert_eq!(
+            rerun.code,
+            Some(0),
+            "killed after {after:?}: {}",
+            rerun.stderr
+        );
+        assert_eq!(
+            snapshot(&backend.location(&name)),
+            expected,
+            "output after a SIGKILL at {after:?}"
+        );
+    }
+    assert!(
+        random_kills == 0 || killed_while_running > 0,
+        "no random kill landed while the job was running"
+    );
+}
+
+#[test]
+fn killed_at_any_point_and_rerun_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_and_rerun(&Backend::local(dir.path()), 16);
+}
+
+#[test]
+fn killed_at_any_point_and_rerun_on_s3() {
+    let server = moto();
+    kill_and_rerun(&Backend::s3(server.port), 8);
+}
+
+#[test]
+fn killed_at_any_point_and_rerun_on_azure() {
+    let server = azurite();
+    kill_and_rerun(&Backend::azure(server.port), 4);
+}
+
+fn two_at_once(backend: &Backend, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 0..12);
+    let expected = reference(dir.path(), backend, &input);
+    for round in 0..rounds {
+        let name = format!("twice-{round}");
+        let job = write_job(
+            dir.path(),
+            &format!("{name}.toml"),
+            &input,
+            &backend.output(&name),
+            &backend.storage,
+        );
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_steerflow"))
+                .args(["run", job.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let logs = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&a.stderr),
+            String::from_utf8_lossy(&b.stderr)
+        );
+        assert!(a.status.success() && b.status.success(), "{logs}");
+        assert_eq!(
+            logs.matches(": run committed run=").count(),
+            1,
+            "exactly one commit:\n{logs}"
+        );
+        assert_eq!(snapshot(&backend.location(&name)), expected);
+        assert_eq!(committed_prompt_ids(&backend.location(&name)).len(), 12);
+    }
+}
+
+#[test]
+fn two_launches_at_once_commit_once_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    two_at_once(&Backend::local(dir.path()), 4);
+}
+
+#[test]
+fn two_launches_at_once_commit_once_on_s3_and_azure() {
+    let s3 = moto();
+    two_at_once(&Backend::s3(s3.port), 3);
+    let az = azurite();
+    two_at_once(&Backend::azure(az.port), 2);
+}
+
+#[test]
+fn faults_between_steerflow_and_s3_complete_or_fail_retryably_with_nothing_committed() {
+    let server = moto();
+    let direct = Backend::s3(server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 0..12);
+    let expected = reference(dir.path(), &direct, &input);
+
+    // 503s, resets, slow replies beyond the request timeout and lost replies to creates: the
+    // run completes, identical to the reference.
+    for (round, faults) in [
+        vec![
+            "--fail-every",
+            "3",
+            "--reset-every",
+            "7",
+            "--drop-create-replies",
+        ],
+        vec![
+            "--slow-every",
+            "5",
+            "--slow-seconds",
+            "2.5",
+            "--fail-every",
+            "4",
+        ],
+        vec!["--drop-create-replies", "--reset-every", "5"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let proxy = faulty_proxy(server.port, &faults);
+        let through = Backend::s3(proxy.port);
+        let name = format!("faulty-{round}");
+        let job = write_job(
+            dir.path(),
+            &format!("{name}.toml"),
+            &input,
+            &through.output(&name),
+            &through.storage,
+        );
+        let out = run_job(&job, &[]);
+        assert_eq!(out.code, Some(0), "{faults:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("retrying") || out.stderr.contains("retry"),
+            "{faults:?}: no fault was met"
+        );
+        assert_eq!(snapshot(&direct.location(&name)), expected, "{faults:?}");
+    }
+
+    // An outage: the run fails with the retryable exit code and commits nothing; rerun once the
+    // store is back, it finishes with the reference output.
+    let proxy = faulty_proxy(server.port, &["--down-after", "12"]);
+    let through = Backend::s3(proxy.port);
+    let job = write_job(
+        dir.path(),
+        "outage.toml",
+        &input,
+        &through.output("outage"),
+        &through.storage,
+    );
+    let out = run_job(&job, &[]);
+    assert_eq!(
+        out.code,
+        Some(steerflow::exit_code::RETRYABLE),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("rerun the same command"),
+        "{}",
+        out.stderr
+    );
+    let location = direct.location("outage");
+    let rt = io_runtime().unwrap();
+    assert!(rt
+        .block_on(steerflow_pipeline::commit::committed_manifests(&location))
+        .unwrap()
+        .is_empty());
+    assert_eq!(rt.block_on(location.get("README.md")).unwrap(), None);
+    let job = write_job(
+        dir.path(),
+        "outage-rerun.toml",
+        &input,
+        &direct.output("outage"),
+        &direct.storage,
+    );
+    let out = run_job(&job, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(snapshot(&location), expected);
+}
+
+fn incremental(backend: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 0..8);
+    let job = write_job(
+        dir.path(),
+        "job.toml",
+        &input,
+        &backend.output("incremental"),
+        &backend.storage,
+    );
+    let first = run_job(&job, &[]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let location = backend.location("incremental");
+    let before = snapshot(&location);
+
+    // The same input again: nothing to do.
+    let again = run_job(&job, &[]);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stderr.contains("nothing new"), "{}", again.stderr);
+    assert_eq!(snapshot(&location), before);
+
+    // The input grows by 4 prompts: only they are sampled, in a second run beside the first.
+    write_input(&input, 0..12);
+    let grown = run_job(&job, &[]);
+    assert_eq!(grown.code, Some(0), "{}", grown.stderr);
+    let rt = io_runtime().unwrap();
+    let manifests = rt
+        .block_on(steerflow_pipeline::commit::committed_manifests(&location))
+        .unwrap();
+    assert_eq!(manifests.len(), 2);
+    let summary: serde_json::Value = serde_json::from_slice(
+        &rt.block_on(location.get(&manifests[1].summary_file))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["incremental"]["prompts_new"], 4, "{summary}");
+    assert_eq!(summary["incremental"]["prompts_already_committed"], 8);
+    assert_eq!(summary["counts"]["prompts"], 4);
+    assert_eq!(summary["counts"]["samples"], 12);
+    assert_eq!(summary["tokens"]["prompts_sampled"], 4);
+    // The bad line was reported by the first run, not again.
+    assert_eq!(summary["counts"]["rejected"], 0);
+    let ids = committed_prompt_ids(&location);
+    assert_eq!(ids.len(), 12);
+    // The first run's files are untouched.
+    let after = snapshot(&location);
+    for (k, v) in &before {
+        assert_eq!(after.get(k), Some(v), "{k} changed");
+    }
+    let runs = steerflow(
+        &[
+            "runs",
+            &backend.output("incremental"),
+            "--config",
+            job.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(runs.code, Some(0), "{}", runs.stderr);
+}
+
+#[test]
+fn a_grown_input_processes_only_the_new_prompts_locally_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    incremental(&Backend::local(dir.path()));
+    let server = moto();
+    incremental(&Backend::s3(server.port));
+}
+
+#[test]
+fn runs_lists_committed_and_unfinished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_input(&input, 0..12);
+    let backend = Backend::local(dir.path());
+    let job = write_job(
+        dir.path(),
+        "job.toml",
+        &input,
+        &backend.output("out"),
+        &backend.storage,
+    );
+    let crashed = run_job(&job, &[("STEERFLOW_CRASH_AT", "shard-marker:2")]);
+    assert_eq!(crashed.code, None);
+    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(["runs", &backend.output("out")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\tincomplete (") && text.contains(" of 4 shards)"),
+        "{text}"
+    );
+    assert_eq!(run_job(&job, &[]).code, Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(["runs", &backend.output("out")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.contains("\tcommitted\t") && line.contains("\t12\t"),
+        "{text}"
+    );
+}
