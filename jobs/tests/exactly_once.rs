@@ -749,11 +749,13 @@ fn incremental(backend: &Backend) {
 }
 
 #[test]
-fn a_grown_input_processes_only_the_new_prompts_locally_and_on_s3() {
+fn a_grown_input_processes_only_the_new_prompts_on_every_store() {
     let dir = tempfile::tempdir().unwrap();
     incremental(&Backend::local(dir.path()));
     let server = moto();
     incremental(&Backend::s3(server.port));
+    let server = azurite();
+    incremental(&Backend::azure(server.port));
 }
 
 #[test]
