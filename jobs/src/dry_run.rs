@@ -10,6 +10,7 @@ use std::path::Path;
 use steerflow_models::registry::{cache_dir, locate_model_without_install, ModelLocation};
 use steerflow_pipeline::reject::enforce_limit;
 use steerflow_pipeline::source::{read_prompts, RecordShape};
+use steerflow_pipeline::storage::redact_url;
 
 /// Where a model would come from, without loading or installing it.
 fn describe_model(spec: &str) -> Result<Value, JobError> {
@@ -24,11 +25,29 @@ fn describe_model(spec: &str) -> Result<Value, JobError> {
     })
 }
 
-/// Whether a local output directory could be created and written; URLs are not probed.
+/// The committed runs in an existing output and the prompt ids they settled (nothing when the
+/// output does not exist yet). For a URL this lists the output, which checks the credentials.
+fn committed_prompts(output: &str) -> Result<(usize, std::collections::HashSet<String>), JobError> {
+    let local = !output.contains("://") || output.starts_with("file://");
+    if local && !Path::new(output.trim_start_matches("file://")).is_dir() {
+        return Ok((0, Default::default()));
+    }
+    let location = steerflow_pipeline::storage::Location::parse(output, false)?;
+    let rt = steerflow_pipeline::storage::io_runtime()?;
+    let manifests = rt.block_on(steerflow_pipeline::commit::committed_manifests(&location))?;
+    let ids = manifests
+        .iter()
+        .flat_map(|m| m.prompts.iter().map(|k| k.id.clone()))
+        .collect();
+    Ok((manifests.len(), ids))
+}
+
+/// Whether a local output directory could be created and written; URLs are listed (above), not
+/// written.
 fn output_writable(output: &str) -> Result<Value, JobError> {
     if output.contains("://") && !output.starts_with("file://") {
         return Ok(
-            json!({ "location": output, "checked": false, "note": "remote locations are checked when the run writes" }),
+            json!({ "location": redact_url(output), "checked": false, "note": "remote locations are listed, not written, by a dry run" }),
         );
     }
     let path = Path::new(output.trim_start_matches("file://"));
@@ -78,8 +97,9 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
                 .map(|m| m.content.chars().count())
                 .sum();
             json!({
-                "path": config.input.path,
+                "path": redact_url(&config.input.path),
                 "records": source.records,
+                "prompt_ids": source.prompts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
                 "usable": source.prompts.len(),
                 "rejected": source.rejects.len(),
                 "first_rejects": source.rejects.iter().take(5).map(|r| r.to_string()).collect::<Vec<_>>(),
@@ -88,12 +108,24 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
         }
         _ => {
             let bytes = steerflow_pipeline::storage::read_file(&config.input.path)?;
-            json!({ "path": config.input.path, "bytes": bytes.len(), "note": "records are checked when the job reads them" })
+            json!({ "path": redact_url(&config.input.path), "bytes": bytes.len(), "note": "records are checked when the job reads them" })
         }
     };
+    let mut input = input;
+    let ids: Vec<String> = input
+        .as_object_mut()
+        .and_then(|o| o.remove("prompt_ids"))
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut output = output_writable(&config.output.path)?;
     let mut estimate = json!({});
     if kind == "iterative-dpo" {
-        let prompts = input["usable"].as_u64().unwrap_or(0);
+        // What earlier runs in the output already settled (read only; also checks access).
+        let committed = committed_prompts(&config.output.path)?;
+        let new = ids.iter().filter(|id| !committed.1.contains(*id)).count() as u64;
+        output["committed_runs"] = json!(committed.0);
+        output["prompts_already_committed"] = json!(ids.len() as u64 - new);
+        let prompts = new;
         let n = u64::from(config.sampling.samples_per_prompt);
         estimate = json!({
             "prompts": prompts,
@@ -108,7 +140,7 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
         "dry_run": true,
         "models": models,
         "input": input,
-        "output": output_writable(&config.output.path)?,
+        "output": output,
         "estimate": estimate,
         "cache_dir": cache_dir(),
     }))

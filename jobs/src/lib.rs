@@ -25,6 +25,7 @@ use steerflow_operators::attributes::{HELPSTEER2, NEMO_NINE};
 use steerflow_operators::goodness::GoodnessWeights;
 use steerflow_operators::normalize::NormStats;
 use steerflow_operators::steerlm::steer_label;
+use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::reject::RejectLimit;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
 use steerflow_pipeline::sink::ExportFormat;
@@ -457,12 +458,27 @@ pub fn export_formats(names: &[String]) -> Result<Vec<ExportFormat>, JobError> {
 
 /// Runs a job of any kind and returns its summary.
 pub fn run_any(config: &JobConfig) -> Result<serde_json::Value, JobError> {
+    run_any_on(config, &ClusterSpec::single(config.job.workers))
+}
+
+/// As [`run_any`] as one process of a cluster (iterative-dpo only: the scoring-only jobs run
+/// without the dataflow, on one process).
+pub fn run_any_on(
+    config: &JobConfig,
+    cluster: &ClusterSpec,
+) -> Result<serde_json::Value, JobError> {
+    if cluster.processes > 1 && config.job.kind != "iterative-dpo" {
+        return Err(invalid(format!(
+            "job.kind `{}` runs on one process; cluster mode (--processes) is for iterative-dpo",
+            config.job.kind
+        )));
+    }
     match config.job.kind.as_str() {
         "rm-eval" => run_rm_eval_job(config),
         "steerlm-annotate" => run_annotate_job(config),
         "helpsteer2-pairs" => run_labelled_pairs_job(config),
         "filter-rank" => run_filter_rank_job(config),
-        _ => Ok(run_job(config)?.summary),
+        _ => Ok(run_job_on(config, cluster.clone())?.summary),
     }
 }
 
@@ -611,6 +627,12 @@ pub fn run_rm_eval_job(config: &JobConfig) -> Result<serde_json::Value, JobError
 
 /// Runs the job a config describes.
 pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
+    run_job_on(config, ClusterSpec::single(config.job.workers))
+}
+
+/// As [`run_job`] as process `cluster.process` of `cluster.processes`.
+pub fn run_job_on(config: &JobConfig, cluster: ClusterSpec) -> Result<RunReport, JobError> {
+    cluster.validate().map_err(invalid)?;
     let plan = plan(config)?;
     let models = load_models(config)?;
     if models.reward.attribute_names() == ["reward"] && plan.normalization == Normalization::Run {
@@ -646,9 +668,10 @@ pub fn run_job(config: &JobConfig) -> Result<RunReport, JobError> {
         normalization: plan.normalization,
         min_margin: config.pairs.min_margin,
         max_rejects: plan.max_rejects,
-        workers: config.job.workers,
+        workers: cluster.workers,
         description,
         formats: export_formats(&config.output.formats)?,
+        cluster,
     };
     Ok(run_iterative_dpo(spec, plan.input_format, models)?)
 }

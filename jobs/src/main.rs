@@ -4,7 +4,8 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use steerflow::config::load_config;
-use steerflow::{run_any, JobError};
+use steerflow::{run_any_on, JobError};
+use steerflow_pipeline::cluster::ClusterSpec;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -16,6 +17,89 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Cluster mode: every process runs the same command with its own `--process`.
+#[derive(clap::Args, Default)]
+struct ClusterArgs {
+    /// Processes in the cluster (default: `STEERFLOW_PROCESSES`, Slurm's `SLURM_NTASKS`,
+    /// `WORLD_SIZE`, or 1).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// This process, from 0 (default: `STEERFLOW_PROCESS`, `SLURM_PROCID`, Kubernetes'
+    /// `JOB_COMPLETION_INDEX`, `RANK`, or 0). Process 0 commits the run.
+    #[arg(long)]
+    process: Option<usize>,
+    /// A file with one `host:port` per process, in process order (default: `STEERFLOW_HOSTS`).
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// Seconds to wait for every peer to connect before giving up.
+    #[arg(long, default_value_t = 120.0)]
+    connect_timeout: f64,
+}
+
+/// The first of these environment variables that is set, as a number.
+fn env_number(names: &[&str]) -> Result<Option<usize>, JobError> {
+    for name in names {
+        if let Ok(value) = std::env::var(name) {
+            return value.trim().parse().map(Some).map_err(|_| {
+                JobError::Config(steerflow::config::ConfigError::Invalid(format!(
+                    "{name}={value} is not a process count or index"
+                )))
+            });
+        }
+    }
+    Ok(None)
+}
+
+impl ClusterArgs {
+    fn resolve(&self, workers: usize) -> Result<ClusterSpec, JobError> {
+        let invalid = |m: String| JobError::Config(steerflow::config::ConfigError::Invalid(m));
+        let processes = match self.processes {
+            Some(p) => p,
+            None => {
+                env_number(&["STEERFLOW_PROCESSES", "SLURM_NTASKS", "WORLD_SIZE"])?.unwrap_or(1)
+            }
+        };
+        let process = match self.process {
+            Some(p) => p,
+            None => env_number(&[
+                "STEERFLOW_PROCESS",
+                "SLURM_PROCID",
+                "JOB_COMPLETION_INDEX",
+                "RANK",
+            ])?
+            .unwrap_or(0),
+        };
+        let hosts = self
+            .hosts
+            .clone()
+            .or_else(|| std::env::var_os("STEERFLOW_HOSTS").map(PathBuf::from));
+        let addresses = match (&hosts, processes) {
+            (_, 1) => Vec::new(),
+            (None, _) => {
+                return Err(invalid(format!(
+                    "{processes} processes need --hosts (a file with one host:port per process)"
+                )))
+            }
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    invalid(format!("cannot read hostfile {}: {e}", file.display()))
+                })?;
+                steerflow_pipeline::cluster::parse_hostfile(&text, &file.display().to_string())
+                    .map_err(invalid)?
+            }
+        };
+        let spec = ClusterSpec {
+            processes,
+            process,
+            addresses,
+            workers,
+            connect_timeout: std::time::Duration::from_secs_f64(self.connect_timeout.max(0.0)),
+        };
+        spec.validate().map_err(invalid)?;
+        Ok(spec)
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,6 +117,20 @@ enum Command {
         /// Check the job and print its plan as JSON; load no model and write nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Run a job as P processes on this machine over loopback (to try cluster mode).
+    LaunchLocal {
+        /// The TOML job file.
+        config: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        /// Workers per process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Score every response of a file with a reward model, to check a model before a long run.
     Score {
@@ -110,6 +208,21 @@ enum Command {
 }
 
 fn main() {
+    // A peer process that dies makes timely's network thread panic with this message; the
+    // workers would then wait forever. Exit instead, so the scheduler can rerun the job (it
+    // resumes through the commit protocol).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.to_string();
+        if message.contains("timely communication error") {
+            eprintln!(
+                "steerflow: error: lost the connection to a peer process ({message}); \
+                 nothing was committed by this process: rerun the whole job to resume"
+            );
+            std::process::exit(steerflow::exit_code::FAILURE);
+        }
+        default_hook(info);
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -124,7 +237,14 @@ fn main() {
             set,
             workers,
             dry_run,
-        } => run(&config, set, workers, dry_run),
+            cluster,
+        } => run(&config, set, workers, dry_run, &cluster),
+        Command::LaunchLocal {
+            config,
+            processes,
+            workers,
+            set,
+        } => launch_local(&config, processes, workers, &set),
         Command::Score {
             reward_model,
             kind,
@@ -200,6 +320,79 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `steerflow launch-local`: P processes of this binary on loopback ports; the first failure's
+/// exit code, else 0.
+fn launch_local(
+    config: &Path,
+    processes: usize,
+    workers: usize,
+    set: &[String],
+) -> Result<(), JobError> {
+    let invalid = |m: String| JobError::Config(steerflow::config::ConfigError::Invalid(m));
+    if processes == 0 {
+        return Err(invalid("--processes must be at least 1".into()));
+    }
+    let ports: Vec<u16> = (0..processes)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(format!("no free loopback port: {e}")))?;
+    let hostfile = tempfile::NamedTempFile::new()
+        .map_err(|e| invalid(format!("cannot write a hostfile: {e}")))?;
+    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(hostfile.path(), hosts)
+        .map_err(|e| invalid(format!("cannot write a hostfile: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| invalid(e.to_string()))?;
+    let mut children = Vec::new();
+    for process in 0..processes {
+        let mut command = std::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg(config)
+            .args(["--workers", &workers.to_string()])
+            .args(["--processes", &processes.to_string()])
+            .args(["--process", &process.to_string()])
+            .arg("--hosts")
+            .arg(hostfile.path());
+        for s in set {
+            command.args(["--set", s]);
+        }
+        // The processes share this machine's cores: give each its share of compute threads.
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            command.env(
+                "RAYON_NUM_THREADS",
+                (cores / (processes * workers.max(1))).max(1).to_string(),
+            );
+        }
+        children.push(
+            command
+                .spawn()
+                .map_err(|e| invalid(format!("cannot start process {process}: {e}")))?,
+        );
+    }
+    let mut first_failure = None;
+    for (process, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().map_err(|e| invalid(e.to_string()))?;
+        if !status.success() && first_failure.is_none() {
+            first_failure = Some((
+                process,
+                status.code().unwrap_or(steerflow::exit_code::FAILURE),
+            ));
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((process, code)) => {
+            eprintln!("steerflow: launch-local: process {process} failed");
+            std::process::exit(code)
+        }
+    }
+}
+
 /// `steerflow runs`: one line per run on stdout.
 fn runs(
     output: &str,
@@ -265,6 +458,7 @@ fn run(
     mut overrides: Vec<String>,
     workers: Option<usize>,
     dry_run: bool,
+    cluster: &ClusterArgs,
 ) -> Result<(), JobError> {
     // Embedded defaults < the file < STEERFLOW_SECTION__KEY variables < --set and --workers.
     let mut layered = steerflow::config::env_overrides(std::env::vars());
@@ -287,9 +481,14 @@ fn run(
         compute_threads = threads,
         "threads"
     );
-    let summary = run_any(&config)?;
+    let cluster = cluster.resolve(config.job.workers)?;
+    let summary = run_any_on(&config, &cluster)?;
     let output = summary["output"].as_str().unwrap_or_default();
     match summary["job"].as_str() {
+        _ if summary.get("committed_by").is_some() => eprintln!(
+            "steerflow: process {} of {}: its share of run {} is done; process 0 commits it to {output}",
+            summary["process"], summary["processes"], summary["run_id"].as_str().unwrap_or("?")
+        ),
         Some("steerlm-annotate") => eprintln!(
             "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {output}",
             summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],

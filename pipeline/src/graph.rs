@@ -213,44 +213,65 @@ fn score_samples(
 pub enum Settled {
     Outcome(PromptOutcome),
     Rejected(Reject),
+    /// How many prompts `shard` holds in this run (sent by the worker that feeds the prompts).
+    Expect {
+        shard: usize,
+        prompts: u64,
+    },
 }
 
 /// Collects settled prompts per shard and reports a shard as complete once it holds
 /// `expected[shard]` prompts. Pure bookkeeping, tested without dataflow.
 #[derive(Debug, Default)]
 pub struct ShardCollector {
-    expected: Vec<u64>,
+    expected: HashMap<usize, u64>,
     pending: HashMap<usize, Vec<Settled>>,
 }
 
 impl ShardCollector {
-    pub fn new(expected: Vec<u64>) -> Self {
-        Self {
-            expected,
-            pending: HashMap::new(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Adds one settled prompt of `shard`; returns the shard's part when it is complete.
+    /// Adds one settled prompt of `shard`, or the shard's expected count; returns the shard's
+    /// part when it is complete (its count is known and that many prompts are in).
     pub fn add(&mut self, shard: usize, item: Settled) -> Option<ShardPart> {
-        let items = self.pending.entry(shard).or_default();
-        items.push(item);
-        if items.len() as u64 != self.expected.get(shard).copied().unwrap_or(0) {
+        match item {
+            Settled::Expect { prompts, .. } => {
+                self.expected.insert(shard, prompts);
+            }
+            item => self.pending.entry(shard).or_default().push(item),
+        }
+        let expected = *self.expected.get(&shard)?;
+        let have = self.pending.get(&shard).map_or(0, Vec::len) as u64;
+        if have != expected {
             return None;
         }
+        self.expected.remove(&shard);
         let items = self.pending.remove(&shard).unwrap_or_default();
         Some(shard_part(shard, items))
     }
 
-    /// Shards that never completed, with how many prompts each holds and expects.
-    pub fn incomplete(&self) -> Vec<(usize, usize, u64)> {
-        let mut out: Vec<_> = self
+    /// Shards that never completed: (shard, prompts settled, prompts expected if known).
+    pub fn incomplete(&self) -> Vec<(usize, usize, Option<u64>)> {
+        let mut shards: Vec<usize> = self
             .pending
-            .iter()
-            .map(|(&k, v)| (k, v.len(), self.expected.get(k).copied().unwrap_or(0)))
+            .keys()
+            .chain(self.expected.keys())
+            .copied()
             .collect();
-        out.sort();
-        out
+        shards.sort();
+        shards.dedup();
+        shards
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    self.pending.get(&k).map_or(0, Vec::len),
+                    self.expected.get(&k).copied(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -262,6 +283,7 @@ pub fn shard_part(shard: usize, items: Vec<Settled>) -> ShardPart {
         match item {
             Settled::Outcome(o) => outcomes.push(o),
             Settled::Rejected(r) => rejects.push(r),
+            Settled::Expect { .. } => {}
         }
     }
     outcomes.sort_by(|a: &PromptOutcome, b| a.prompt.id.cmp(&b.prompt.id));
@@ -278,12 +300,16 @@ fn settled_shard(item: &Settled, shards: usize) -> usize {
     match item {
         Settled::Outcome(o) => shard_of(&o.prompt.id, shards),
         Settled::Rejected(r) => shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards),
+        Settled::Expect { shard, .. } => *shard,
     }
 }
 
-/// Runs the graph on `spec.workers` threads over `prompts` (sorted by shard, so that shards
-/// complete one after another). The owner of shard k (worker k % workers) commits the shard's
-/// part and marker through `store` as soon as its `expected[k]` prompts are settled.
+/// Runs the graph on the cluster `spec.cluster` (this process's workers). Worker 0 of process 0
+/// feeds `prompts` (sorted by shard, so that shards complete one after another) and `expected`
+/// (prompts per shard; the other processes pass empty ones); the owner of shard k (worker
+/// k % all workers) commits the shard's part and marker through `store` as soon as its
+/// prompts are settled. `connected` is set once the dataflow runs (every peer is connected).
+#[allow(clippy::too_many_arguments)]
 pub fn run_graph(
     spec: Arc<RunSpec>,
     models: Models,
@@ -291,6 +317,7 @@ pub fn run_graph(
     store: Arc<RunStore>,
     expected: Arc<Vec<u64>>,
     progress: &crate::progress::Progress,
+    connected: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<WorkerResult>, PipelineError> {
     let total_prompts = prompts.len() as u64;
     let sample_bar = progress.stage("sample", "prompts", total_prompts);
@@ -300,17 +327,28 @@ pub fn run_graph(
         total_prompts * spec.samples_per_prompt as u64,
     );
     let (sample_bar_w, score_bar_w) = (sample_bar.clone(), score_bar.clone());
-    let guards = timely::execute(timely::Config::process(spec.workers.max(1)), move |worker| {
+    let guards = timely::execute(spec.cluster.timely_config(), move |worker| {
         let index = worker.index();
-        let peers = worker.peers();
+        connected.store(true, std::sync::atomic::Ordering::SeqCst);
         let counters = Rc::new(RefCell::new(StageCounters::default()));
         let markers = Rc::new(RefCell::new(Vec::new()));
         let failure: Rc<RefCell<Option<PipelineError>>> = Rc::new(RefCell::new(None));
         let runtime = Rc::new(crate::storage::io_runtime()?);
         let probe = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let mine: Vec<Prompt> =
-                prompts.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, p)| p.clone()).collect();
+            // One worker of the cluster feeds the prompts; the exchange spreads them.
+            let feeder = index == 0;
+            let mine: Vec<Prompt> = if feeder { prompts.to_vec() } else { Vec::new() };
+            let expect: Vec<Settled> = if feeder {
+                expected
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(shard, &prompts)| Settled::Expect { shard, prompts })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let (spec_s, models_s, counters_s, bar, failed) =
                 (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone(), failure.clone());
             let sampled = mine
@@ -393,18 +431,22 @@ pub fn run_graph(
                 .container::<Vec<Reject>>()
                 .exchange(move |r: &Reject| shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards) as u64)
                 .map(Settled::Rejected);
+            let expectations = expect
+                .to_stream(scope)
+                .exchange(move |e: &Settled| settled_shard(e, shards) as u64);
 
             // Commit each shard the moment its last prompt is settled.
-            let (store_c, expected_c, runtime_c, markers_c, failure_c) =
-                (store.clone(), expected.clone(), runtime.clone(), markers.clone(), failure.clone());
+            let (store_c, runtime_c, markers_c, failure_c) =
+                (store.clone(), runtime.clone(), markers.clone(), failure.clone());
             outcomes
                 .concat(rejected)
+                .concat(expectations)
                 .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<ShardMarker>>, _, _, _>(
                     Pipeline,
                     "CommitShards",
                     move |default_cap, _info| {
                         let mut cap = Some(default_cap);
-                        let mut collector = ShardCollector::new(expected_c.to_vec());
+                        let mut collector = ShardCollector::new();
                         move |(input, frontier), output| {
                             let mut complete = Vec::new();
                             input.for_each_stamp(|_, data| {
@@ -430,7 +472,7 @@ pub fn run_graph(
                                 let incomplete = collector.incomplete();
                                 if !incomplete.is_empty() && failure_c.borrow().is_none() {
                                     *failure_c.borrow_mut() = Some(PipelineError::Worker(format!(
-                                        "shards left incomplete (shard, settled, expected): {incomplete:?}"
+                                        "shards left incomplete (shard, prompts settled, prompts expected): {incomplete:?}"
                                     )));
                                 }
                                 if let Some(c) = cap.take() {
@@ -474,13 +516,31 @@ mod tests {
 
     #[test]
     fn a_shard_is_complete_when_all_its_prompts_are_settled() {
-        let mut collector = ShardCollector::new(vec![2, 1]);
+        let mut collector = ShardCollector::new();
+        assert_eq!(
+            collector.add(
+                0,
+                Settled::Expect {
+                    shard: 0,
+                    prompts: 2
+                }
+            ),
+            None
+        );
         assert_eq!(collector.add(0, rejected("b")), None);
+        // The count may arrive after the prompts.
+        assert_eq!(collector.add(1, rejected("c")), None);
         let one = collector
-            .add(1, rejected("c"))
+            .add(
+                1,
+                Settled::Expect {
+                    shard: 1,
+                    prompts: 1,
+                },
+            )
             .expect("shard 1 holds one prompt");
         assert_eq!(one.shard, 1);
-        assert_eq!(collector.incomplete(), vec![(0, 1, 2)]);
+        assert_eq!(collector.incomplete(), vec![(0, 1, Some(2))]);
         let zero = collector.add(0, rejected("a")).expect("shard 0 complete");
         let ids: Vec<_> = zero
             .rejects

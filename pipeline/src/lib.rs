@@ -7,6 +7,7 @@
 //! - [`commit`] makes a run exactly-once: run ids, shard markers, the manifest, resume.
 
 pub mod annotate;
+pub mod cluster;
 pub mod commit;
 pub mod error;
 pub mod faults;

@@ -4,7 +4,11 @@
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Samples kept per stage for the throughput-over-time plot; beyond it every other one is dropped.
+const MAX_SAMPLES: usize = 2000;
 
 /// One stage's counter, shared by all workers.
 #[derive(Clone)]
@@ -14,12 +18,28 @@ pub struct StageProgress {
     done: Arc<AtomicU64>,
     total: u64,
     log_lines: bool,
+    unit: String,
+    started: Instant,
+    /// (seconds since the run started, items done), at most one sample per half second.
+    samples: Arc<Mutex<Vec<(f64, u64)>>>,
 }
 
 impl StageProgress {
     pub fn advance(&self, n: u64) {
         self.bar.inc(n);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
+        {
+            let now = self.started.elapsed().as_secs_f64();
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            let last = samples.last().map(|s| s.0).unwrap_or(f64::NEG_INFINITY);
+            if now - last >= 0.5 || before + n == self.total {
+                samples.push((now, before + n));
+                if samples.len() > MAX_SAMPLES {
+                    let thinned: Vec<_> = samples.iter().copied().step_by(2).collect();
+                    *samples = thinned;
+                }
+            }
+        }
         if self.log_lines && self.total > 0 {
             // A line each time another tenth of the stage is done (at least every 5 items).
             let step = (self.total / 10).max(5);
@@ -43,6 +63,8 @@ impl StageProgress {
 pub struct Progress {
     multi: MultiProgress,
     log_lines: bool,
+    started: Instant,
+    stages: Mutex<Vec<StageProgress>>,
 }
 
 impl Progress {
@@ -56,7 +78,32 @@ impl Progress {
         Self {
             multi: MultiProgress::with_draw_target(target),
             log_lines: !terminal,
+            started: Instant::now(),
+            stages: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Each stage's samples of (seconds since start, items done), starting at (0, 0), as
+    /// `{stage: {unit, samples}}` for the summary and the report's throughput plot.
+    pub fn timeline(&self) -> serde_json::Value {
+        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = serde_json::Map::new();
+        for stage in stages.iter() {
+            let mut samples = vec![(0.0, 0)];
+            samples.extend(
+                stage
+                    .samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .copied(),
+            );
+            out.insert(
+                stage.name.to_string(),
+                serde_json::json!({ "unit": stage.unit, "samples": samples }),
+            );
+        }
+        serde_json::Value::Object(out)
     }
 
     pub fn stage(&self, name: &'static str, unit: &str, total: u64) -> StageProgress {
@@ -67,13 +114,21 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(name);
-        StageProgress {
+        let stage = StageProgress {
             bar,
             name,
             done: Arc::new(AtomicU64::new(0)),
             total,
             log_lines: self.log_lines,
-        }
+            unit: unit.to_string(),
+            started: self.started,
+            samples: Arc::new(Mutex::new(Vec::new())),
+        };
+        self.stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stage.clone());
+        stage
     }
 }
 

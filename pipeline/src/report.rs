@@ -124,6 +124,45 @@ pub fn scatter(title: &str, points: &[(f64, f64)]) -> String {
     out
 }
 
+/// A stage's rate (items per second, y) over the run (seconds, x), from samples of
+/// `(seconds since start, items done)`.
+pub fn rate_over_time(title: &str, samples: &[(f64, f64)]) -> String {
+    let rates: Vec<(f64, f64)> = samples
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0)
+        .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let mut out = svg_open(title);
+    if rates.is_empty() {
+        out.push_str("<text x=\"20\" y=\"100\">no data</text></svg></figure>");
+        return out;
+    }
+    let t_max = rates.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let r_max = rates.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9);
+    let points: Vec<String> = rates
+        .iter()
+        .map(|(t, r)| {
+            format!(
+                "{:.1},{:.1}",
+                PAD + t / t_max * (W - 2.0 * PAD),
+                H - PAD - r / r_max * (H - 2.0 * PAD)
+            )
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "<polyline class=\"line\" fill=\"none\" stroke=\"#4e79a7\" stroke-width=\"1.5\" points=\"{}\"/>\
+         <text x=\"{PAD}\" y=\"{:.0}\" font-size=\"11\">0–{t_max:.0} s</text>\
+         <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">peak {r_max:.2}/s</text></svg></figure>",
+        points.join(" "),
+        H - PAD + 14.0,
+        W - PAD,
+        H - PAD + 14.0,
+    );
+    out
+}
+
 /// Horizontal bars of named counts.
 pub fn bars(title: &str, counts: &[(String, u64)]) -> String {
     let mut out = svg_open(title);
@@ -232,6 +271,24 @@ pub fn report_html(
     }
     html.push_str("</table><h2>Rejected records</h2>");
     html.push_str(&bars("Rejects by reason", rejects));
+    if let Some(timeline) = summary["timeline"].as_object() {
+        html.push_str("<h2>Throughput over time</h2>");
+        for (stage, samples) in timeline {
+            let unit = samples["unit"].as_str().unwrap_or("items");
+            let points: Vec<(f64, f64)> = samples["samples"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            html.push_str(&rate_over_time(
+                &format!("{stage}: {unit} per second"),
+                &points,
+            ));
+        }
+    }
     let _ = write!(
         html,
         "<h2>Summary</h2><pre>{}</pre></body></html>",
@@ -291,6 +348,22 @@ mod tests {
             &serde_json::json!({"pairs": 2}),
         );
         assert_eq!(html.matches("<svg").count(), 6);
+        let with_timeline = report_html(
+            "run",
+            &names,
+            &responses,
+            &[0.5],
+            &[],
+            &serde_json::json!({"timeline": {
+                "sample": {"unit": "prompts", "samples": [[0.0, 0], [1.0, 2], [2.0, 6]]},
+                "score": {"unit": "responses", "samples": [[0.0, 0], [2.0, 8]]},
+            }}),
+        );
+        assert_eq!(with_timeline.matches("class=\"line\"").count(), 2);
+        assert!(
+            with_timeline.contains("sample: prompts per second")
+                && with_timeline.contains("peak 4.00/s")
+        );
         assert!(html.contains("id=\"correlations\"") && html.contains("-1.00"));
         // No scripts and no network: the only URLs are the SVG namespace.
         assert!(!html.contains("<script") && !html.contains("https://"));

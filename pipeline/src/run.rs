@@ -162,7 +162,13 @@ pub fn run_iterative_dpo(
     for p in &to_process {
         expected[shard_of(&p.id, spec.shards)] += 1;
     }
-    let markers = rt.block_on(store.markers())?;
+    // Process 0 decides what is left to do and feeds it; the others only run their workers.
+    let leader = spec.cluster.is_leader();
+    let markers = if leader {
+        rt.block_on(store.markers())?
+    } else {
+        Default::default()
+    };
     for (k, marker) in &markers {
         if expected.get(*k) != Some(&marker.prompts) {
             return Err(PipelineError::RunConflict(format!(
@@ -184,8 +190,13 @@ pub fn run_iterative_dpo(
     let remaining: Vec<_> = remaining
         .into_iter()
         .map(|(_, i)| to_process[i].clone())
+        .filter(|_| leader)
         .collect();
     for (k, expected_k) in expected.iter_mut().enumerate() {
+        if !leader {
+            *expected_k = 0;
+            continue;
+        }
         if *expected_k == 0 && !markers.contains_key(&k) {
             let empty = ShardPart {
                 shard: k,
@@ -209,6 +220,11 @@ pub fn run_iterative_dpo(
 
     let spec = Arc::new(spec);
     let progress = Progress::new();
+    // Timely waits forever for peers that never come; give up after the configured time.
+    let watch = crate::cluster::ConnectWatch::start(&spec.cluster, |message| {
+        eprintln!("steerflow: error: {message}");
+        std::process::exit(1); // the run cannot start; nothing was committed
+    });
     let results = run_graph(
         spec.clone(),
         models.clone(),
@@ -216,10 +232,33 @@ pub fn run_iterative_dpo(
         store.clone(),
         Arc::new(expected),
         &progress,
+        watch.flag(),
     )?;
     let mut counters = StageCounters::default();
     for r in &results {
         counters.merge(&r.counters);
+    }
+    if !leader {
+        tracing::info!(run = %plan.run_id, process = spec.cluster.process, "this process's share is done; process 0 commits the run");
+        return Ok(RunReport {
+            summary: json!({
+                "job": "iterative-dpo",
+                "run_id": plan.run_id,
+                "output": redact_url(&spec.output),
+                "process": spec.cluster.process,
+                "processes": spec.cluster.processes,
+                "committed_by": 0,
+                "tokens": {
+                    "prompt_tokens_prefilled": counters.prompt_tokens_prefilled,
+                    "tokens_decoded": counters.tokens_decoded,
+                    "tokens_scored": counters.tokens_scored,
+                    "prompts_sampled": counters.prompts_sampled,
+                },
+            }),
+            files: Vec::new(),
+            counters,
+            rejects: Vec::new(),
+        });
     }
 
     // Every shard is committed now; the rest is a pure function of the parts.
@@ -291,6 +330,7 @@ pub fn run_iterative_dpo(
             "earlier_runs": committed.iter().map(|m| m.run_id.clone()).collect::<Vec<_>>(),
             "resumed_shards": resumed_shards,
         }),
+        timeline: progress.timeline(),
     });
     let report = report_for(&spec, &ids, &outcomes, &summary);
     let summary_file = format!("{RUNS}/{}/summary.json", plan.run_id);
@@ -477,6 +517,7 @@ struct RunFacts<'a> {
     elapsed: f64,
     files: &'a [ShardFile],
     incremental: serde_json::Value,
+    timeline: serde_json::Value,
 }
 
 /// `summary.json`: `counts` describe the run's rows (the same however often it was resumed);
@@ -494,6 +535,7 @@ fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
         "attributes": f.ids.attribute_names,
         "seed": spec.seed,
         "workers": spec.workers,
+        "processes": spec.cluster.processes,
         "sampling": {
             "samples_per_prompt": spec.samples_per_prompt,
             "temperature": sampling.temperature,
@@ -527,6 +569,7 @@ fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
             "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, spec.workers),
         },
         "files": f.files,
+        "timeline": f.timeline,
     })
 }
 

@@ -50,6 +50,8 @@ pub struct RunSpec {
     pub description: String,
     /// The forms the pairs are written in.
     pub formats: Vec<crate::sink::ExportFormat>,
+    /// Processes × workers; `workers` above is this process's share.
+    pub cluster: crate::cluster::ClusterSpec,
 }
 
 /// The loaded models, shared by every worker of the process.
