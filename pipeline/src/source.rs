@@ -67,10 +67,11 @@ pub fn read_prompts(
         location: spec.to_string(),
         message,
     };
-    let bytes = crate::storage::read_file(spec)?;
     let mut out = match format {
-        InputFormat::Jsonl => parse_jsonl(spec, &bytes, shape),
-        InputFormat::Parquet => parse_parquet(spec, bytes, shape).map_err(fail)?,
+        InputFormat::Jsonl => stream_jsonl(spec, shape)?,
+        InputFormat::Parquet => {
+            parse_parquet(spec, crate::storage::read_file(spec)?, shape).map_err(fail)?
+        }
     };
     reject_duplicate_ids(spec, &mut out);
     Ok(out)
@@ -78,15 +79,65 @@ pub fn read_prompts(
 
 /// Parses jsonl bytes; blank lines hold no record and are skipped.
 pub fn parse_jsonl(file: &str, bytes: &[u8], shape: RecordShape) -> SourceOutput {
-    let mut out = SourceOutput::default();
-    let ends_with_newline = bytes.last() == Some(&b'\n');
-    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    let last = lines.len().saturating_sub(1);
-    for (i, raw) in lines.iter().enumerate() {
-        let line_no = i as u64 + 1;
+    let mut parser = JsonlParser::new(file, shape);
+    parser.feed(bytes);
+    parser.finish()
+}
+
+/// Parses jsonl as it streams in, chunk by chunk, holding only the line being completed: the
+/// same records and rejects as [`parse_jsonl`] on the whole file, wherever the chunks split.
+pub struct JsonlParser {
+    file: String,
+    shape: RecordShape,
+    out: SourceOutput,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+    line_no: u64,
+}
+
+impl JsonlParser {
+    pub fn new(file: &str, shape: RecordShape) -> Self {
+        Self {
+            file: file.to_string(),
+            shape,
+            out: SourceOutput::default(),
+            pending: Vec::new(),
+            line_no: 0,
+        }
+    }
+
+    /// Parses every line that `chunk` completes.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if b != b'\n' {
+                continue;
+            }
+            if self.pending.is_empty() {
+                self.line(&chunk[start..i], false);
+            } else {
+                self.pending.extend_from_slice(&chunk[start..i]);
+                let line = std::mem::take(&mut self.pending);
+                self.line(&line, false);
+            }
+            start = i + 1;
+        }
+        self.pending.extend_from_slice(&chunk[start..]);
+    }
+
+    /// Parses the last line (one without a final newline may be cut off) and returns all.
+    pub fn finish(mut self) -> SourceOutput {
+        let line = std::mem::take(&mut self.pending);
+        self.line(&line, true);
+        self.out
+    }
+
+    fn line(&mut self, raw: &[u8], unterminated: bool) {
+        self.line_no += 1;
+        let (file, line_no, out) = (self.file.as_str(), self.line_no, &mut self.out);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return;
         }
         out.records += 1;
         let text = match std::str::from_utf8(raw) {
@@ -99,34 +150,61 @@ pub fn parse_jsonl(file: &str, bytes: &[u8], shape: RecordShape) -> SourceOutput
                     "invalid_utf8",
                     format!("invalid UTF-8: {e}"),
                 ));
-                continue;
+                return;
             }
         };
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let (reason, detail) = if i == last && !ends_with_newline && e.is_eof() {
+                let (reason, detail) = if unterminated && e.is_eof() {
                     ("truncated_line", format!("the last line is cut off: {e}"))
                 } else {
                     ("invalid_json", format!("invalid JSON: {e}"))
                 };
                 out.rejects
                     .push(Reject::new(file, line_no, None, reason, detail));
-                continue;
+                return;
             }
         };
         let position = SourcePosition {
             file: file.to_string(),
             record: line_no,
         };
-        match prompt_from_json(&value, position, shape) {
+        match prompt_from_json(&value, position, self.shape) {
             Ok(p) => out.prompts.push(p),
             Err((field, reason, detail)) => out
                 .rejects
                 .push(Reject::new(file, line_no, field, reason, detail)),
         }
     }
-    out
+}
+
+/// Streams a jsonl object through a [`JsonlParser`]: the raw file is never held whole.
+fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutput, PipelineError> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    let (location, file) = crate::storage::Location::parse_file(spec)?;
+    let mut parser = JsonlParser::new(spec, shape);
+    crate::storage::io_runtime()?
+        .block_on(async {
+            let mut chunks = location.store.get(&file).await?.into_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk: bytes::Bytes = chunk?;
+                parser.feed(&chunk);
+            }
+            Ok::<_, object_store::Error>(())
+        })
+        .map_err(
+            |e| match crate::storage::storage_error(spec.to_string(), e) {
+                PipelineError::Storage {
+                    retryable: false,
+                    location,
+                    message,
+                } => PipelineError::Input { location, message },
+                transient => transient,
+            },
+        )?;
+    Ok(parser.finish())
 }
 
 type FieldError = (Option<&'static str>, &'static str, String);
@@ -512,6 +590,25 @@ fn reject_duplicate_ids(file: &str, out: &mut SourceOutput) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_jsonl_parses_as_the_whole_file_wherever_it_is_split() {
+        let bytes: &[u8] = b"{\"id\": \"a\", \"prompt\": \"x\"}\r\n\n{\"prompt\": 5}\n\xff\n{\"id\": \"b\", \"prompt\": \"\xc3\xa9t\xc3\xa9\"}\n{\"id\": \"c\", \"pro";
+        let whole = parse_jsonl("f", bytes, RecordShape::Prompt);
+        assert_eq!(whole.prompts.len(), 2);
+        assert_eq!(whole.rejects.len(), 3);
+        assert_eq!(whole.rejects[2].reason, "truncated_line");
+        for size in 1..bytes.len() {
+            let mut parser = JsonlParser::new("f", RecordShape::Prompt);
+            for chunk in bytes.chunks(size) {
+                parser.feed(chunk);
+            }
+            let chunked = parser.finish();
+            assert_eq!(chunked.prompts, whole.prompts, "chunks of {size}");
+            assert_eq!(chunked.rejects, whole.rejects, "chunks of {size}");
+            assert_eq!(chunked.records, whole.records);
+        }
+    }
 
     #[test]
     fn good_records_in_both_shapes() {
