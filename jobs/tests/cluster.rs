@@ -97,7 +97,8 @@ fn files(output: &Path) -> BTreeMap<String, Vec<u8>> {
 fn every_cluster_shape_writes_the_same_files() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
-    write_input(&input, 14);
+    // Enough prompts that timely splits the samples over several containers.
+    write_input(&input, 40);
     let mut results = Vec::new();
     for (processes, workers) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
         let output = dir.path().join(format!("out-{processes}x{workers}"));
@@ -133,7 +134,7 @@ fn every_cluster_shape_writes_the_same_files() {
         }
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap();
-        assert_eq!(summary["counts"]["prompts"], 14, "{summary}");
+        assert_eq!(summary["counts"]["prompts"], 40, "{summary}");
         assert_eq!(summary["processes"], processes);
         results.push((
             (processes, workers),

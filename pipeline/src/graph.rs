@@ -208,6 +208,35 @@ fn score_samples(
     scored
 }
 
+/// Samples grouped by prompt until all of a prompt's samples are in. Pure bookkeeping.
+#[derive(Debug, Default)]
+pub struct PromptGroups {
+    pending: HashMap<String, Vec<Sample>>,
+}
+
+impl PromptGroups {
+    /// Adds a sample; returns its prompt's samples (sorted by index) once all have arrived.
+    pub fn add(&mut self, sample: Sample) -> Option<Vec<Sample>> {
+        let expected = sample.samples_per_prompt as usize;
+        let id = sample.prompt.id.clone();
+        let group = self.pending.entry(id.clone()).or_default();
+        group.push(sample);
+        if group.len() < expected {
+            return None;
+        }
+        let mut group = self.pending.remove(&id)?;
+        group.sort_by_key(|s| s.sample_index);
+        Some(group)
+    }
+
+    /// Groups still short of samples (none when every prompt's samples arrive), by prompt id.
+    pub fn drain(&mut self) -> Vec<Vec<Sample>> {
+        let mut rest: Vec<(String, Vec<Sample>)> = self.pending.drain().collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.into_iter().map(|(_, g)| g).collect()
+    }
+}
+
 /// What reaches a shard's owner for each prompt: its outcome, or why it could not be sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Settled {
@@ -364,21 +393,38 @@ pub fn run_graph(
                 });
             let (samples, sample_rejects) = sampled.ok_err(|r| r);
             let (spec_c, models_c, counters_c, bar) = (spec.clone(), models.clone(), counters.clone(), score_bar_w.clone());
-            let scored = samples.container::<Vec<Sample>>().unary::<timely::container::CapacityContainerBuilder<Vec<ScoredSample>>, _, _, _>(
+            // The reward model sees exactly one prompt's samples at a time, whatever the
+            // containers timely groups them in: batch composition changes the float results
+            // (shared prefixes, padding), and the output must not depend on it.
+            let scored = samples.container::<Vec<Sample>>().unary_frontier::<timely::container::CapacityContainerBuilder<Vec<ScoredSample>>, _, _, _>(
                 Pipeline,
                 "Score",
-                move |_, _| {
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            let mut session = output.session(&cap);
+                move |default_cap, _| {
+                    let mut cap = Some(default_cap);
+                    let mut groups = PromptGroups::default();
+                    move |(input, frontier), output| {
+                        let mut complete = Vec::new();
+                        input.for_each_stamp(|_, data| {
                             for batch in data {
-                                // One prompt's samples are emitted together by the sample stage.
-                                let samples = std::mem::take(batch);
-                                let n = samples.len() as u64;
-                                session.give_iterator(score_samples(samples, &spec_c, &models_c, &counters_c).into_iter());
-                                bar.advance(n);
+                                for sample in batch.drain(..) {
+                                    complete.extend(groups.add(sample));
+                                }
                             }
                         });
+                        if frontier.is_empty() {
+                            complete.extend(groups.drain());
+                        }
+                        if let Some(c) = cap.as_ref() {
+                            let mut session = output.session(c);
+                            for group in complete {
+                                let n = group.len() as u64;
+                                session.give_iterator(score_samples(group, &spec_c, &models_c, &counters_c).into_iter());
+                                bar.advance(n);
+                            }
+                        }
+                        if frontier.is_empty() {
+                            cap = None;
+                        }
                     }
                 },
             );
@@ -512,6 +558,44 @@ mod tests {
         let mut r = Reject::new("in.jsonl", 1, None, "policy_prompt", "x");
         r.prompt_id = Some(id.into());
         Settled::Rejected(r)
+    }
+
+    fn sample(id: &str, index: u32) -> Sample {
+        Sample {
+            prompt: Prompt {
+                id: id.into(),
+                messages: vec![],
+                source: steerflow_operators::records::SourcePosition {
+                    file: "f".into(),
+                    record: 1,
+                },
+            },
+            sample_index: index,
+            samples_per_prompt: 3,
+            text: String::new(),
+            prompt_tokens: 1,
+            new_tokens: 1,
+            finish: steerflow_operators::records::FinishReason::Eos,
+            steer: None,
+        }
+    }
+
+    #[test]
+    fn samples_are_scored_per_prompt_whatever_the_batches() {
+        let mut groups = PromptGroups::default();
+        // Two prompts interleaved, as containers split and merge them.
+        assert_eq!(groups.add(sample("a", 2)), None);
+        assert_eq!(groups.add(sample("b", 0)), None);
+        assert_eq!(groups.add(sample("a", 0)), None);
+        let a = groups.add(sample("a", 1)).expect("a is complete");
+        assert_eq!(
+            a.iter().map(|s| s.sample_index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(a.iter().all(|s| s.prompt.id == "a"));
+        let rest = groups.drain();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0][0].prompt.id, "b");
     }
 
     #[test]
