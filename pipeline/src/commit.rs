@@ -86,7 +86,6 @@ pub struct RunPlan {
     pub lineage: String,
     /// The settings the lineage is a digest of, for people.
     pub settings: serde_json::Value,
-    pub input: String,
     /// Digest of the prompts this run processes (keys, sorted) and of the input rejects it
     /// reports.
     pub work: String,
@@ -97,7 +96,6 @@ pub struct RunPlan {
 impl RunPlan {
     pub fn new(
         settings: serde_json::Value,
-        input: &str,
         prompts: &[PromptKey],
         input_rejects: &[String],
         shards: usize,
@@ -115,7 +113,6 @@ impl RunPlan {
             run_id,
             lineage,
             settings,
-            input: input.to_string(),
             work,
             prompts: prompts.len() as u64,
             shards,
@@ -465,10 +462,10 @@ mod tests {
             digest: "d".into(),
         };
         let settings = serde_json::json!({"seed": 1});
-        let a = RunPlan::new(settings.clone(), "in", &[key("a"), key("b")], &[], 2);
-        let b = RunPlan::new(settings.clone(), "in", &[key("b"), key("a")], &[], 2);
-        let c = RunPlan::new(settings, "in", &[key("a")], &[], 2);
-        let d = RunPlan::new(serde_json::json!({"seed": 2}), "in", &[key("a")], &[], 2);
+        let a = RunPlan::new(settings.clone(), &[key("a"), key("b")], &[], 2);
+        let b = RunPlan::new(settings.clone(), &[key("b"), key("a")], &[], 2);
+        let c = RunPlan::new(settings, &[key("a")], &[], 2);
+        let d = RunPlan::new(serde_json::json!({"seed": 2}), &[key("a")], &[], 2);
         assert_eq!(a.run_id, b.run_id);
         assert_ne!(a.run_id, c.run_id);
         assert_eq!(c.lineage, a.lineage);

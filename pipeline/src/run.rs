@@ -146,13 +146,8 @@ pub fn run_iterative_dpo(
 
     let keys: Vec<PromptKey> = to_process.iter().map(PromptKey::of).collect();
     let input_reject_keys: Vec<String> = input_rejects.iter().map(reject_key).collect();
-    let plan = RunPlan::new(
-        settings,
-        &redact_url(&spec.input),
-        &keys,
-        &input_reject_keys,
-        spec.shards,
-    );
+    // The plan holds no paths: the same prompts read from a moved input resume the same run.
+    let plan = RunPlan::new(settings, &keys, &input_reject_keys, spec.shards);
     let writer = new_writer_id();
     let store = Arc::new(RunStore::new(output.clone(), &plan.run_id, &writer));
     rt.block_on(store.ensure_plan(&plan))?;

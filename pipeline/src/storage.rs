@@ -234,7 +234,15 @@ fn store_for_url(
 /// missing object, a refused credential or a bad path.
 pub fn is_transient(error: &object_store::Error) -> bool {
     match error {
-        object_store::Error::Generic { store, .. } => *store != "LocalFileSystem",
+        object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => {
+            // A 4xx other than a timeout or throttling is the request's fault: retrying the
+            // same request cannot help (object_store reports the status only in its message).
+            let text = error.to_string();
+            let client_error = text.split("status code: ").nth(1).is_some_and(|rest| {
+                rest.starts_with('4') && !rest.starts_with("408") && !rest.starts_with("429")
+            });
+            !client_error
+        }
         _ => false,
     }
 }
@@ -318,7 +326,7 @@ impl Location {
             return Ok(Self {
                 store,
                 prefix,
-                display: spec.trim_end_matches('/').to_string(),
+                display: redact_url(spec.trim_end_matches('/')),
             });
         }
         let path = std::path::Path::new(spec);
@@ -581,6 +589,24 @@ mod tests {
         );
         assert_eq!(redact_url("s3://bucket/out"), "s3://bucket/out");
         assert_eq!(redact_url("/local/path"), "/local/path");
+    }
+
+    #[test]
+    fn server_and_network_failures_are_transient_request_errors_are_not() {
+        let generic = |store: &'static str, message: &str| object_store::Error::Generic {
+            store,
+            source: message.to_string().into(),
+        };
+        let status = |code: &str| format!("Server returned non-2xx status code: {code}: body");
+        assert!(is_transient(&generic("S3", &status("503 Service Unavailable"))));
+        assert!(is_transient(&generic("S3", &status("429 Too Many Requests"))));
+        assert!(is_transient(&generic("MicrosoftAzure", "error sending request")));
+        assert!(!is_transient(&generic("S3", &status("400 Bad Request"))));
+        assert!(!is_transient(&generic("LocalFileSystem", "disk full")));
+        assert!(!is_transient(&object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        }));
     }
 
     #[test]
