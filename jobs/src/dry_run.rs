@@ -88,7 +88,15 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
             } else {
                 RecordShape::Response
             };
-            let source = read_prompts(&config.input.path, plan.input_format, shape)?;
+            let source = if kind == "iterative-dpo" {
+                let files = steerflow_pipeline::input::list_input(
+                    &config.input.path,
+                    &config.input.format,
+                )?;
+                steerflow_pipeline::input::read_share(&files, 0, 1, shape)?
+            } else {
+                read_prompts(&config.input.path, plan.input_format, shape)?
+            };
             enforce_limit(plan.max_rejects, &source.rejects, source.records)?;
             let chars: usize = source
                 .prompts

@@ -136,8 +136,14 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
         steer_label(&config.sampling.steer).map_err(|e| invalid(format!("sampling.steer: {e}")))?;
     }
     export_formats(&config.output.formats)?;
-    let input_format =
-        InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?;
+    // A folder's files are resolved one by one when the run lists them.
+    let folder =
+        config.input.path.ends_with('/') || std::path::Path::new(&config.input.path).is_dir();
+    let input_format = if folder {
+        InputFormat::resolve(&config.input.format, "folder.jsonl").map_err(invalid)?
+    } else {
+        InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?
+    };
     let sampling = SamplingParams {
         temperature: config.sampling.temperature,
         top_p: config.sampling.top_p,
@@ -673,5 +679,5 @@ pub fn run_job_on(config: &JobConfig, cluster: ClusterSpec) -> Result<RunReport,
         formats: export_formats(&config.output.formats)?,
         cluster,
     };
-    Ok(run_iterative_dpo(spec, plan.input_format, models)?)
+    Ok(run_iterative_dpo(spec, &config.input.format, models)?)
 }

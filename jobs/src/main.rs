@@ -419,11 +419,10 @@ fn runs(
                 m.files.len()
             ),
             None => println!(
-                "{}\tincomplete ({} of {} shards)\t-\t{}\t-\t-",
+                "{}\tincomplete ({} of {} shards)\t-\t-\t-\t-",
                 run.run_id,
                 run.shards_done,
                 run.plan.as_ref().map(|p| p.shards).unwrap_or(0),
-                run.plan.as_ref().map(|p| p.prompts).unwrap_or(0),
             ),
         }
     }

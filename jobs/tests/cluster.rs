@@ -35,7 +35,7 @@ fn write_job(dir: &Path, input: &Path, output: &Path, max_new_tokens: usize) -> 
 seed = 3
 [input]
 path = "{input}"
-max_rejects = 1
+max_rejects = 2
 [policy]
 model = "{policy}"
 [sampling]
@@ -93,12 +93,38 @@ fn files(output: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+fn python() -> PathBuf {
+    std::env::var_os("STEERFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv-test/bin/python"))
+}
+
+/// A folder input: a jsonl file, and a parquet file of 6 row groups that repeats one id of the
+/// jsonl file (the jsonl copy, first by file name, is kept).
+fn write_folder_input(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_input(&dir.join("a.jsonl"), 40);
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+ids = [f"r{i:03}" for i in range(23)] + ["q007"]
+prompts = [f"Row {i}: say something." for i in range(24)]
+pq.write_table(pa.table({"id": ids, "prompt": prompts}), sys.argv[1], row_group_size=4)
+"#;
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(dir.join("b.parquet"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn every_cluster_shape_writes_the_same_files() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    // Enough prompts that timely splits the samples over several containers.
-    write_input(&input, 40);
+    let input = dir.path().join("input");
+    // Enough prompts that timely splits the samples over several containers; the parquet
+    // file's row groups are spread over the workers.
+    write_folder_input(&input);
     let mut results = Vec::new();
     for (processes, workers) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
         let output = dir.path().join(format!("out-{processes}x{workers}"));
@@ -134,7 +160,10 @@ fn every_cluster_shape_writes_the_same_files() {
         }
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap();
-        assert_eq!(summary["counts"]["prompts"], 40, "{summary}");
+        // 41 jsonl records (one bad) and 24 parquet rows (one id repeated from the jsonl file).
+        assert_eq!(summary["counts"]["prompts"], 63, "{summary}");
+        assert_eq!(summary["incremental"]["records_read"], 65, "{summary}");
+        assert_eq!(summary["counts"]["rejected_by_reason"]["duplicate_id"], 1, "{summary}");
         assert_eq!(summary["processes"], processes);
         results.push((
             (processes, workers),

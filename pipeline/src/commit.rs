@@ -86,35 +86,31 @@ pub struct RunPlan {
     pub lineage: String,
     /// The settings the lineage is a digest of, for people.
     pub settings: serde_json::Value,
-    /// Digest of the prompts this run processes (keys, sorted) and of the input rejects it
-    /// reports.
-    pub work: String,
-    pub prompts: u64,
+    /// Digest of the input files and their versions.
+    pub input: String,
+    /// The runs committed in the output when this run was planned (it settles what they did not).
+    pub after_runs: Vec<String>,
     pub shards: usize,
 }
 
 impl RunPlan {
     pub fn new(
         settings: serde_json::Value,
-        prompts: &[PromptKey],
-        input_rejects: &[String],
+        input: &str,
+        after_runs: &[String],
         shards: usize,
     ) -> Self {
         let lineage = digest(settings.to_string().as_bytes());
-        let mut keys: Vec<&PromptKey> = prompts.iter().collect();
-        keys.sort();
-        let work = digest(
-            serde_json::to_string(&(&keys, input_rejects))
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        let run_id = digest(format!("{lineage}:{work}").as_bytes())[..16].to_string();
+        let mut after_runs = after_runs.to_vec();
+        after_runs.sort();
+        let run_id = digest(format!("{lineage}:{input}:{}", after_runs.join(",")).as_bytes())[..16]
+            .to_string();
         Self {
             run_id,
             lineage,
             settings,
-            work,
-            prompts: prompts.len() as u64,
+            input: input.to_string(),
+            after_runs,
             shards,
         }
     }
@@ -129,6 +125,13 @@ pub struct ShardPart {
     pub outcomes: Vec<PromptOutcome>,
     /// Prompts of this shard that could not be sampled, sorted by prompt id.
     pub rejects: Vec<Reject>,
+    /// Input records routed to this shard that are not usable prompts (bad records, duplicate
+    /// ids, prompts changed since an earlier run committed them), sorted by file and record.
+    pub input_rejects: Vec<Reject>,
+    /// The prompts this shard settled (outcomes and sampling rejects), sorted.
+    pub settled: Vec<PromptKey>,
+    /// What the readers read (shard 0 holds the whole input's counts).
+    pub read_stats: crate::graph::ReadStats,
 }
 
 /// `_runs/<run>/shards/<k>.json`: which part holds shard k.
@@ -150,6 +153,10 @@ pub struct Manifest {
     pub writer: String,
     pub committed_at: String,
     pub input: String,
+    /// Digest of the input files and versions the run read (a rerun on the same input has
+    /// nothing new to do).
+    #[serde(default)]
+    pub input_identity: String,
     /// Every prompt this run settled (paired, dropped or rejected), sorted.
     pub prompts: Vec<PromptKey>,
     /// Keys of the input records this run reported as rejects.
@@ -244,7 +251,7 @@ impl RunStore {
             part: part_path.clone(),
             bytes: bytes.len() as u64,
             checksum: digest(&bytes),
-            prompts: (part.outcomes.len() + part.rejects.len()) as u64,
+            prompts: part.settled.len() as u64,
             writer: self.writer.clone(),
         };
         self.output.put(&part_path, bytes).await?;
@@ -452,20 +459,28 @@ mod tests {
                 "policy_prompt",
                 "too long",
             )],
+            input_rejects: Vec::new(),
+            settled: vec![PromptKey {
+                id: "p".into(),
+                digest: "d".into(),
+            }],
+            read_stats: Default::default(),
         }
     }
 
     #[test]
-    fn run_ids_depend_on_the_work_not_on_its_order() {
-        let key = |id: &str| PromptKey {
-            id: id.into(),
-            digest: "d".into(),
-        };
+    fn run_ids_depend_on_settings_input_and_earlier_runs() {
         let settings = serde_json::json!({"seed": 1});
-        let a = RunPlan::new(settings.clone(), &[key("a"), key("b")], &[], 2);
-        let b = RunPlan::new(settings.clone(), &[key("b"), key("a")], &[], 2);
-        let c = RunPlan::new(settings, &[key("a")], &[], 2);
-        let d = RunPlan::new(serde_json::json!({"seed": 2}), &[key("a")], &[], 2);
+        let runs = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = RunPlan::new(settings.clone(), "in1", &runs(&["r1", "r2"]), 2);
+        let b = RunPlan::new(settings.clone(), "in1", &runs(&["r2", "r1"]), 2);
+        let c = RunPlan::new(settings, "in2", &runs(&["r1", "r2"]), 2);
+        let d = RunPlan::new(
+            serde_json::json!({"seed": 2}),
+            "in2",
+            &runs(&["r1", "r2"]),
+            2,
+        );
         assert_eq!(a.run_id, b.run_id);
         assert_ne!(a.run_id, c.run_id);
         assert_eq!(c.lineage, a.lineage);
@@ -500,6 +515,7 @@ mod tests {
             writer: writer.into(),
             committed_at: "2026-11-23T00:00:00Z".into(),
             input: "in".into(),
+            input_identity: "i".into(),
             prompts: vec![],
             input_rejects: vec![],
             files: vec![],

@@ -19,8 +19,9 @@
 // of the Result buys nothing.
 #![allow(clippy::result_large_err)]
 
-use crate::commit::{RunStore, ShardMarker, ShardPart};
+use crate::commit::{reject_key, PromptKey, RunStore, ShardMarker, ShardPart};
 use crate::reject::Reject;
+use crate::source::RecordShape;
 use crate::spec::{Models, RunSpec};
 use crate::summary::StageCounters;
 use crate::PipelineError;
@@ -99,7 +100,7 @@ fn sample_prompt(
     spec: &RunSpec,
     models: &Models,
     counters: &RefCell<StageCounters>,
-) -> Vec<Result<Sample, Reject>> {
+) -> Vec<Result<Sample, (Reject, PromptKey)>> {
     let started = Instant::now();
     let reject = |reason: &str, detail: String| {
         let mut r = Reject::new(
@@ -110,7 +111,7 @@ fn sample_prompt(
             detail,
         );
         r.prompt_id = Some(prompt.id.clone());
-        vec![Err(r)]
+        vec![Err((r, PromptKey::of(&prompt)))]
     };
     let tokens = match models.policy.prompt_tokens(&prompt.messages) {
         Ok(t) => t,
@@ -237,56 +238,86 @@ impl PromptGroups {
     }
 }
 
-/// What reaches a shard's owner for each prompt: its outcome, or why it could not be sampled.
+/// What reaches a shard's owner: a prompt's outcome or why it could not be sampled, an input
+/// record's reject, a reader's counts, or how many of these a planning worker sent the shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Settled {
     Outcome(PromptOutcome),
-    Rejected(Reject),
-    /// How many prompts `shard` holds in this run (sent by the worker that feeds the prompts).
+    /// A prompt that could not be sampled, with its key.
+    Rejected(Reject, PromptKey),
+    /// An input record that is not a usable prompt (bad, duplicate, changed since committed).
+    InputRejected(Reject),
+    Stats(ReadStats),
+    /// How many items a planning worker routed to `shard` (one per prompt, input reject and
+    /// stats record). Every worker sends one for every shard not yet committed.
     Expect {
         shard: usize,
-        prompts: u64,
+        items: u64,
     },
 }
 
-/// Collects settled prompts per shard and reports a shard as complete once it holds
-/// `expected[shard]` prompts. Pure bookkeeping, tested without dataflow.
-#[derive(Debug, Default)]
+/// What one worker read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadStats {
+    pub records: u64,
+    pub prompts: u64,
+    /// Prompts an earlier committed run settled (left out).
+    pub already_committed: u64,
+}
+
+impl ReadStats {
+    pub fn add(&mut self, other: &ReadStats) {
+        self.records += other.records;
+        self.prompts += other.prompts;
+        self.already_committed += other.already_committed;
+    }
+}
+
+/// Collects settled items per shard; a shard is complete once every planning worker has said
+/// how many items it sent there and that many have arrived. Pure bookkeeping.
+#[derive(Debug)]
 pub struct ShardCollector {
-    expected: HashMap<usize, u64>,
+    planners: usize,
+    expects: HashMap<usize, (usize, u64)>,
     pending: HashMap<usize, Vec<Settled>>,
 }
 
 impl ShardCollector {
-    pub fn new() -> Self {
-        Self::default()
+    /// `planners`: how many workers send an `Expect` for each shard.
+    pub fn new(planners: usize) -> Self {
+        Self {
+            planners,
+            expects: HashMap::new(),
+            pending: HashMap::new(),
+        }
     }
 
-    /// Adds one settled prompt of `shard`, or the shard's expected count; returns the shard's
-    /// part when it is complete (its count is known and that many prompts are in).
+    /// Adds an item of `shard`; returns the shard's part when it is complete.
     pub fn add(&mut self, shard: usize, item: Settled) -> Option<ShardPart> {
         match item {
-            Settled::Expect { prompts, .. } => {
-                self.expected.insert(shard, prompts);
+            Settled::Expect { items, .. } => {
+                let e = self.expects.entry(shard).or_default();
+                e.0 += 1;
+                e.1 += items;
             }
             item => self.pending.entry(shard).or_default().push(item),
         }
-        let expected = *self.expected.get(&shard)?;
+        let &(senders, expected) = self.expects.get(&shard)?;
         let have = self.pending.get(&shard).map_or(0, Vec::len) as u64;
-        if have != expected {
+        if senders < self.planners || have != expected {
             return None;
         }
-        self.expected.remove(&shard);
+        self.expects.remove(&shard);
         let items = self.pending.remove(&shard).unwrap_or_default();
         Some(shard_part(shard, items))
     }
 
-    /// Shards that never completed: (shard, prompts settled, prompts expected if known).
-    pub fn incomplete(&self) -> Vec<(usize, usize, Option<u64>)> {
+    /// Shards that never completed: (shard, items in, items expected so far, planners heard).
+    pub fn incomplete(&self) -> Vec<(usize, usize, u64, usize)> {
         let mut shards: Vec<usize> = self
             .pending
             .keys()
-            .chain(self.expected.keys())
+            .chain(self.expects.keys())
             .copied()
             .collect();
         shards.sort();
@@ -294,104 +325,284 @@ impl ShardCollector {
         shards
             .into_iter()
             .map(|k| {
+                let (senders, expected) = self.expects.get(&k).copied().unwrap_or_default();
                 (
                     k,
                     self.pending.get(&k).map_or(0, Vec::len),
-                    self.expected.get(&k).copied(),
+                    expected,
+                    senders,
                 )
             })
             .collect()
     }
 }
 
-/// A shard's part from its settled prompts (any order): outcomes and rejects sorted by prompt id.
+/// A shard's part from its settled items (any order), each list sorted.
 pub fn shard_part(shard: usize, items: Vec<Settled>) -> ShardPart {
-    let mut outcomes = Vec::new();
-    let mut rejects = Vec::new();
+    let mut part = ShardPart {
+        shard,
+        outcomes: Vec::new(),
+        rejects: Vec::new(),
+        input_rejects: Vec::new(),
+        settled: Vec::new(),
+        read_stats: ReadStats::default(),
+    };
     for item in items {
         match item {
-            Settled::Outcome(o) => outcomes.push(o),
-            Settled::Rejected(r) => rejects.push(r),
+            Settled::Outcome(o) => {
+                part.settled.push(PromptKey::of(&o.prompt));
+                part.outcomes.push(o);
+            }
+            Settled::Rejected(r, key) => {
+                part.settled.push(key);
+                part.rejects.push(r);
+            }
+            Settled::InputRejected(r) => part.input_rejects.push(r),
+            Settled::Stats(s) => part.read_stats.add(&s),
             Settled::Expect { .. } => {}
         }
     }
-    outcomes.sort_by(|a: &PromptOutcome, b| a.prompt.id.cmp(&b.prompt.id));
-    rejects.sort_by(|a: &Reject, b| a.prompt_id.cmp(&b.prompt_id));
-    ShardPart {
-        shard,
-        outcomes,
-        rejects,
-    }
+    part.outcomes.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
+    part.rejects.sort_by(|a, b| a.prompt_id.cmp(&b.prompt_id));
+    part.input_rejects.sort_by(|a, b| {
+        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
+            b.file.as_str(),
+            b.record,
+            b.reason.as_str(),
+        ))
+    });
+    part.settled.sort();
+    part
 }
 
-/// The output shard a settled prompt belongs to.
+/// The output shard of a settled item (`Expect` names its own).
 fn settled_shard(item: &Settled, shards: usize) -> usize {
     match item {
         Settled::Outcome(o) => shard_of(&o.prompt.id, shards),
-        Settled::Rejected(r) => shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards),
+        Settled::Rejected(_, key) => shard_of(&key.id, shards),
+        Settled::InputRejected(r) => shard_of(&input_reject_route(r), shards),
+        Settled::Stats(_) => 0,
         Settled::Expect { shard, .. } => *shard,
     }
 }
 
-/// Runs the graph on the cluster `spec.cluster` (this process's workers). Worker 0 of process 0
-/// feeds `prompts` (sorted by shard, so that shards complete one after another) and `expected`
-/// (prompts per shard; the other processes pass empty ones); the owner of shard k (worker
-/// k % all workers) commits the shard's part and marker through `store` as soon as its
-/// prompts are settled. `connected` is set once the dataflow runs (every peer is connected).
+/// Input rejects are routed by their prompt id when they have one, else by file and record.
+fn input_reject_route(r: &Reject) -> String {
+    r.prompt_id
+        .clone()
+        .unwrap_or_else(|| crate::input::reject_route(r))
+}
+
+/// What a reader hands to planning, routed by prompt id (or by file and record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReadItem {
+    Prompt(Prompt),
+    Reject(Reject),
+    Stats(ReadStats),
+}
+
+/// What the run already holds: committed prompts, reported input rejects, committed shards.
+#[derive(Debug, Clone, Default)]
+pub struct RunState {
+    /// Prompt id → messages digest, of prompts committed runs settled.
+    pub settled: HashMap<String, String>,
+    /// Keys of input rejects committed runs reported.
+    pub reported: std::collections::HashSet<String>,
+    /// Shards of this run whose markers exist (a resumed run does not redo them).
+    pub resumed: std::collections::HashSet<usize>,
+}
+
+/// A reader's share after the incremental filter: new prompts, rejects not yet reported, stats.
+pub fn filter_share(share: crate::source::SourceOutput, state: &RunState) -> Vec<ReadItem> {
+    let mut stats = ReadStats {
+        records: share.records,
+        prompts: share.prompts.len() as u64,
+        already_committed: 0,
+    };
+    let mut items = Vec::new();
+    let reject = |r: Reject, items: &mut Vec<ReadItem>| {
+        if !state.reported.contains(&reject_key(&r)) {
+            items.push(ReadItem::Reject(r));
+        }
+    };
+    for r in share.rejects {
+        reject(r, &mut items);
+    }
+    for prompt in share.prompts {
+        let key = PromptKey::of(&prompt);
+        match state.settled.get(&key.id) {
+            None => items.push(ReadItem::Prompt(prompt)),
+            Some(digest) if *digest == key.digest => stats.already_committed += 1,
+            Some(_) => {
+                let mut r = Reject::new(
+                    &prompt.source.file,
+                    prompt.source.record,
+                    Some("messages"),
+                    "changed_since_committed",
+                    format!(
+                        "prompt `{}` was committed by an earlier run with different messages; \
+                         give the new prompt a new id",
+                        prompt.id
+                    ),
+                );
+                r.prompt_id = Some(prompt.id.clone());
+                reject(r, &mut items);
+            }
+        }
+    }
+    items.push(ReadItem::Stats(stats));
+    items
+}
+
+/// Planning at one worker, once every reader is done: of prompts sharing an id the first in
+/// the input (by file, then record) is kept and the others rejected; items of committed shards
+/// are left out. Returns the prompts to sample (sorted by shard, then id), the items to settle,
+/// and one `Expect` per shard not committed yet.
+pub fn plan_items(
+    items: Vec<ReadItem>,
+    shards: usize,
+    resumed: &std::collections::HashSet<usize>,
+) -> (Vec<Prompt>, Vec<Settled>) {
+    let mut by_id: HashMap<String, Vec<Prompt>> = HashMap::new();
+    let mut settle = Vec::new();
+    for item in items {
+        match item {
+            ReadItem::Prompt(p) => by_id.entry(p.id.clone()).or_default().push(p),
+            ReadItem::Reject(r) => settle.push(Settled::InputRejected(r)),
+            ReadItem::Stats(s) => settle.push(Settled::Stats(s)),
+        }
+    }
+    let mut prompts = Vec::new();
+    for (_, mut copies) in by_id {
+        copies.sort_by(|a, b| {
+            (a.source.file.as_str(), a.source.record)
+                .cmp(&(b.source.file.as_str(), b.source.record))
+        });
+        let mut copies = copies.into_iter();
+        let Some(first) = copies.next() else { continue };
+        for p in copies {
+            let mut r = Reject::new(
+                &p.source.file,
+                p.source.record,
+                Some("id"),
+                "duplicate_id",
+                format!(
+                    "prompt id `{}` appeared before ({}:{}); the first is kept",
+                    p.id, first.source.file, first.source.record
+                ),
+            );
+            r.prompt_id = Some(p.id);
+            settle.push(Settled::InputRejected(r));
+        }
+        prompts.push(first);
+    }
+    prompts.retain(|p| !resumed.contains(&shard_of(&p.id, shards)));
+    settle.retain(|s| !resumed.contains(&settled_shard(s, shards)));
+    prompts.sort_by(|a, b| (shard_of(&a.id, shards), &a.id).cmp(&(shard_of(&b.id, shards), &b.id)));
+    let mut counts = vec![0u64; shards];
+    for p in &prompts {
+        counts[shard_of(&p.id, shards)] += 1;
+    }
+    for s in &settle {
+        counts[settled_shard(s, shards)] += 1;
+    }
+    for (shard, &items) in counts.iter().enumerate() {
+        if !resumed.contains(&shard) {
+            settle.push(Settled::Expect { shard, items });
+        }
+    }
+    (prompts, settle)
+}
+
+/// Runs the graph on the cluster `spec.cluster` (this process's workers). Every worker reads
+/// its share of `files`, drops what committed runs settled (`state`), and routes the rest by
+/// prompt id to a planning worker, which settles duplicates and feeds the prompts to sampling,
+/// sorted by shard so that shards complete one after another. The owner of shard k (worker
+/// k % all workers) commits the shard's part and marker through `store` as soon as everything
+/// routed to the shard has arrived. `connected` is set once the dataflow runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run_graph(
     spec: Arc<RunSpec>,
     models: Models,
-    prompts: Arc<Vec<Prompt>>,
+    files: Arc<Vec<crate::input::InputFile>>,
+    state: Arc<RunState>,
     store: Arc<RunStore>,
-    expected: Arc<Vec<u64>>,
     progress: &crate::progress::Progress,
     connected: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<WorkerResult>, PipelineError> {
-    let total_prompts = prompts.len() as u64;
-    let sample_bar = progress.stage("sample", "prompts", total_prompts);
-    let score_bar = progress.stage(
-        "score",
-        "responses",
-        total_prompts * spec.samples_per_prompt as u64,
-    );
+    let sample_bar = progress.stage("sample", "prompts", 0);
+    let score_bar = progress.stage("score", "responses", 0);
     let (sample_bar_w, score_bar_w) = (sample_bar.clone(), score_bar.clone());
     let guards = timely::execute(spec.cluster.timely_config(), move |worker| {
         let index = worker.index();
+        let peers = worker.peers();
         connected.store(true, std::sync::atomic::Ordering::SeqCst);
         let counters = Rc::new(RefCell::new(StageCounters::default()));
         let markers = Rc::new(RefCell::new(Vec::new()));
         let failure: Rc<RefCell<Option<PipelineError>>> = Rc::new(RefCell::new(None));
         let runtime = Rc::new(crate::storage::io_runtime()?);
         let probe = ProbeHandle::new();
-        worker.dataflow::<u64, _, _>(|scope| {
-            // One worker of the cluster feeds the prompts; the exchange spreads them.
-            let feeder = index == 0;
-            let mine: Vec<Prompt> = if feeder { prompts.to_vec() } else { Vec::new() };
-            let expect: Vec<Settled> = if feeder {
-                expected
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &n)| n > 0)
-                    .map(|(shard, &prompts)| Settled::Expect { shard, prompts })
-                    .collect()
-            } else {
+        // This worker's share of the input. A failure is kept for the end: returning now would
+        // leave the other workers waiting for this one's part of the dataflow.
+        let share = match crate::input::read_share(&files, index, peers, RecordShape::Prompt) {
+            Ok(share) => filter_share(share, &state),
+            Err(e) => {
+                *failure.borrow_mut() = Some(e);
                 Vec::new()
-            };
+            }
+        };
+        worker.dataflow::<u64, _, _>(|scope| {
+            let shards = spec.shards;
+            let resumed = state.resumed.clone();
+            let (sample_bar_p, score_bar_p, samples_per_prompt) =
+                (sample_bar_w.clone(), score_bar_w.clone(), spec.samples_per_prompt as u64);
+            let planned = share
+                .to_stream(scope)
+                .exchange(|item: &ReadItem| match item {
+                    ReadItem::Prompt(p) => route_hash(&p.id),
+                    ReadItem::Reject(r) => route_hash(&input_reject_route(r)),
+                    ReadItem::Stats(_) => 0,
+                })
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Result<Prompt, Settled>>>, _, _, _>(
+                    Pipeline,
+                    "Plan",
+                    move |default_cap, _| {
+                        let mut cap = Some(default_cap);
+                        let mut items = Vec::new();
+                        move |(input, frontier), output| {
+                            input.for_each_stamp(|_, data| {
+                                for batch in data {
+                                    items.append(batch);
+                                }
+                            });
+                            if !frontier.is_empty() {
+                                return;
+                            }
+                            if let Some(c) = cap.take() {
+                                let (prompts, settle) = plan_items(std::mem::take(&mut items), shards, &resumed);
+                                sample_bar_p.add_total(prompts.len() as u64);
+                                score_bar_p.add_total(prompts.len() as u64 * samples_per_prompt);
+                                let mut session = output.session(&c);
+                                session.give_iterator(settle.into_iter().map(Err));
+                                session.give_iterator(prompts.into_iter().map(Ok));
+                            }
+                        }
+                    },
+                );
+            let (to_sample, to_settle) = planned.ok_err(|r| r);
+
             let (spec_s, models_s, counters_s, bar, failed) =
                 (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone(), failure.clone());
-            let sampled = mine
-                .to_stream(scope)
-                .exchange(|p: &Prompt| route_hash(&p.id))
-                .flat_map(move |prompt| {
-                    if failed.borrow().is_some() {
-                        return Vec::new(); // a shard could not be committed: stop working
-                    }
-                    let out = sample_prompt(prompt, &spec_s, &models_s, &counters_s);
-                    bar.advance(1);
-                    out
-                });
+            let sampled = to_sample.flat_map(move |prompt| {
+                if failed.borrow().is_some() {
+                    return Vec::new(); // a shard could not be committed: stop working
+                }
+                let out = sample_prompt(prompt, &spec_s, &models_s, &counters_s);
+                bar.advance(1);
+                out
+            });
             let (samples, sample_rejects) = sampled.ok_err(|r| r);
+
             let (spec_c, models_c, counters_c, bar) = (spec.clone(), models.clone(), counters.clone(), score_bar_w.clone());
             // The reward model sees exactly one prompt's samples at a time, whatever the
             // containers timely groups them in: batch composition changes the float results
@@ -474,25 +685,25 @@ pub fn run_graph(
                     },
                 );
             let rejected = sample_rejects
-                .container::<Vec<Reject>>()
-                .exchange(move |r: &Reject| shard_of(r.prompt_id.as_deref().unwrap_or_default(), shards) as u64)
-                .map(Settled::Rejected);
-            let expectations = expect
-                .to_stream(scope)
-                .exchange(move |e: &Settled| settled_shard(e, shards) as u64);
+                .container::<Vec<(Reject, PromptKey)>>()
+                .exchange(move |(_, key): &(Reject, PromptKey)| shard_of(&key.id, shards) as u64)
+                .map(|(r, key)| Settled::Rejected(r, key));
+            let to_settle = to_settle
+                .container::<Vec<Settled>>()
+                .exchange(move |s: &Settled| settled_shard(s, shards) as u64);
 
-            // Commit each shard the moment its last prompt is settled.
+            // Commit each shard the moment everything routed to it has arrived.
             let (store_c, runtime_c, markers_c, failure_c) =
                 (store.clone(), runtime.clone(), markers.clone(), failure.clone());
             outcomes
                 .concat(rejected)
-                .concat(expectations)
+                .concat(to_settle)
                 .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<ShardMarker>>, _, _, _>(
                     Pipeline,
                     "CommitShards",
                     move |default_cap, _info| {
                         let mut cap = Some(default_cap);
-                        let mut collector = ShardCollector::new();
+                        let mut collector = ShardCollector::new(peers);
                         move |(input, frontier), output| {
                             let mut complete = Vec::new();
                             input.for_each_stamp(|_, data| {
@@ -518,14 +729,12 @@ pub fn run_graph(
                                 let incomplete = collector.incomplete();
                                 if !incomplete.is_empty() && failure_c.borrow().is_none() {
                                     *failure_c.borrow_mut() = Some(PipelineError::Worker(format!(
-                                        "shards left incomplete (shard, prompts settled, prompts expected): {incomplete:?}"
+                                        "shards left incomplete (shard, items in, items expected, planners heard): {incomplete:?}"
                                     )));
                                 }
-                                if let Some(c) = cap.take() {
-                                    drop(c);
-                                }
+                                cap = None;
                             }
-                            let _ = &output;
+                            let _ = (&output, &cap);
                         }
                     },
                 )
@@ -557,7 +766,11 @@ mod tests {
     fn rejected(id: &str) -> Settled {
         let mut r = Reject::new("in.jsonl", 1, None, "policy_prompt", "x");
         r.prompt_id = Some(id.into());
-        Settled::Rejected(r)
+        let key = PromptKey {
+            id: id.into(),
+            digest: "d".into(),
+        };
+        Settled::Rejected(r, key)
     }
 
     fn sample(id: &str, index: u32) -> Sample {
@@ -599,32 +812,22 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_is_complete_when_all_its_prompts_are_settled() {
-        let mut collector = ShardCollector::new();
-        assert_eq!(
-            collector.add(
-                0,
-                Settled::Expect {
-                    shard: 0,
-                    prompts: 2
-                }
-            ),
-            None
-        );
+    fn a_shard_is_complete_when_every_planner_has_reported_and_its_items_are_in() {
+        let expect = |shard: usize, items: u64| Settled::Expect { shard, items };
+        // Two planning workers.
+        let mut collector = ShardCollector::new(2);
+        assert_eq!(collector.add(0, expect(0, 1)), None);
         assert_eq!(collector.add(0, rejected("b")), None);
-        // The count may arrive after the prompts.
+        // Counts may arrive after the items; one planner not heard from yet keeps it open.
         assert_eq!(collector.add(1, rejected("c")), None);
+        assert_eq!(collector.add(1, expect(1, 1)), None);
         let one = collector
-            .add(
-                1,
-                Settled::Expect {
-                    shard: 1,
-                    prompts: 1,
-                },
-            )
+            .add(1, expect(1, 0))
             .expect("shard 1 holds one prompt");
         assert_eq!(one.shard, 1);
-        assert_eq!(collector.incomplete(), vec![(0, 1, Some(2))]);
+        assert_eq!(one.settled.len(), 1);
+        assert_eq!(collector.incomplete(), vec![(0, 1, 1, 1)]);
+        assert_eq!(collector.add(0, expect(0, 1)), None);
         let zero = collector.add(0, rejected("a")).expect("shard 0 complete");
         let ids: Vec<_> = zero
             .rejects
@@ -637,5 +840,65 @@ mod tests {
             "sorted by prompt id, whatever the arrival order"
         );
         assert!(collector.incomplete().is_empty());
+        // An empty shard completes once every planner said so.
+        let mut empty = ShardCollector::new(2);
+        assert_eq!(empty.add(3, expect(3, 0)), None);
+        assert!(empty.add(3, expect(3, 0)).is_some());
+    }
+
+    fn prompt(id: &str, file: &str, record: u64) -> Prompt {
+        Prompt {
+            id: id.into(),
+            messages: vec![steerflow_operators::records::Message::new("user", id)],
+            source: steerflow_operators::records::SourcePosition {
+                file: file.into(),
+                record,
+            },
+        }
+    }
+
+    #[test]
+    fn planning_keeps_the_first_of_a_duplicated_id_and_counts_every_item() {
+        let items = vec![
+            ReadItem::Prompt(prompt("x", "b.jsonl", 1)),
+            ReadItem::Prompt(prompt("x", "a.jsonl", 7)),
+            ReadItem::Prompt(prompt("y", "a.jsonl", 2)),
+            ReadItem::Reject(Reject::new("a.jsonl", 3, None, "invalid_json", "bad")),
+            ReadItem::Stats(ReadStats {
+                records: 4,
+                prompts: 3,
+                already_committed: 0,
+            }),
+        ];
+        let (prompts, settle) = plan_items(items, 3, &Default::default());
+        let kept: Vec<(&str, &str)> = prompts
+            .iter()
+            .map(|p| (p.id.as_str(), p.source.file.as_str()))
+            .collect();
+        assert!(kept.contains(&("x", "a.jsonl")) && kept.contains(&("y", "a.jsonl")));
+        assert_eq!(kept.len(), 2);
+        let duplicate = settle.iter().find_map(|s| match s {
+            Settled::InputRejected(r) if r.reason == "duplicate_id" => Some(r),
+            _ => None,
+        });
+        assert_eq!(
+            duplicate.map(|r| (r.file.as_str(), r.record)),
+            Some(("b.jsonl", 1))
+        );
+        // One Expect per shard, together counting every prompt, reject and stats record.
+        let expects: Vec<(usize, u64)> = settle
+            .iter()
+            .filter_map(|s| match s {
+                Settled::Expect { shard, items } => Some((*shard, *items)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expects.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(expects.iter().map(|e| e.1).sum::<u64>(), 2 + 3);
+        // Committed shards are left out entirely.
+        let resumed: std::collections::HashSet<usize> = (0..3).collect();
+        let items = vec![ReadItem::Prompt(prompt("x", "a.jsonl", 1))];
+        let (prompts, settle) = plan_items(items, 3, &resumed);
+        assert!(prompts.is_empty() && settle.is_empty());
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod faults;
 pub mod filter_rank;
 pub mod graph;
+pub mod input;
 pub mod inspect;
 pub mod labelled_pairs;
 pub mod progress;

@@ -16,7 +16,7 @@ pub struct StageProgress {
     bar: ProgressBar,
     name: &'static str,
     done: Arc<AtomicU64>,
-    total: u64,
+    total: Arc<AtomicU64>,
     log_lines: bool,
     unit: String,
     started: Instant,
@@ -25,14 +25,21 @@ pub struct StageProgress {
 }
 
 impl StageProgress {
+    /// Adds to the stage's total (known once planning has run).
+    pub fn add_total(&self, n: u64) {
+        self.bar.inc_length(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn advance(&self, n: u64) {
+        let total = self.total.load(Ordering::Relaxed);
         self.bar.inc(n);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
         {
             let now = self.started.elapsed().as_secs_f64();
             let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
             let last = samples.last().map(|s| s.0).unwrap_or(f64::NEG_INFINITY);
-            if now - last >= 0.5 || before + n == self.total {
+            if now - last >= 0.5 || before + n == total {
                 samples.push((now, before + n));
                 if samples.len() > MAX_SAMPLES {
                     let thinned: Vec<_> = samples.iter().copied().step_by(2).collect();
@@ -40,16 +47,11 @@ impl StageProgress {
                 }
             }
         }
-        if self.log_lines && self.total > 0 {
+        if self.log_lines && total > 0 {
             // A line each time another tenth of the stage is done (at least every 5 items).
-            let step = (self.total / 10).max(5);
-            if (before + n) / step > before / step || before + n == self.total {
-                tracing::info!(
-                    stage = self.name,
-                    done = before + n,
-                    total = self.total,
-                    "progress"
-                );
+            let step = (total / 10).max(5);
+            if (before + n) / step > before / step || before + n == total {
+                tracing::info!(stage = self.name, done = before + n, total, "progress");
             }
         }
     }
@@ -118,7 +120,7 @@ impl Progress {
             bar,
             name,
             done: Arc::new(AtomicU64::new(0)),
-            total,
+            total: Arc::new(AtomicU64::new(total)),
             log_lines: self.log_lines,
             unit: unit.to_string(),
             started: self.started,

@@ -8,25 +8,24 @@
 //! 4. from all parts: run-wide stats, the data files, rejects, summary and report;
 //! 5. commit the manifest, then rewrite README, summary and report from the manifests.
 
+use crate::commit::ShardPart;
 use crate::commit::{
     committed_manifests, new_writer_id, reject_key, Manifest, PromptKey, RunPlan, RunStore,
-    ShardPart, COMMITTED, RUNS,
+    COMMITTED, RUNS,
 };
-use crate::graph::{run_graph, PromptOutcome};
+use crate::graph::{run_graph, PromptOutcome, ReadStats, RunState};
 use crate::progress::Progress;
 use crate::reject::{enforce_limit, Reject};
 use crate::sink::{dataset_readme, write_run_shard, ModelIds, Shard, ShardFile};
-use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, redact_url, Location};
 use crate::summary::{per_second, StageCounters};
 use crate::PipelineError;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use steerflow_operators::normalize::NormStats;
-use steerflow_operators::seeding::shard_of;
 
 /// What a finished run reports (also written as `summary.json`).
 #[derive(Debug, Clone)]
@@ -63,17 +62,19 @@ fn lineage_settings(spec: &RunSpec, ids: &ModelIds) -> serde_json::Value {
     })
 }
 
-/// Runs an iterative-DPO job end to end, exactly once.
+/// Runs an iterative-DPO job end to end, exactly once. `input_format` is the config's
+/// `input.format` (`auto` picks each file's by its extension).
 pub fn run_iterative_dpo(
     spec: RunSpec,
-    input_format: InputFormat,
+    input_format: &str,
     models: Models,
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output, true)?;
     let rt = io_runtime()?;
-    let source = read_prompts(&spec.input, input_format, RecordShape::Prompt)?;
-    tracing::info!(input = %redact_url(&spec.input), prompts = source.prompts.len(), rejected = source.rejects.len(), "read input");
+    let files = crate::input::list_input(&spec.input, input_format)?;
+    let input_identity = crate::input::input_identity(&files);
+    tracing::info!(input = %redact_url(&spec.input), files = files.len(), "input");
     let ids = ModelIds {
         policy: models.policy.model().id().to_string(),
         scorer: models.reward.id(),
@@ -93,125 +94,35 @@ pub fn run_iterative_dpo(
             other.run_id
         )));
     }
-    let settled: HashMap<&str, &str> = committed
+    if let Some(latest) = committed
         .iter()
-        .flat_map(|m| &m.prompts)
-        .map(|k| (k.id.as_str(), k.digest.as_str()))
-        .collect();
-    let reported: HashSet<&str> = committed
-        .iter()
-        .flat_map(|m| &m.input_rejects)
-        .map(String::as_str)
-        .collect();
-    let records_read = source.records;
-    let prompts_in_input = source.prompts.len();
-    let mut input_rejects: Vec<Reject> = source
-        .rejects
-        .into_iter()
-        .filter(|r| !reported.contains(reject_key(r).as_str()))
-        .collect();
-    let mut to_process = Vec::new();
-    let mut already_committed = 0u64;
-    for prompt in source.prompts {
-        let key = PromptKey::of(&prompt);
-        match settled.get(key.id.as_str()) {
-            None => to_process.push(prompt),
-            Some(&digest) if digest == key.digest => already_committed += 1,
-            Some(_) => {
-                let mut r = Reject::new(
-                    &prompt.source.file,
-                    prompt.source.record,
-                    Some("messages"),
-                    "changed_since_committed",
-                    format!(
-                        "prompt `{}` was committed by an earlier run with different messages; \
-                         give the new prompt a new id",
-                        prompt.id
-                    ),
-                );
-                r.prompt_id = Some(prompt.id.clone());
-                if !reported.contains(reject_key(&r).as_str()) {
-                    input_rejects.push(r);
-                }
-            }
-        }
+        .find(|m| m.input_identity == input_identity)
+    {
+        tracing::info!(run = %latest.run_id, "nothing new to do: run {} read this very input", latest.run_id);
+        return up_to_date(&output, rt, &committed, &spec);
     }
-    enforce_limit(spec.max_rejects, &input_rejects, records_read)?;
-    if to_process.is_empty() && input_rejects.is_empty() {
-        if let Some(latest) = committed.last() {
-            tracing::info!(run = %latest.run_id, "nothing new to do: every prompt of the input is committed");
-            return up_to_date(&output, rt, &committed, &spec);
-        }
-    }
-
-    let keys: Vec<PromptKey> = to_process.iter().map(PromptKey::of).collect();
-    let input_reject_keys: Vec<String> = input_rejects.iter().map(reject_key).collect();
-    // The plan holds no paths: the same prompts read from a moved input resume the same run.
-    let plan = RunPlan::new(settings, &keys, &input_reject_keys, spec.shards);
+    let after_runs: Vec<String> = committed.iter().map(|m| m.run_id.clone()).collect();
+    let plan = RunPlan::new(settings, &input_identity, &after_runs, spec.shards);
     let writer = new_writer_id();
     let store = Arc::new(RunStore::new(output.clone(), &plan.run_id, &writer));
     rt.block_on(store.ensure_plan(&plan))?;
 
-    // Resume: shards with a marker are done; their prompts are not run again.
-    let mut expected = vec![0u64; spec.shards];
-    for p in &to_process {
-        expected[shard_of(&p.id, spec.shards)] += 1;
-    }
-    // Process 0 decides what is left to do and feeds it; the others only run their workers.
-    let leader = spec.cluster.is_leader();
-    let markers = if leader {
-        rt.block_on(store.markers())?
-    } else {
-        Default::default()
+    // Resume: shards with a marker are done; nobody reads their prompts into the graph again.
+    let markers = rt.block_on(store.markers())?;
+    let state = RunState {
+        settled: committed
+            .iter()
+            .flat_map(|m| &m.prompts)
+            .map(|k| (k.id.clone(), k.digest.clone()))
+            .collect(),
+        reported: committed
+            .iter()
+            .flat_map(|m| m.input_rejects.iter().cloned())
+            .collect(),
+        resumed: markers.keys().copied().collect(),
     };
-    for (k, marker) in &markers {
-        if expected.get(*k) != Some(&marker.prompts) {
-            return Err(PipelineError::RunConflict(format!(
-                "shard marker {k} of run {} holds {} prompts, the plan {}",
-                plan.run_id,
-                marker.prompts,
-                expected.get(*k).copied().unwrap_or(0)
-            )));
-        }
-    }
     let resumed_shards = markers.len();
-    let mut remaining: Vec<(usize, usize)> = to_process
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (shard_of(&p.id, spec.shards), i))
-        .filter(|(k, _)| !markers.contains_key(k))
-        .collect();
-    remaining.sort();
-    let remaining: Vec<_> = remaining
-        .into_iter()
-        .map(|(_, i)| to_process[i].clone())
-        .filter(|_| leader)
-        .collect();
-    for (k, expected_k) in expected.iter_mut().enumerate() {
-        if !leader {
-            *expected_k = 0;
-            continue;
-        }
-        if *expected_k == 0 && !markers.contains_key(&k) {
-            let empty = ShardPart {
-                shard: k,
-                outcomes: Vec::new(),
-                rejects: Vec::new(),
-            };
-            rt.block_on(store.commit_shard(&empty, &writer))?;
-        }
-        if markers.contains_key(&k) {
-            *expected_k = 0;
-        }
-    }
-    tracing::info!(
-        run = %plan.run_id,
-        prompts = to_process.len(),
-        already_committed,
-        resumed_shards,
-        to_sample = remaining.len(),
-        "plan"
-    );
+    tracing::info!(run = %plan.run_id, resumed_shards, earlier_runs = committed.len(), "plan");
 
     let spec = Arc::new(spec);
     let progress = Progress::new();
@@ -223,9 +134,9 @@ pub fn run_iterative_dpo(
     let results = run_graph(
         spec.clone(),
         models.clone(),
-        Arc::new(remaining),
+        Arc::new(files),
+        Arc::new(state),
         store.clone(),
-        Arc::new(expected),
         &progress,
         watch.flag(),
     )?;
@@ -233,7 +144,7 @@ pub fn run_iterative_dpo(
     for r in &results {
         counters.merge(&r.counters);
     }
-    if !leader {
+    if !spec.cluster.is_leader() {
         tracing::info!(run = %plan.run_id, process = spec.cluster.process, "this process's share is done; process 0 commits the run");
         return Ok(RunReport {
             summary: json!({
@@ -269,10 +180,32 @@ pub fn run_iterative_dpo(
         .map(|m| rt.block_on(store.read_part(m)))
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes: Vec<&PromptOutcome> = parts.iter().flat_map(|p| &p.outcomes).collect();
-    let mut rejects = input_rejects;
+    let mut read = ReadStats::default();
+    for p in &parts {
+        read.add(&p.read_stats);
+    }
+    let input_rejects: Vec<&Reject> = parts.iter().flat_map(|p| &p.input_rejects).collect();
+    let mut settled_keys: Vec<PromptKey> = parts
+        .iter()
+        .flat_map(|p| p.settled.iter().cloned())
+        .collect();
+    settled_keys.sort();
+    let mut input_reject_keys: Vec<String> = input_rejects.iter().map(|r| reject_key(r)).collect();
+    input_reject_keys.sort();
+    let mut rejects: Vec<Reject> = input_rejects.iter().map(|r| (*r).clone()).collect();
     rejects.extend(parts.iter().flat_map(|p| p.rejects.iter().cloned()));
-    rejects.sort_by(|a, b| (a.file.as_str(), a.record).cmp(&(b.file.as_str(), b.record)));
-    enforce_limit(spec.max_rejects, &rejects, records_read)?;
+    rejects.sort_by(|a, b| {
+        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
+            b.file.as_str(),
+            b.record,
+            b.reason.as_str(),
+        ))
+    });
+    enforce_limit(spec.max_rejects, &rejects, read.records)?;
+    if settled_keys.is_empty() && rejects.is_empty() && !committed.is_empty() {
+        tracing::info!(run = %plan.run_id, "nothing new to do: the input changed but holds no prompt the committed runs did not settle");
+        return up_to_date(&output, rt, &committed, &spec);
+    }
 
     let run_stats = NormStats::from_values(
         outcomes
@@ -318,11 +251,11 @@ pub fn run_iterative_dpo(
         elapsed,
         files: &files,
         incremental: json!({
-            "prompts_in_input": prompts_in_input,
-            "records_read": records_read,
-            "prompts_already_committed": already_committed,
-            "prompts_new": to_process.len(),
-            "earlier_runs": committed.iter().map(|m| m.run_id.clone()).collect::<Vec<_>>(),
+            "records_read": read.records,
+            "prompts_in_input": read.prompts,
+            "prompts_already_committed": read.already_committed,
+            "prompts_new": settled_keys.len(),
+            "earlier_runs": after_runs,
             "resumed_shards": resumed_shards,
         }),
         timeline: progress.timeline(),
@@ -344,14 +277,13 @@ pub fn run_iterative_dpo(
             .await
     })?;
 
-    let mut settled_keys: Vec<PromptKey> = keys;
-    settled_keys.sort();
     let manifest = Manifest {
         run_id: plan.run_id.clone(),
         lineage,
         writer: writer.clone(),
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         input: redact_url(&spec.input),
+        input_identity,
         prompts: settled_keys,
         input_rejects: input_reject_keys,
         files: files.clone(),

@@ -180,7 +180,7 @@ impl JsonlParser {
 }
 
 /// Streams a jsonl object through a [`JsonlParser`]: the raw file is never held whole.
-fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutput, PipelineError> {
+pub(crate) fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutput, PipelineError> {
     use futures::StreamExt;
     use object_store::ObjectStoreExt;
     let (location, file) = crate::storage::Location::parse_file(spec)?;
@@ -412,6 +412,17 @@ fn string_at(array: &dyn Array, i: usize) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// Parses one parquet batch whose first row is `row` (0-based in its file).
+pub(crate) fn parse_batch_at(
+    file: &str,
+    batch: &RecordBatch,
+    row: &mut u64,
+    out: &mut SourceOutput,
+    shape: RecordShape,
+) -> Result<(), String> {
+    parse_batch(file, batch, row, out, shape)
 }
 
 fn parse_batch(

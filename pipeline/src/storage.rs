@@ -598,9 +598,18 @@ mod tests {
             source: message.to_string().into(),
         };
         let status = |code: &str| format!("Server returned non-2xx status code: {code}: body");
-        assert!(is_transient(&generic("S3", &status("503 Service Unavailable"))));
-        assert!(is_transient(&generic("S3", &status("429 Too Many Requests"))));
-        assert!(is_transient(&generic("MicrosoftAzure", "error sending request")));
+        assert!(is_transient(&generic(
+            "S3",
+            &status("503 Service Unavailable")
+        )));
+        assert!(is_transient(&generic(
+            "S3",
+            &status("429 Too Many Requests")
+        )));
+        assert!(is_transient(&generic(
+            "MicrosoftAzure",
+            "error sending request"
+        )));
         assert!(!is_transient(&generic("S3", &status("400 Bad Request"))));
         assert!(!is_transient(&generic("LocalFileSystem", "disk full")));
         assert!(!is_transient(&object_store::Error::NotFound {

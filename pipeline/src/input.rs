@@ -1,0 +1,275 @@
+//! The input of a run, split so that no worker reads all of it: a jsonl file is read by one
+//! worker, a parquet file's row groups are spread over the workers (each fetches only its row
+//! groups' byte ranges), and a folder of files spreads its files.
+//!
+//! `input.path` is one file, or a folder (a local directory, or a URL ending in `/`) whose
+//! `.jsonl`, `.json` and `.parquet` files are read in name order.
+
+use crate::reject::Reject;
+use crate::source::{parse_batch_at, stream_jsonl, InputFormat, RecordShape, SourceOutput};
+use crate::storage::{io_runtime, storage_error, Location};
+use crate::PipelineError;
+use object_store::ObjectStoreExt;
+// parquet 60 deprecates its object_store reader in favour of hand-written `AsyncFileReader`s; it
+// is still the crate's own range-fetching reader, so it is used until its replacement lands.
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use serde::{Deserialize, Serialize};
+
+/// One input file and what identifies its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// As rejects and positions name it: the path or URL.
+    pub spec: String,
+    pub parquet: bool,
+    pub size: u64,
+    /// The store's e-tag, else the modification time.
+    pub version: String,
+}
+
+fn is_folder(spec: &str) -> bool {
+    if spec.contains("://") && !spec.starts_with("file://") {
+        return spec.ends_with('/');
+    }
+    std::path::Path::new(spec.trim_start_matches("file://")).is_dir()
+}
+
+/// The files of `spec` (one file, or a folder's data files in name order) with their versions.
+pub fn list_input(spec: &str, format: &str) -> Result<Vec<InputFile>, PipelineError> {
+    let rt = io_runtime()?;
+    let fail = |message: String| PipelineError::Input {
+        location: crate::storage::redact_url(spec),
+        message,
+    };
+    let describe = |file: String,
+                    meta: &object_store::ObjectMeta|
+     -> Result<InputFile, PipelineError> {
+        let parquet = InputFormat::resolve(format, &file).map_err(fail)? == InputFormat::Parquet;
+        Ok(InputFile {
+            version: meta
+                .e_tag
+                .clone()
+                .unwrap_or_else(|| meta.last_modified.to_rfc3339()),
+            size: meta.size,
+            parquet,
+            spec: file,
+        })
+    };
+    if is_folder(spec) {
+        let location = Location::parse(spec, false)?;
+        let mut files = Vec::new();
+        for object in rt.block_on(location.list(""))? {
+            let name = object.path.as_str();
+            let data = [".jsonl", ".json", ".parquet"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
+            if !data
+                || name
+                    .split('/')
+                    .any(|part| part.starts_with('.') || part.starts_with('_'))
+            {
+                continue;
+            }
+            let file = format!("{}/{}", spec.trim_end_matches('/'), object.path);
+            let meta = rt
+                .block_on(location.store.head(&location.child(&object.path)))
+                .map_err(|e| storage_error(file.clone(), e))?;
+            files.push(describe(file, &meta)?);
+        }
+        if files.is_empty() {
+            return Err(fail(
+                "the folder holds no .jsonl, .json or .parquet file".into(),
+            ));
+        }
+        return Ok(files);
+    }
+    let (location, path) = Location::parse_file(spec)?;
+    let meta = rt.block_on(location.store.head(&path)).map_err(|e| {
+        match storage_error(crate::storage::redact_url(spec), e) {
+            PipelineError::Storage {
+                retryable: false,
+                location,
+                message,
+            } => PipelineError::Input { location, message },
+            transient => transient,
+        }
+    })?;
+    Ok(vec![describe(spec.to_string(), &meta)?])
+}
+
+/// A digest of the files and their versions: the input's identity for run ids.
+pub fn input_identity(files: &[InputFile]) -> String {
+    crate::commit::digest(serde_json::to_string(files).unwrap_or_default().as_bytes())
+}
+
+/// Reads the part of the input that worker `worker` of `workers` owns: jsonl file i when
+/// i % workers == worker, and row group j of parquet file i when (i + j) % workers == worker.
+/// Records keep their file and line (jsonl, from 1) or row (parquet, from 0).
+pub fn read_share(
+    files: &[InputFile],
+    worker: usize,
+    workers: usize,
+    shape: RecordShape,
+) -> Result<SourceOutput, PipelineError> {
+    let mut out = SourceOutput::default();
+    for (i, file) in files.iter().enumerate() {
+        let part = if file.parquet {
+            read_row_groups(file, i, worker, workers, shape)?
+        } else if i % workers == worker {
+            stream_jsonl(&file.spec, shape)?
+        } else {
+            continue;
+        };
+        out.records += part.records;
+        out.prompts.extend(part.prompts);
+        out.rejects.extend(part.rejects);
+    }
+    Ok(out)
+}
+
+/// The row groups of parquet file `index` that belong to `worker`, fetched by range.
+#[allow(deprecated)]
+fn read_row_groups(
+    file: &InputFile,
+    index: usize,
+    worker: usize,
+    workers: usize,
+    shape: RecordShape,
+) -> Result<SourceOutput, PipelineError> {
+    use futures::TryStreamExt;
+    let (location, path) = Location::parse_file(&file.spec)?;
+    let fail = |message: String| PipelineError::Input {
+        location: crate::storage::redact_url(&file.spec),
+        message,
+    };
+    let rt = io_runtime()?;
+    rt.block_on(async {
+        let reader =
+            ParquetObjectReader::new(location.store.clone(), path).with_file_size(file.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| fail(format!("not a readable parquet file: {e}")))?;
+        let groups: Vec<i64> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        let mut out = SourceOutput::default();
+        let mut first_row = 0u64;
+        let mut mine = Vec::new();
+        for (j, rows) in groups.iter().enumerate() {
+            if (index + j) % workers == worker {
+                mine.push((j, first_row));
+            }
+            first_row += *rows as u64;
+        }
+        let mut builder = Some(builder);
+        for (j, start) in mine {
+            let b = match builder.take() {
+                Some(b) => b,
+                None => {
+                    let (location, path) = Location::parse_file(&file.spec)?;
+                    let reader = ParquetObjectReader::new(location.store.clone(), path)
+                        .with_file_size(file.size);
+                    ParquetRecordBatchStreamBuilder::new(reader)
+                        .await
+                        .map_err(|e| fail(format!("not a readable parquet file: {e}")))?
+                }
+            };
+            let mut stream = b
+                .with_row_groups(vec![j])
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            let mut row = start;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|e| fail(format!("corrupt parquet data after row {row}: {e}")))?
+            {
+                parse_batch_at(&file.spec, &batch, &mut row, &mut out, shape).map_err(fail)?;
+            }
+        }
+        Ok::<_, PipelineError>(out)
+    })
+}
+
+/// The key by which an input reject that carries no prompt id is routed to a shard.
+pub fn reject_route(reject: &Reject) -> String {
+    format!("{}:{}", reject.file, reject.record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A parquet file of 5 row groups and two jsonl files in a folder.
+        let rows: Vec<String> = (0..23).map(|i| format!("prompt {i}")).collect();
+        let batch = arrow::array::RecordBatch::try_from_iter([(
+            "prompt",
+            std::sync::Arc::new(arrow::array::StringArray::from(rows)) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let mut bytes = Vec::new();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(5))
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        std::fs::write(dir.path().join("b.parquet"), bytes).unwrap();
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            "{\"prompt\": \"x\"}\n{\"prompt\": 1}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("c.jsonl"), "{\"prompt\": \"y\"}\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let spec = dir.path().to_str().unwrap();
+        let files = list_input(spec, "auto").unwrap();
+        assert_eq!(files.len(), 3);
+        let whole = read_share(&files, 0, 1, RecordShape::Prompt).unwrap();
+        assert_eq!(whole.records, 26);
+        for workers in [2, 3, 4] {
+            let mut rows: Vec<(String, u64)> = Vec::new();
+            let mut records = 0;
+            for w in 0..workers {
+                let share = read_share(&files, w, workers, RecordShape::Prompt).unwrap();
+                records += share.records;
+                rows.extend(
+                    share
+                        .prompts
+                        .iter()
+                        .map(|p| (p.source.file.clone(), p.source.record)),
+                );
+                rows.extend(share.rejects.iter().map(|r| (r.file.clone(), r.record)));
+            }
+            rows.sort();
+            let mut expected: Vec<(String, u64)> = whole
+                .prompts
+                .iter()
+                .map(|p| (p.source.file.clone(), p.source.record))
+                .chain(whole.rejects.iter().map(|r| (r.file.clone(), r.record)))
+                .collect();
+            expected.sort();
+            assert_eq!(records, 26, "{workers} workers");
+            assert_eq!(rows, expected, "{workers} workers");
+        }
+        let parquet_rows: Vec<u64> = whole
+            .prompts
+            .iter()
+            .filter(|p| p.source.file.ends_with(".parquet"))
+            .map(|p| p.source.record)
+            .collect();
+        assert_eq!(
+            parquet_rows,
+            (0..23).collect::<Vec<_>>(),
+            "rows keep their file position"
+        );
+    }
+}
