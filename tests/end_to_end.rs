@@ -23,7 +23,10 @@ fn run(
     extra: &[String],
 ) -> (serde_json::Value, Vec<serde_json::Value>) {
     let input = dir.join("prompts.jsonl");
-    std::fs::write(&input, PROMPTS).unwrap();
+    // Written once: the run id depends on the input file's version.
+    if !input.exists() {
+        std::fs::write(&input, PROMPTS).unwrap();
+    }
     let output = dir.join(format!("out-{workers}"));
     let mut overrides = vec!["input.max_rejects=1".to_string()];
     overrides.extend_from_slice(extra);
