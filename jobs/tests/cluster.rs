@@ -163,7 +163,10 @@ fn every_cluster_shape_writes_the_same_files() {
         // 41 jsonl records (one bad) and 24 parquet rows (one id repeated from the jsonl file).
         assert_eq!(summary["counts"]["prompts"], 63, "{summary}");
         assert_eq!(summary["incremental"]["records_read"], 65, "{summary}");
-        assert_eq!(summary["counts"]["rejected_by_reason"]["duplicate_id"], 1, "{summary}");
+        assert_eq!(
+            summary["counts"]["rejected_by_reason"]["duplicate_id"], 1,
+            "{summary}"
+        );
         assert_eq!(summary["processes"], processes);
         results.push((
             (processes, workers),
