@@ -263,6 +263,8 @@ pub struct ReadStats {
     pub prompts: u64,
     /// Prompts an earlier committed run settled (left out).
     pub already_committed: u64,
+    /// Records rejected while reading (not counting rejects earlier runs reported).
+    pub rejects: u64,
 }
 
 impl ReadStats {
@@ -270,7 +272,24 @@ impl ReadStats {
         self.records += other.records;
         self.prompts += other.prompts;
         self.already_committed += other.already_committed;
+        self.rejects += other.rejects;
     }
+}
+
+/// The whole input's read counts, summed from every reader's (every planner receives all), and
+/// the first reject in input order, for the `max_rejects` check before any sampling.
+pub fn read_totals(stats: &[(ReadStats, Option<Reject>)]) -> (ReadStats, Option<Reject>) {
+    let mut total = ReadStats::default();
+    let mut first: Option<&Reject> = None;
+    for (s, r) in stats {
+        total.add(s);
+        if let Some(r) = r {
+            if first.is_none_or(|f| (r.file.as_str(), r.record) < (f.file.as_str(), f.record)) {
+                first = Some(r);
+            }
+        }
+    }
+    (total, first.cloned())
 }
 
 /// Collects settled items per shard; a shard is complete once every planning worker has said
@@ -398,7 +417,12 @@ fn input_reject_route(r: &Reject) -> String {
 pub enum ReadItem {
     Prompt(Prompt),
     Reject(Reject),
-    Stats(ReadStats),
+    /// A reader's counts and first reject, sent to planner `to` (every planner gets one).
+    Stats {
+        stats: ReadStats,
+        first_reject: Option<Reject>,
+        to: usize,
+    },
 }
 
 /// What the run already holds: committed prompts, reported input rejects, committed shards.
@@ -412,12 +436,18 @@ pub struct RunState {
     pub resumed: std::collections::HashSet<usize>,
 }
 
-/// A reader's share after the incremental filter: new prompts, rejects not yet reported, stats.
-pub fn filter_share(share: crate::source::SourceOutput, state: &RunState) -> Vec<ReadItem> {
+/// A reader's share after the incremental filter: new prompts, rejects not yet reported, and
+/// its counts for each of the `planners`.
+pub fn filter_share(
+    share: crate::source::SourceOutput,
+    state: &RunState,
+    planners: usize,
+) -> Vec<ReadItem> {
     let mut stats = ReadStats {
         records: share.records,
         prompts: share.prompts.len() as u64,
         already_committed: 0,
+        rejects: 0,
     };
     let mut items = Vec::new();
     let reject = |r: Reject, items: &mut Vec<ReadItem>| {
@@ -450,7 +480,25 @@ pub fn filter_share(share: crate::source::SourceOutput, state: &RunState) -> Vec
             }
         }
     }
-    items.push(ReadItem::Stats(stats));
+    let rejects: Vec<&Reject> = items
+        .iter()
+        .filter_map(|i| match i {
+            ReadItem::Reject(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    stats.rejects = rejects.len() as u64;
+    let first_reject = rejects
+        .into_iter()
+        .min_by(|a, b| (a.file.as_str(), a.record).cmp(&(b.file.as_str(), b.record)))
+        .cloned();
+    for to in 0..planners {
+        items.push(ReadItem::Stats {
+            stats,
+            first_reject: first_reject.clone(),
+            to,
+        });
+    }
     items
 }
 
@@ -469,7 +517,7 @@ pub fn plan_items(
         match item {
             ReadItem::Prompt(p) => by_id.entry(p.id.clone()).or_default().push(p),
             ReadItem::Reject(r) => settle.push(Settled::InputRejected(r)),
-            ReadItem::Stats(s) => settle.push(Settled::Stats(s)),
+            ReadItem::Stats { stats, .. } => settle.push(Settled::Stats(stats)),
         }
     }
     let mut prompts = Vec::new();
@@ -545,7 +593,7 @@ pub fn run_graph(
         // This worker's share of the input. A failure is kept for the end: returning now would
         // leave the other workers waiting for this one's part of the dataflow.
         let share = match crate::input::read_share(&files, index, peers, RecordShape::Prompt) {
-            Ok(share) => filter_share(share, &state),
+            Ok(share) => filter_share(share, &state, peers),
             Err(e) => {
                 *failure.borrow_mut() = Some(e);
                 Vec::new()
@@ -554,6 +602,7 @@ pub fn run_graph(
         worker.dataflow::<u64, _, _>(|scope| {
             let shards = spec.shards;
             let resumed = state.resumed.clone();
+            let (max_rejects, failure_p) = (spec.max_rejects, failure.clone());
             let (sample_bar_p, score_bar_p, samples_per_prompt) =
                 (sample_bar_w.clone(), score_bar_w.clone(), spec.samples_per_prompt as u64);
             let planned = share
@@ -561,7 +610,7 @@ pub fn run_graph(
                 .exchange(|item: &ReadItem| match item {
                     ReadItem::Prompt(p) => route_hash(&p.id),
                     ReadItem::Reject(r) => route_hash(&input_reject_route(r)),
-                    ReadItem::Stats(_) => 0,
+                    ReadItem::Stats { to, .. } => *to as u64,
                 })
                 .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Result<Prompt, Settled>>>, _, _, _>(
                     Pipeline,
@@ -569,16 +618,37 @@ pub fn run_graph(
                     move |default_cap, _| {
                         let mut cap = Some(default_cap);
                         let mut items = Vec::new();
+                        let mut stats = Vec::new();
                         move |(input, frontier), output| {
                             input.for_each_stamp(|_, data| {
                                 for batch in data {
-                                    items.append(batch);
+                                    for item in batch.drain(..) {
+                                        match item {
+                                            ReadItem::Stats { stats: s, first_reject, .. } => stats.push((s, first_reject)),
+                                            other => items.push(other),
+                                        }
+                                    }
                                 }
                             });
                             if !frontier.is_empty() {
                                 return;
                             }
                             if let Some(c) = cap.take() {
+                                // Every planner sees every reader's counts, so all stop together
+                                // when the input has more bad records than allowed.
+                                let (total, first) = read_totals(&stats);
+                                if max_rejects.exceeded(total.rejects, total.records) {
+                                    *failure_p.borrow_mut() = Some(PipelineError::TooManyRejects {
+                                        count: total.rejects,
+                                        limit: max_rejects.to_string(),
+                                        first: first.map(|r| r.to_string()).unwrap_or_default(),
+                                    });
+                                    return;
+                                }
+                                // Planner 0 settles the totals (into shard 0's part).
+                                if index == 0 {
+                                    items.push(ReadItem::Stats { stats: total, first_reject: None, to: 0 });
+                                }
                                 let (prompts, settle) = plan_items(std::mem::take(&mut items), shards, &resumed);
                                 sample_bar_p.add_total(prompts.len() as u64);
                                 score_bar_p.add_total(prompts.len() as u64 * samples_per_prompt);
@@ -846,6 +916,27 @@ mod tests {
         assert!(empty.add(3, expect(3, 0)).is_some());
     }
 
+    #[test]
+    fn read_totals_sum_every_reader_and_name_the_first_reject_in_input_order() {
+        let stats = |records, rejects| ReadStats {
+            records,
+            prompts: records - rejects,
+            already_committed: 0,
+            rejects,
+        };
+        let bad = |file: &str, record| Reject::new(file, record, None, "invalid_json", "x");
+        let (total, first) = read_totals(&[
+            (stats(10, 1), Some(bad("b.jsonl", 2))),
+            (stats(5, 2), Some(bad("a.jsonl", 9))),
+            (stats(3, 0), None),
+        ]);
+        assert_eq!((total.records, total.rejects, total.prompts), (18, 3, 15));
+        assert_eq!(
+            first.map(|r| (r.file, r.record)),
+            Some(("a.jsonl".to_string(), 9))
+        );
+    }
+
     fn prompt(id: &str, file: &str, record: u64) -> Prompt {
         Prompt {
             id: id.into(),
@@ -864,11 +955,16 @@ mod tests {
             ReadItem::Prompt(prompt("x", "a.jsonl", 7)),
             ReadItem::Prompt(prompt("y", "a.jsonl", 2)),
             ReadItem::Reject(Reject::new("a.jsonl", 3, None, "invalid_json", "bad")),
-            ReadItem::Stats(ReadStats {
-                records: 4,
-                prompts: 3,
-                already_committed: 0,
-            }),
+            ReadItem::Stats {
+                to: 0,
+                first_reject: None,
+                stats: ReadStats {
+                    records: 4,
+                    prompts: 3,
+                    already_committed: 0,
+                    rejects: 1,
+                },
+            },
         ];
         let (prompts, settle) = plan_items(items, 3, &Default::default());
         let kept: Vec<(&str, &str)> = prompts
