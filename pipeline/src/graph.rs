@@ -1,12 +1,14 @@
 //! The timely dataflow of an iterative-DPO run.
 //!
 //! ```text
-//! prompts (sorted by shard; each worker takes every peers-th)
-//!   ─exchange(hash(prompt id))→ sample (N per prompt) ─ok/err→ rejects ─┐
-//!   → score (reward model) → goodness                                     │
-//!   ─exchange(owner of the prompt's shard)→ per-prompt reduce (select pair)│
-//!   → concat ←─────────────exchange(owner of the prompt's shard)──────────┘
-//!   → commit shard (part + marker, as soon as its last prompt is settled)
+//! read (each worker its share of the input files and parquet row groups)
+//!   ─exchange(hash(prompt id))→ plan (duplicates, committed shards; max_rejects over all readers)
+//!   → sample (N per prompt) ─ok/err→ sampling rejects ────────────────────┐
+//!   → score (one prompt's samples at a time) → goodness                     │
+//!   ─exchange(owner of the prompt's shard)→ per-prompt reduce (select pair) │
+//!   → concat ←──────────── exchange(owner of the prompt's shard) ──────────┘
+//!            ←──────────── input rejects, read counts, per-shard item counts from plan
+//!   → commit shard (part + marker, as soon as everything routed to it has arrived)
 //! ```
 //!
 //! Run-wide goodness stats and the output files are made afterwards from the committed parts
