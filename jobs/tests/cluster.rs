@@ -324,3 +324,63 @@ fn a_peer_killed_mid_run_ends_the_other_process() {
         "nothing may be committed"
     );
 }
+
+#[test]
+fn a_worker_that_cannot_read_its_share_stops_every_worker_before_any_shard_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    // A parquet file whose footer is sound but whose second row group is corrupt: only the
+    // worker that owns that row group fails; the other reads its row group fine.
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+path = sys.argv[1]
+pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "prompt": [f"Row {i}?" for i in range(8)]}),
+               path, row_group_size=4, compression="none")
+meta = pq.ParquetFile(path).metadata.row_group(1)
+start = min(meta.column(c).data_page_offset for c in range(meta.num_columns))
+data = bytearray(open(path, "rb").read())
+data[start:start + 16] = b"\xff" * 16
+open(path, "wb").write(bytes(data))
+"#;
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(input.join("b.parquet"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = dir.path().join("out");
+    let job = write_job(dir.path(), &input, &output, 4);
+    let (code, stderr) = steerflow(&["run", job.to_str().unwrap(), "--workers", "2"]);
+    assert_eq!(code, Some(steerflow::exit_code::FAILURE), "{stderr}");
+    assert!(
+        stderr.contains("b.parquet") && stderr.contains("corrupt parquet data"),
+        "{stderr}"
+    );
+    // The jsonl worker's prompts were not sampled into shards that then look complete.
+    let markers: Vec<_> = walk(&output)
+        .into_iter()
+        .filter(|p| p.contains("/shards/"))
+        .collect();
+    assert!(markers.is_empty(), "{markers:?}");
+    assert!(!output.join("README.md").exists());
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}

@@ -420,9 +420,12 @@ pub enum ReadItem {
     Prompt(Prompt),
     Reject(Reject),
     /// A reader's counts and first reject, sent to planner `to` (every planner gets one).
+    /// `failed` says the reader could not read its share: then nobody plans anything, so no
+    /// shard can complete without that share.
     Stats {
         stats: ReadStats,
         first_reject: Option<Reject>,
+        failed: Option<String>,
         to: usize,
     },
 }
@@ -498,6 +501,7 @@ pub fn filter_share(
         items.push(ReadItem::Stats {
             stats,
             first_reject: first_reject.clone(),
+            failed: None,
             to,
         });
     }
@@ -597,8 +601,16 @@ pub fn run_graph(
         let share = match crate::input::read_share(&files, index, peers, RecordShape::Prompt) {
             Ok(share) => filter_share(share, &state, peers),
             Err(e) => {
+                let message = e.to_string();
                 *failure.borrow_mut() = Some(e);
-                Vec::new()
+                (0..peers)
+                    .map(|to| ReadItem::Stats {
+                        stats: ReadStats::default(),
+                        first_reject: None,
+                        failed: Some(message.clone()),
+                        to,
+                    })
+                    .collect()
             }
         };
         worker.dataflow::<u64, _, _>(|scope| {
@@ -621,12 +633,18 @@ pub fn run_graph(
                         let mut cap = Some(default_cap);
                         let mut items = Vec::new();
                         let mut stats = Vec::new();
+                        let mut failed_reader: Option<String> = None;
                         move |(input, frontier), output| {
                             input.for_each_stamp(|_, data| {
                                 for batch in data {
                                     for item in batch.drain(..) {
                                         match item {
-                                            ReadItem::Stats { stats: s, first_reject, .. } => stats.push((s, first_reject)),
+                                            ReadItem::Stats { stats: s, first_reject, failed, .. } => {
+                                                if let Some(message) = failed {
+                                                    failed_reader.get_or_insert(message);
+                                                }
+                                                stats.push((s, first_reject))
+                                            }
                                             other => items.push(other),
                                         }
                                     }
@@ -636,6 +654,12 @@ pub fn run_graph(
                                 return;
                             }
                             if let Some(c) = cap.take() {
+                                if let Some(message) = failed_reader.take() {
+                                    failure_p.borrow_mut().get_or_insert(PipelineError::Worker(format!(
+                                        "a worker could not read its share of the input: {message}"
+                                    )));
+                                    return;
+                                }
                                 // Every planner sees every reader's counts, so all stop together
                                 // when the input has more bad records than allowed.
                                 let (total, first) = read_totals(&stats);
@@ -649,7 +673,7 @@ pub fn run_graph(
                                 }
                                 // Planner 0 settles the totals (into shard 0's part).
                                 if index == 0 {
-                                    items.push(ReadItem::Stats { stats: total, first_reject: None, to: 0 });
+                                    items.push(ReadItem::Stats { stats: total, first_reject: None, failed: None, to: 0 });
                                 }
                                 let (prompts, settle) = plan_items(std::mem::take(&mut items), shards, &resumed);
                                 sample_bar_p.add_total(prompts.len() as u64);
@@ -822,8 +846,18 @@ pub fn run_graph(
     })
     .map_err(PipelineError::Worker)?;
     let mut results = Vec::new();
+    // The first worker's own failure wins over other workers' reports of it.
+    let mut failures = Vec::new();
     for r in guards.join() {
-        results.push(r.map_err(PipelineError::Worker)??);
+        match r.map_err(PipelineError::Worker)? {
+            Ok(result) => results.push(result),
+            Err(e) => failures.push(e),
+        }
+    }
+    if !failures.is_empty() {
+        let derived = |e: &PipelineError| matches!(e, PipelineError::Worker(m) if m.starts_with("a worker could not read"));
+        let index = failures.iter().position(|e| !derived(e)).unwrap_or(0);
+        return Err(failures.swap_remove(index));
     }
     sample_bar.finish();
     score_bar.finish();
@@ -960,6 +994,7 @@ mod tests {
             ReadItem::Stats {
                 to: 0,
                 first_reject: None,
+                failed: None,
                 stats: ReadStats {
                     records: 4,
                     prompts: 3,
