@@ -99,7 +99,7 @@ impl Default for JobSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InputSection {
-    /// A local path or URL of a jsonl or parquet file.
+    /// A local path or URL of a jsonl or parquet file, or of a folder of them.
     pub path: String,
     /// `auto` (by extension), `jsonl` or `parquet`.
     pub format: String,
