@@ -137,9 +137,7 @@ pub fn plan(config: &JobConfig) -> Result<Plan, JobError> {
     }
     export_formats(&config.output.formats)?;
     // A folder's files are resolved one by one when the run lists them.
-    let folder =
-        config.input.path.ends_with('/') || std::path::Path::new(&config.input.path).is_dir();
-    let input_format = if folder {
+    let input_format = if steerflow_pipeline::input::is_folder(&config.input.path) {
         InputFormat::resolve(&config.input.format, "folder.jsonl").map_err(invalid)?
     } else {
         InputFormat::resolve(&config.input.format, &config.input.path).map_err(invalid)?

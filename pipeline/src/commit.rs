@@ -314,17 +314,18 @@ impl RunStore {
         Ok(created == Created::Ours)
     }
 
-    /// Deletes the parts of this run that no marker names (attempts that lost a shard).
+    /// Deletes the parts of this run that no marker names (attempts that lost a shard) and
+    /// returns their paths.
     pub async fn sweep_parts(
         &self,
         markers: &BTreeMap<usize, ShardMarker>,
-    ) -> Result<usize, PipelineError> {
+    ) -> Result<Vec<String>, PipelineError> {
         let winners: Vec<&str> = markers.values().map(|m| m.part.as_str()).collect();
-        let mut swept = 0;
+        let mut swept = Vec::new();
         for object in self.output.list(&self.path("parts")).await? {
             if !winners.contains(&object.path.as_str()) {
                 self.output.delete(&object.path).await?;
-                swept += 1;
+                swept.push(object.path);
             }
         }
         Ok(swept)
@@ -408,13 +409,7 @@ pub async fn sweep(
         let store = RunStore::new(output.clone(), &run.run_id, "sweep");
         if run.manifest.is_some() {
             let markers = store.markers().await?;
-            let winners: Vec<String> = markers.values().map(|m| m.part.clone()).collect();
-            for object in output.list(&store.path("parts")).await? {
-                if !winners.contains(&object.path) {
-                    output.delete(&object.path).await?;
-                    deleted.push(object.path);
-                }
-            }
+            deleted.extend(store.sweep_parts(&markers).await?);
             continue;
         }
         let Some(age) = incomplete_older_than else {
@@ -501,7 +496,7 @@ mod tests {
         assert_eq!(rt.block_on(first.commit_shard(&part(0), "a")).unwrap(), won);
         let markers = rt.block_on(first.markers()).unwrap();
         assert_eq!(rt.block_on(first.read_part(&markers[&0])).unwrap(), part(0));
-        assert_eq!(rt.block_on(first.sweep_parts(&markers)).unwrap(), 1);
+        assert_eq!(rt.block_on(first.sweep_parts(&markers)).unwrap().len(), 1);
         assert_eq!(rt.block_on(output.list("_runs/r1/parts")).unwrap().len(), 1);
     }
 

@@ -212,29 +212,54 @@ fn score_samples(
 }
 
 /// Samples grouped by prompt until all of a prompt's samples are in. Pure bookkeeping.
-#[derive(Debug, Default)]
-pub struct PromptGroups {
-    pending: HashMap<String, Vec<Sample>>,
+#[derive(Debug)]
+pub struct PromptGroups<T> {
+    pending: HashMap<String, Vec<T>>,
 }
 
-impl PromptGroups {
+impl<T> Default for PromptGroups<T> {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+        }
+    }
+}
+
+/// A record that is one sample of a prompt: a sample, or a scored one.
+pub trait OfSample {
+    fn sample(&self) -> &Sample;
+}
+
+impl OfSample for Sample {
+    fn sample(&self) -> &Sample {
+        self
+    }
+}
+
+impl OfSample for ScoredSample {
+    fn sample(&self) -> &Sample {
+        &self.sample
+    }
+}
+
+impl<T: OfSample> PromptGroups<T> {
     /// Adds a sample; returns its prompt's samples (sorted by index) once all have arrived.
-    pub fn add(&mut self, sample: Sample) -> Option<Vec<Sample>> {
-        let expected = sample.samples_per_prompt as usize;
-        let id = sample.prompt.id.clone();
+    pub fn add(&mut self, item: T) -> Option<Vec<T>> {
+        let expected = item.sample().samples_per_prompt as usize;
+        let id = item.sample().prompt.id.clone();
         let group = self.pending.entry(id.clone()).or_default();
-        group.push(sample);
+        group.push(item);
         if group.len() < expected {
             return None;
         }
         let mut group = self.pending.remove(&id)?;
-        group.sort_by_key(|s| s.sample_index);
+        group.sort_by_key(|s| s.sample().sample_index);
         Some(group)
     }
 
     /// Groups still short of samples (none when every prompt's samples arrive), by prompt id.
-    pub fn drain(&mut self) -> Vec<Vec<Sample>> {
-        let mut rest: Vec<(String, Vec<Sample>)> = self.pending.drain().collect();
+    pub fn drain(&mut self) -> Vec<Vec<T>> {
+        let mut rest: Vec<(String, Vec<T>)> = self.pending.drain().collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
         rest.into_iter().map(|(_, g)| g).collect()
     }
@@ -746,27 +771,19 @@ pub fn run_graph(
                     "SelectPair",
                     |default_cap, _info| {
                         let mut cap = Some(default_cap);
-                        let mut groups: HashMap<String, Vec<ScoredSample>> = HashMap::new();
+                        let mut groups = PromptGroups::<ScoredSample>::default();
                         move |(input, frontier), output| {
                             let mut complete = Vec::new();
                             input.for_each_stamp(|_, data| {
                                 for batch in data {
                                     for s in batch.drain(..) {
-                                        let expected = s.sample.samples_per_prompt as usize;
-                                        let group = groups.entry(s.sample.prompt.id.clone()).or_default();
-                                        group.push(s);
-                                        if group.len() == expected {
-                                            let id = group[0].sample.prompt.id.clone();
-                                            complete.extend(groups.remove(&id));
-                                        }
+                                        complete.extend(groups.add(s));
                                     }
                                 }
                             });
                             if frontier.is_empty() {
                                 // Groups short of samples (none today: every sample is scored, NaN or not).
-                                let mut rest: Vec<_> = groups.drain().map(|(_, g)| g).collect();
-                                rest.sort_by(|a, b| a[0].sample.prompt.id.cmp(&b[0].sample.prompt.id));
-                                complete.extend(rest);
+                                complete.extend(groups.drain());
                             }
                             if let Some(c) = cap.as_ref() {
                                 let mut session = output.session(c);

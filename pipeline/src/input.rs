@@ -6,12 +6,13 @@
 //! `.jsonl`, `.json` and `.parquet` files are read in name order.
 
 use crate::reject::Reject;
-use crate::source::{parse_batch_at, stream_jsonl, InputFormat, RecordShape, SourceOutput};
-use crate::storage::{io_runtime, storage_error, Location};
+use crate::source::{parse_batch, stream_jsonl, InputFormat, RecordShape, SourceOutput};
+use crate::storage::{input_error, io_runtime, Location};
 use crate::PipelineError;
 use object_store::ObjectStoreExt;
 // parquet 60 deprecates its object_store reader in favour of hand-written `AsyncFileReader`s; it
 // is still the crate's own range-fetching reader, so it is used until its replacement lands.
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -28,7 +29,8 @@ pub struct InputFile {
     pub version: String,
 }
 
-fn is_folder(spec: &str) -> bool {
+/// Whether `input.path` names a folder: a local directory, or a URL ending in `/`.
+pub fn is_folder(spec: &str) -> bool {
     if spec.contains("://") && !spec.starts_with("file://") {
         return spec.ends_with('/');
     }
@@ -43,15 +45,14 @@ pub fn list_input(spec: &str, format: &str) -> Result<Vec<InputFile>, PipelineEr
         message,
     };
     let describe = |file: String,
-                    meta: &object_store::ObjectMeta|
+                    size: u64,
+                    e_tag: Option<String>,
+                    modified: chrono::DateTime<chrono::Utc>|
      -> Result<InputFile, PipelineError> {
         let parquet = InputFormat::resolve(format, &file).map_err(fail)? == InputFormat::Parquet;
         Ok(InputFile {
-            version: meta
-                .e_tag
-                .clone()
-                .unwrap_or_else(|| meta.last_modified.to_rfc3339()),
-            size: meta.size,
+            version: e_tag.unwrap_or_else(|| modified.to_rfc3339()),
+            size,
             parquet,
             spec: file,
         })
@@ -72,10 +73,12 @@ pub fn list_input(spec: &str, format: &str) -> Result<Vec<InputFile>, PipelineEr
                 continue;
             }
             let file = format!("{}/{}", spec.trim_end_matches('/'), object.path);
-            let meta = rt
-                .block_on(location.store.head(&location.child(&object.path)))
-                .map_err(|e| storage_error(file.clone(), e))?;
-            files.push(describe(file, &meta)?);
+            files.push(describe(
+                file,
+                object.size,
+                object.e_tag,
+                object.last_modified,
+            )?);
         }
         if files.is_empty() {
             return Err(fail(
@@ -85,17 +88,15 @@ pub fn list_input(spec: &str, format: &str) -> Result<Vec<InputFile>, PipelineEr
         return Ok(files);
     }
     let (location, path) = Location::parse_file(spec)?;
-    let meta = rt.block_on(location.store.head(&path)).map_err(|e| {
-        match storage_error(crate::storage::redact_url(spec), e) {
-            PipelineError::Storage {
-                retryable: false,
-                location,
-                message,
-            } => PipelineError::Input { location, message },
-            transient => transient,
-        }
-    })?;
-    Ok(vec![describe(spec.to_string(), &meta)?])
+    let meta = rt
+        .block_on(location.store.head(&path))
+        .map_err(|e| input_error(crate::storage::redact_url(spec), e))?;
+    Ok(vec![describe(
+        spec.to_string(),
+        meta.size,
+        meta.e_tag,
+        meta.last_modified,
+    )?])
 }
 
 /// A digest of the files and their versions: the input's identity for run ids.
@@ -145,12 +146,13 @@ fn read_row_groups(
     };
     let rt = io_runtime()?;
     rt.block_on(async {
-        let reader =
+        // The footer is fetched once; each row group then reuses it.
+        let mut reader =
             ParquetObjectReader::new(location.store.clone(), path).with_file_size(file.size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, Default::default())
             .await
             .map_err(|e| fail(format!("not a readable parquet file: {e}")))?;
-        let groups: Vec<i64> = builder
+        let groups: Vec<i64> = metadata
             .metadata()
             .row_groups()
             .iter()
@@ -165,30 +167,21 @@ fn read_row_groups(
             }
             first_row += *rows as u64;
         }
-        let mut builder = Some(builder);
         for (j, start) in mine {
-            let b = match builder.take() {
-                Some(b) => b,
-                None => {
-                    let (location, path) = Location::parse_file(&file.spec)?;
-                    let reader = ParquetObjectReader::new(location.store.clone(), path)
-                        .with_file_size(file.size);
-                    ParquetRecordBatchStreamBuilder::new(reader)
-                        .await
-                        .map_err(|e| fail(format!("not a readable parquet file: {e}")))?
-                }
-            };
-            let mut stream = b
-                .with_row_groups(vec![j])
-                .build()
-                .map_err(|e| fail(e.to_string()))?;
+            let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(
+                reader.clone(),
+                metadata.clone(),
+            )
+            .with_row_groups(vec![j])
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
             let mut row = start;
             while let Some(batch) = stream
                 .try_next()
                 .await
                 .map_err(|e| fail(format!("corrupt parquet data after row {row}: {e}")))?
             {
-                parse_batch_at(&file.spec, &batch, &mut row, &mut out, shape).map_err(fail)?;
+                parse_batch(&file.spec, &batch, &mut row, &mut out, shape).map_err(fail)?;
             }
         }
         Ok::<_, PipelineError>(out)

@@ -10,8 +10,7 @@
 
 use crate::commit::ShardPart;
 use crate::commit::{
-    committed_manifests, new_writer_id, reject_key, Manifest, PromptKey, RunPlan, RunStore,
-    COMMITTED, RUNS,
+    committed_manifests, new_writer_id, reject_key, Manifest, PromptKey, RunPlan, RunStore, RUNS,
 };
 use crate::graph::{run_graph, PromptOutcome, ReadStats, RunState};
 use crate::progress::Progress;
@@ -299,8 +298,8 @@ pub fn run_iterative_dpo(
     let all = rt.block_on(committed_manifests(&output))?;
     publish(&output, rt, &all, &spec.description)?;
     let swept = rt.block_on(store.sweep_parts(&markers))?;
-    if swept > 0 {
-        tracing::info!(swept, "removed the parts of losing attempts");
+    if !swept.is_empty() {
+        tracing::info!(swept = swept.len(), "removed the parts of losing attempts");
     }
     Ok(RunReport {
         summary,
@@ -536,9 +535,4 @@ fn report_for(
         &rejects_by_reason,
         summary,
     )
-}
-
-/// The path of a run's manifest, for tools that look for it.
-pub fn manifest_path(run_id: &str) -> String {
-    format!("{RUNS}/{run_id}/{COMMITTED}")
 }

@@ -194,16 +194,7 @@ pub(crate) fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutpu
             }
             Ok::<_, object_store::Error>(())
         })
-        .map_err(
-            |e| match crate::storage::storage_error(spec.to_string(), e) {
-                PipelineError::Storage {
-                    retryable: false,
-                    location,
-                    message,
-                } => PipelineError::Input { location, message },
-                transient => transient,
-            },
-        )?;
+        .map_err(|e| crate::storage::input_error(spec.to_string(), e))?;
     Ok(parser.finish())
 }
 
@@ -415,17 +406,7 @@ fn string_at(array: &dyn Array, i: usize) -> Option<String> {
 }
 
 /// Parses one parquet batch whose first row is `row` (0-based in its file).
-pub(crate) fn parse_batch_at(
-    file: &str,
-    batch: &RecordBatch,
-    row: &mut u64,
-    out: &mut SourceOutput,
-    shape: RecordShape,
-) -> Result<(), String> {
-    parse_batch(file, batch, row, out, shape)
-}
-
-fn parse_batch(
+pub(crate) fn parse_batch(
     file: &str,
     batch: &RecordBatch,
     row: &mut u64,

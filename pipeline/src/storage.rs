@@ -284,6 +284,19 @@ where
     }
 }
 
+/// A failure to read an input: an input error (naming it) unless it is transient, which stays a
+/// retryable storage error.
+pub fn input_error(location: String, error: object_store::Error) -> PipelineError {
+    match storage_error(location, error) {
+        PipelineError::Storage {
+            retryable: false,
+            location,
+            message,
+        } => PipelineError::Input { location, message },
+        transient => transient,
+    }
+}
+
 /// A place to read from or write to: a store and a prefix inside it.
 #[derive(Clone)]
 pub struct Location {
@@ -507,6 +520,7 @@ impl Location {
                     path: relative.join("/"),
                     size: meta.size,
                     last_modified: meta.last_modified,
+                    e_tag: meta.e_tag,
                 })
             })
             .collect();
@@ -530,6 +544,7 @@ pub struct ListedObject {
     pub path: String,
     pub size: u64,
     pub last_modified: chrono::DateTime<chrono::Utc>,
+    pub e_tag: Option<String>,
 }
 
 /// The whole content of one file given as a path or URL.
@@ -537,14 +552,7 @@ pub fn read_file(spec: &str) -> Result<bytes::Bytes, PipelineError> {
     let (location, file) = Location::parse_file(spec)?;
     io_runtime()?
         .block_on(async { location.store.get(&file).await?.bytes().await })
-        .map_err(|e| match storage_error(spec.to_string(), e) {
-            PipelineError::Storage {
-                retryable: false,
-                location,
-                message,
-            } => PipelineError::Input { location, message },
-            transient => transient,
-        })
+        .map_err(|e| input_error(spec.to_string(), e))
 }
 
 /// The process's I/O runtime, shared by every blocking caller (the main thread, each worker).
