@@ -4,18 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use support::{python, walk, workspace, write_hostfile};
 
 fn write_input(path: &Path, prompts: usize) {
     let text: String = (0..prompts)
@@ -75,28 +71,14 @@ fn steerflow(args: &[&str]) -> (Option<i32>, String) {
 
 /// Every data, export and rejects file of the output, by path, with its bytes.
 fn files(output: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for top in ["data", "standard", "nemo", "rejects"] {
-        let mut stack = vec![output.join(top)];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    let rel = path.strip_prefix(output).unwrap().display().to_string();
-                    out.insert(rel, std::fs::read(&path).unwrap());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("STEERFLOW_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv-test/bin/python"))
+    ["data", "standard", "nemo", "rejects"]
+        .iter()
+        .flat_map(|top| walk(&output.join(top)))
+        .map(|path| {
+            let rel = path.strip_prefix(output).unwrap().display().to_string();
+            (rel, std::fs::read(&path).unwrap())
+        })
+        .collect()
 }
 
 /// A folder input: a jsonl file, and a parquet file of 6 row groups that repeats one id of the
@@ -199,20 +181,7 @@ fn a_peer_that_never_starts_ends_the_run_within_the_timeout() {
     write_input(&input, 4);
     let job = write_job(dir.path(), &input, &dir.path().join("out"), 4);
     let hosts = dir.path().join("hosts");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    write_hostfile(&hosts, 2);
     let started = Instant::now();
     let (code, stderr) = steerflow(&[
         "run",
@@ -243,20 +212,7 @@ fn a_peer_killed_mid_run_ends_the_other_process() {
     let output = dir.path().join("out");
     let job = write_job(dir.path(), &input, &output, 48);
     let hosts = dir.path().join("hosts");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    write_hostfile(&hosts, 2);
     let spawn = |process: &str| {
         Command::new(env!("CARGO_BIN_EXE_steerflow"))
             .args([
@@ -360,27 +316,8 @@ open(path, "wb").write(bytes(data))
     // The jsonl worker's prompts were not sampled into shards that then look complete.
     let markers: Vec<_> = walk(&output)
         .into_iter()
-        .filter(|p| p.contains("/shards/"))
+        .filter(|p| p.display().to_string().contains("/shards/"))
         .collect();
     assert!(markers.is_empty(), "{markers:?}");
     assert!(!output.join("README.md").exists());
-}
-
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    out
 }

@@ -10,34 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use steerflow_pipeline::commit::{digest, Manifest};
 use steerflow_pipeline::storage::{io_runtime, Location, StorageOptions};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("STEERFLOW_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv-test/bin/python"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{free_port, python, workspace};
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -225,22 +207,18 @@ fn write_input(path: &Path, prompts: std::ops::Range<usize>) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A job file over the tiny fixture models.
-fn write_job(
-    dir: &Path,
-    name: &str,
-    input: &Path,
-    output: &str,
-    storage: &StorageOptions,
-) -> PathBuf {
-    let fixtures = workspace().join("tests/fixtures/hf");
-    let storage_toml = toml::to_string(&toml::Table::from_iter([(
-        "storage".to_string(),
-        toml::Value::try_from(storage).unwrap(),
-    )]))
-    .unwrap();
-    let job = format!(
-        r#"
+impl Backend {
+    /// A job file `name` in `dir` over the tiny fixture models, writing to output `output` here.
+    fn write_job(&self, dir: &Path, name: &str, input: &Path, output: &str) -> PathBuf {
+        let output = &self.output(output);
+        let fixtures = workspace().join("tests/fixtures/hf");
+        let storage_toml = toml::to_string(&toml::Table::from_iter([(
+            "storage".to_string(),
+            toml::Value::try_from(&self.storage).unwrap(),
+        )]))
+        .unwrap();
+        let job = format!(
+            r#"
 [job]
 seed = 7
 workers = 2
@@ -260,13 +238,14 @@ path = "{output}"
 shards = 4
 {storage_toml}
 "#,
-        input = input.display(),
-        policy = fixtures.join("llama3-f32").display(),
-        reward = fixtures.join("llama-seqcls5-f32").display(),
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, job).unwrap();
-    path
+            input = input.display(),
+            policy = fixtures.join("llama3-f32").display(),
+            reward = fixtures.join("llama-seqcls5-f32").display(),
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, job).unwrap();
+        path
+    }
 }
 
 struct Outcome {
@@ -406,13 +385,7 @@ fn committed_prompt_ids(location: &Location) -> Vec<String> {
 
 /// The reference: one uninterrupted run.
 fn reference(dir: &Path, backend: &Backend, input: &Path) -> BTreeMap<String, String> {
-    let job = write_job(
-        dir,
-        "reference.toml",
-        input,
-        &backend.output("reference"),
-        &backend.storage,
-    );
+    let job = backend.write_job(dir, "reference.toml", input, "reference");
     let out = run_job(&job, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let location = backend.location("reference");
@@ -445,13 +418,7 @@ fn kill_and_rerun(backend: &Backend, random_kills: usize) {
 
     for (i, point) in CRASH_POINTS.iter().enumerate() {
         let name = format!("crash-{i}");
-        let job = write_job(
-            dir.path(),
-            &format!("{name}.toml"),
-            &input,
-            &backend.output(&name),
-            &backend.storage,
-        );
+        let job = backend.write_job(dir.path(), &format!("{name}.toml"), &input, &name);
         let crashed = run_job(&job, &[("STEERFLOW_CRASH_AT", point)]);
         assert_eq!(
             crashed.code, None,
@@ -490,13 +457,7 @@ fn kill_and_rerun(backend: &Backend, random_kills: usize) {
         state ^= state << 17;
         let after = Duration::from_millis(20 + state % 600);
         let name = format!("kill-{i}");
-        let job = write_job(
-            dir.path(),
-            &format!("{name}.toml"),
-            &input,
-            &backend.output(&name),
-            &backend.storage,
-        );
+        let job = backend.write_job(dir.path(), &format!("{name}.toml"), &input, &name);
         if kill_after(&job, after) {
             killed_while_running += 1;
         }
@@ -544,13 +505,7 @@ fn two_at_once(backend: &Backend, rounds: usize) {
     let expected = reference(dir.path(), backend, &input);
     for round in 0..rounds {
         let name = format!("twice-{round}");
-        let job = write_job(
-            dir.path(),
-            &format!("{name}.toml"),
-            &input,
-            &backend.output(&name),
-            &backend.storage,
-        );
+        let job = backend.write_job(dir.path(), &format!("{name}.toml"), &input, &name);
         let spawn = || {
             Command::new(env!("CARGO_BIN_EXE_steerflow"))
                 .args(["run", job.to_str().unwrap()])
@@ -627,13 +582,7 @@ fn faults_between_steerflow_and_s3_complete_or_fail_retryably_with_nothing_commi
         let proxy = faulty_proxy(server.port, &faults);
         let through = Backend::s3(proxy.port);
         let name = format!("faulty-{round}");
-        let job = write_job(
-            dir.path(),
-            &format!("{name}.toml"),
-            &input,
-            &through.output(&name),
-            &through.storage,
-        );
+        let job = through.write_job(dir.path(), &format!("{name}.toml"), &input, &name);
         let out = run_job(&job, &[]);
         assert_eq!(out.code, Some(0), "{faults:?}: {}", out.stderr);
         assert!(
@@ -647,13 +596,7 @@ fn faults_between_steerflow_and_s3_complete_or_fail_retryably_with_nothing_commi
     // store is back, it finishes with the reference output.
     let proxy = faulty_proxy(server.port, &["--down-after", "12"]);
     let through = Backend::s3(proxy.port);
-    let job = write_job(
-        dir.path(),
-        "outage.toml",
-        &input,
-        &through.output("outage"),
-        &through.storage,
-    );
+    let job = through.write_job(dir.path(), "outage.toml", &input, "outage");
     let out = run_job(&job, &[]);
     assert_eq!(
         out.code,
@@ -673,13 +616,7 @@ fn faults_between_steerflow_and_s3_complete_or_fail_retryably_with_nothing_commi
         .unwrap()
         .is_empty());
     assert_eq!(rt.block_on(location.get("README.md")).unwrap(), None);
-    let job = write_job(
-        dir.path(),
-        "outage-rerun.toml",
-        &input,
-        &direct.output("outage"),
-        &direct.storage,
-    );
+    let job = direct.write_job(dir.path(), "outage-rerun.toml", &input, "outage");
     let out = run_job(&job, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(snapshot(&location), expected);
@@ -689,13 +626,7 @@ fn incremental(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     write_input(&input, 0..8);
-    let job = write_job(
-        dir.path(),
-        "job.toml",
-        &input,
-        &backend.output("incremental"),
-        &backend.storage,
-    );
+    let job = backend.write_job(dir.path(), "job.toml", &input, "incremental");
     let first = run_job(&job, &[]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
     let location = backend.location("incremental");
@@ -764,13 +695,7 @@ fn runs_lists_committed_and_unfinished_runs() {
     let input = dir.path().join("in.jsonl");
     write_input(&input, 0..12);
     let backend = Backend::local(dir.path());
-    let job = write_job(
-        dir.path(),
-        "job.toml",
-        &input,
-        &backend.output("out"),
-        &backend.storage,
-    );
+    let job = backend.write_job(dir.path(), "job.toml", &input, "out");
     let crashed = run_job(&job, &[("STEERFLOW_CRASH_AT", "shard-marker:2")]);
     assert_eq!(crashed.code, None);
     let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
