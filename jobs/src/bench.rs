@@ -3,6 +3,9 @@
 //! Runs the iterative-DPO job over the demo prompts (repeated with fresh ids up to `prompts`)
 //! into a temporary directory and reports prefill and decode tokens/s, judge tokens/s,
 //! responses scored/s and the process's peak resident memory, as JSON on stdout.
+//! `--generate-only` runs just the policy's generation engine on the same prompts, at a given
+//! batch size, for side-by-side comparison with llama.cpp and transformers
+//! (`scripts/bench-compare`).
 
 use crate::config::JobConfig;
 use crate::{run_job, JobError};
@@ -46,6 +49,92 @@ pub fn bench_prompts(count: usize) -> Result<String, JobError> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Runs only the generation engine: every prompt's `samples` samples of up to `max_new_tokens`
+/// (ending early at EOS), at most `batch` sequences per step. Reports prefill and decode work and
+/// the generated tokens per second of wall time.
+pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Value, JobError> {
+    use steerflow_models::engine::{EngineLimits, GenerationRequest};
+    use steerflow_models::policy::{GenerationParams, Policy};
+    let loading = std::time::Instant::now();
+    let policy = Policy::new(crate::load_language_model(&options.policy)?);
+    let load_seconds = loading.elapsed().as_secs_f64();
+    let defaults = crate::config::SamplingSection::default();
+    let params = GenerationParams {
+        sampling: steerflow_kernels::sampling::SamplingParams {
+            temperature: defaults.temperature,
+            top_p: defaults.top_p,
+            top_k: defaults.top_k,
+        },
+        max_new_tokens: options.max_new_tokens,
+        stop: Vec::new(),
+    };
+    let mut requests = Vec::with_capacity(options.prompts);
+    for line in bench_prompts(options.prompts)?.lines() {
+        let record: Value = serde_json::from_str(line)
+            .map_err(|e| crate::invalid(format!("bench prompts: {e}")))?;
+        let messages: Vec<steerflow_operators::records::Message> = match record["prompt"].as_str() {
+            Some(text) => vec![steerflow_operators::records::Message::new("user", text)],
+            None => serde_json::from_value(record["messages"].clone())
+                .map_err(|e| crate::invalid(format!("bench prompts: {e}")))?,
+        };
+        let id = record["id"].as_str().unwrap_or_default();
+        requests.push(GenerationRequest {
+            prompt_tokens: policy.prompt_tokens(&messages)?,
+            seeds: (0..options.samples)
+                .map(|s| steerflow_operators::seeding::sample_seed(1, id, s))
+                .collect(),
+        });
+    }
+    let limits = EngineLimits {
+        max_sequences: batch.max(1),
+        max_tokens: usize::MAX,
+    };
+    let (mut prefilled, mut decoded, mut prefill_s, mut decode_s) = (0u64, 0u64, 0f64, 0f64);
+    let mut failure = None;
+    let started = std::time::Instant::now();
+    let stats = policy.generate_many(
+        requests,
+        &params,
+        &limits,
+        |_, result| match result {
+            Ok((_, c)) => {
+                prefilled += c.prompt_tokens_prefilled;
+                decoded += c.tokens_decoded;
+                prefill_s += c.prefill_seconds;
+                decode_s += c.decode_seconds;
+            }
+            Err(e) => failure = Some(e),
+        },
+        || false,
+    );
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(json!({
+        "workload": {
+            "prompts": options.prompts,
+            "samples_per_prompt": options.samples,
+            "max_new_tokens": options.max_new_tokens,
+            "max_batch_sequences": batch,
+            "policy": policy.model().id(),
+        },
+        "prompt_tokens_prefilled": prefilled,
+        "tokens_decoded": decoded,
+        "steps": stats.steps,
+        "mean_batch": stats.rows as f64 / stats.steps.max(1) as f64,
+        "model_seconds": stats.model_seconds,
+        "sampling_seconds": stats.sampling_seconds,
+        "prefill_tokens_per_second": prefilled as f64 / prefill_s.max(1e-9),
+        "decode_tokens_per_second": decoded as f64 / decode_s.max(1e-9),
+        "generated_tokens_per_wall_second": decoded as f64 / wall.max(1e-9),
+        "wall_seconds": wall,
+        "load_seconds": load_seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
 }
 
 /// Runs the benchmark and returns its report.

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use steerflow_models::engine::EngineLimits;
 
 /// A whole job file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -150,6 +151,11 @@ pub struct SamplingSection {
     /// SteerLM 2.0: target attributes the policy is prompted with (`steerlm2-paper`, or a label
     /// such as `helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2`); empty = off.
     pub steer: String,
+    /// The generation engine's batch: at most this many sequences per step...
+    pub max_batch_sequences: usize,
+    /// ...and at most this many KV-cache tokens reserved at once (each prompt reserves
+    /// samples × (prompt + max_new_tokens) while it runs). Neither changes the output.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for SamplingSection {
@@ -163,6 +169,8 @@ impl Default for SamplingSection {
             max_new_tokens: 1024,
             stop: vec![],
             steer: String::new(),
+            max_batch_sequences: EngineLimits::default().max_sequences,
+            max_batch_tokens: EngineLimits::default().max_tokens,
         }
     }
 }

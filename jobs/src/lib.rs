@@ -13,6 +13,7 @@ use config::{ConfigError, JobConfig};
 use std::sync::Arc;
 use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
 use steerflow_models::chat_template::named_template;
+use steerflow_models::engine::EngineLimits;
 use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
@@ -397,20 +398,24 @@ pub fn score_responses(
     )?)
 }
 
-/// Sizes the compute thread pool so that `workers` dataflow workers, each running model kernels
-/// on the shared pool, do not oversubscribe the cores: threads = max(1, cores / workers).
-/// `RAYON_NUM_THREADS` wins when set. Call once, before any model runs; returns the pool size.
+/// Sizes the compute thread pools so that `workers` dataflow workers, each running model kernels
+/// on the shared pools, do not oversubscribe the cores: threads = max(1, cores / workers).
+/// `RAYON_NUM_THREADS` wins when set. Call once, at start-up before any other thread or model
+/// runs; returns the pool size.
 pub fn configure_threads(workers: usize) -> usize {
-    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+    let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n;
-    }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let threads = (cores / workers.max(1)).max(1);
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (cores / workers.max(1)).max(1)
+        });
+    // candle sizes its own pools from this variable, and without it re-reads /proc/cpuinfo on
+    // every f32 matmul (6% of decode time in `steerflow bench --generate-only`).
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     // Fails only if the pool already exists (a second job in one process); the first size stays.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -667,6 +672,10 @@ pub fn run_job_on(config: &JobConfig, cluster: ClusterSpec) -> Result<RunReport,
         seed: config.job.seed,
         samples_per_prompt: config.sampling.samples_per_prompt,
         generation: plan.generation,
+        engine: EngineLimits {
+            max_sequences: config.sampling.max_batch_sequences.max(1),
+            max_tokens: config.sampling.max_batch_tokens,
+        },
         goodness_preset: config.goodness.preset.clone(),
         goodness,
         normalization: plan.normalization,

@@ -176,6 +176,12 @@ enum Command {
         max_new_tokens: usize,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Run only the policy's generation engine (no judge, no job), at `--batch` sequences.
+        #[arg(long)]
+        generate_only: bool,
+        /// Most sequences per step of the generation engine (with `--generate-only`).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
         /// The policy model (as `policy.model` in a job file).
         #[arg(long, default_value = "default")]
         policy: String,
@@ -278,6 +284,8 @@ fn main() {
             samples,
             max_new_tokens,
             workers,
+            generate_only,
+            batch,
             policy,
             reward_model,
         } => {
@@ -290,7 +298,12 @@ fn main() {
                 reward_model,
             };
             steerflow::configure_threads(workers);
-            steerflow::bench::run_bench(&options).map(|report| {
+            let report = if generate_only {
+                steerflow::bench::run_generation_bench(&options, batch)
+            } else {
+                steerflow::bench::run_bench(&options)
+            };
+            report.map(|report| {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()

@@ -6,7 +6,8 @@
 //! - [`hf`]: Hugging Face checkpoints; [`transformer`] is the decoder shared by the families in
 //!   [`llama`], [`mistral`] and [`qwen2`], with causal-LM and sequence-classification heads.
 //! - [`reward`]: reward models on those heads (`sequence-classification`, `next-token-logit`).
-//! - [`policy`]: N samples per prompt from one shared prompt prefill.
+//! - [`policy`]: N samples per prompt from one shared prompt prefill; [`engine`] runs many
+//!   prompts' samples in continuous ragged batches.
 //! - [`judge`]: the LLM-judge reward model (five HelpSteer2 attributes, 0..4).
 //!
 //! Models implement [`LanguageModel`]; a [`LmSession`] is a position in one sequence whose
@@ -14,6 +15,7 @@
 
 pub mod batching;
 pub mod chat_template;
+pub mod engine;
 pub mod error;
 pub mod gguf_tokenizer;
 pub mod hf;
@@ -44,6 +46,22 @@ pub trait LanguageModel: Send + Sync {
     fn context_length(&self) -> usize;
     /// An empty session at position 0.
     fn start(&self) -> Box<dyn LmSession>;
+    /// Extends each of `sessions` (started by this model) by its chunk of `chunks`, in one batch
+    /// where the model can, and returns the next-token logits after each chunk, `[sessions,
+    /// vocab]`. Row i equals what `sessions[i].extend(chunks[i])` would return: batching never
+    /// changes a sequence's numbers. The default runs the sessions one after another.
+    fn extend_batch(
+        &self,
+        sessions: &mut [&mut dyn LmSession],
+        chunks: &[&[u32]],
+    ) -> Result<Tensor, ModelError> {
+        let rows = sessions
+            .iter_mut()
+            .zip(chunks)
+            .map(|(session, chunk)| session.extend(chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
 }
 
 /// One sequence being run through a model: its KV cache and position.
@@ -55,6 +73,8 @@ pub trait LmSession: Send {
     fn position(&self) -> usize;
     /// A copy that shares the KV cache computed so far and continues independently.
     fn fork(&self) -> Box<dyn LmSession>;
+    /// The concrete session, for a model's batched [`LanguageModel::extend_batch`].
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Scores of one response from a reward model.
@@ -111,5 +131,12 @@ impl LanguageModel for TemplatedModel {
     }
     fn start(&self) -> Box<dyn LmSession> {
         self.inner.start()
+    }
+    fn extend_batch(
+        &self,
+        sessions: &mut [&mut dyn LmSession],
+        chunks: &[&[u32]],
+    ) -> Result<Tensor, ModelError> {
+        self.inner.extend_batch(sessions, chunks)
     }
 }

@@ -1,18 +1,26 @@
-//! The llama family (Llama 2/3, SmolLM2, Mistral-style GQA) from GGUF files, on candle's
-//! quantized llama (`candle_transformers::models::quantized_llama`).
+//! The llama family (Llama 2/3, SmolLM2, Mistral-style GQA) from GGUF files: candle's quantized
+//! matmuls and norms, with a forward pass of our own that runs a *ragged batch*: each sequence
+//! brings its own chunk of tokens (a prompt to prefill or one token to decode) at its own
+//! position, the projections and the MLP run once over all the batch's tokens, and attention
+//! runs per sequence over that sequence's own KV cache. Every row is computed exactly as it would
+//! be alone, so what else is in the batch never changes a sequence's logits.
 //!
-//! candle keeps the KV cache inside the weights struct and clones it cheaply (tensors are
-//! reference-counted), so a session is a clone of the weights: forking a prefilled session shares
-//! the prompt's KV cache with every sample drawn from it.
+//! It computes what `candle_transformers::models::quantized_llama` computes (the tests compare
+//! the two); a KV cache is a list of reference-counted tensors, so forking a prefilled session
+//! shares the prompt's cache with every sample drawn from it.
 
 use crate::chat_template::ChatTemplate;
 use crate::gguf_tokenizer::{metadata_token_id, tokenizer_error, tokenizer_from_gguf};
 use crate::text::TextCodec;
 use crate::{LanguageModel, LmSession, ModelError};
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_transformers::quantized_nn::RmsNorm;
 use std::path::Path;
+use std::sync::Arc;
+
+/// The longest sequence run, as candle's quantized llama bounds it.
+pub const MAX_SEQ_LEN: usize = 4096;
 
 /// End-of-turn tokens that also end a generation when the vocabulary has them as specials.
 const END_OF_TURN_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"];
@@ -24,7 +32,7 @@ const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_1, GgmlDType::Q5_1];
 /// Rewrites the tensors in `SLOW_ON_CPU` formats as Q8_0, which candle runs with AVX2 and which
 /// holds more precision than the source; other tensors are kept as they are. Returns the new
 /// GGUF content and its bytes.
-fn requantize(
+pub fn requantize(
     content: gguf_file::Content,
     file: &mut std::fs::File,
 ) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
@@ -52,13 +60,232 @@ fn requantize(
     Ok((rewritten, bytes))
 }
 
+/// One transformer block's weights.
+struct Block {
+    attn_norm: RmsNorm,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// The decoder's weights and rotary tables, shared by every session.
+struct Weights {
+    embed: candle_nn::Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: QMatMul,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// NEOX rotary layout (pairs i and i + d/2) rather than llama's interleaved pairs.
+    rope_neox: bool,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// One sequence's keys and values per block, `[1, kv_heads, positions, head_dim]`.
+#[derive(Clone, Default)]
+struct KvCache {
+    blocks: Vec<Option<(Tensor, Tensor)>>,
+    position: usize,
+}
+
+impl Weights {
+    fn from_gguf<R: std::io::Seek + std::io::Read>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        context_length: usize,
+    ) -> candle_core::Result<Self> {
+        let meta = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no `{key}` in the metadata")))
+        };
+        let heads = meta("llama.attention.head_count")?.to_u32()? as usize;
+        let kv_heads = meta("llama.attention.head_count_kv")?.to_u32()? as usize;
+        let block_count = meta("llama.block_count")?.to_u32()? as usize;
+        let hidden = meta("llama.embedding_length")?.to_u32()? as usize;
+        let rope_dim = meta("llama.rope.dimension_count")?.to_u32()? as usize;
+        let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let freq_base = meta("llama.rope.freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(10_000.0);
+        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        let embed_q = tensor("token_embd.weight")?;
+        let embed = candle_nn::Embedding::new(embed_q.dequantize(device)?, hidden);
+        let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
+        let output = match tensor("output.weight") {
+            Ok(t) => t,
+            Err(_) => embed_q, // tied embeddings
+        };
+        let mut blocks = Vec::with_capacity(block_count);
+        for i in 0..block_count {
+            let mut matmul =
+                |name: &str| QMatMul::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?);
+            blocks.push(Block {
+                wq: matmul("attn_q")?,
+                wk: matmul("attn_k")?,
+                wv: matmul("attn_v")?,
+                wo: matmul("attn_output")?,
+                gate: matmul("ffn_gate")?,
+                up: matmul("ffn_up")?,
+                down: matmul("ffn_down")?,
+                attn_norm: RmsNorm::from_qtensor(
+                    tensor(&format!("blk.{i}.attn_norm.weight"))?,
+                    eps,
+                )?,
+                ffn_norm: RmsNorm::from_qtensor(tensor(&format!("blk.{i}.ffn_norm.weight"))?, eps)?,
+            });
+        }
+        // Angles as candle computes them: position (f32) × 1 / base^(2i / d) (f32).
+        let inv_freq: Vec<f32> = (0..rope_dim)
+            .step_by(2)
+            .map(|i| 1f32 / freq_base.powf(i as f32 / rope_dim as f32))
+            .collect();
+        let half = inv_freq.len();
+        let angles: Vec<f32> = (0..context_length)
+            .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
+            .collect();
+        let angles = Tensor::from_vec(angles, (context_length, half), device)?;
+        Ok(Self {
+            embed,
+            blocks,
+            norm,
+            output: QMatMul::from_qtensor(output)?,
+            heads,
+            kv_heads,
+            head_dim: hidden / heads,
+            rope_neox: false, // the `llama` architecture: interleaved pairs
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            device: device.clone(),
+        })
+    }
+
+    /// Runs `chunks[i]` after what `caches[i]` holds, for every i in one batch, and returns the
+    /// next-token logits after each chunk's last token, `[sequences, vocab]` (f32).
+    fn forward(
+        &self,
+        caches: &mut [&mut KvCache],
+        chunks: &[&[u32]],
+    ) -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = chunks.concat();
+        let total = ids.len();
+        let mut x = self
+            .embed
+            .forward(&Tensor::from_vec(ids, total, &self.device)?)?;
+        for (b, block) in self.blocks.iter().enumerate() {
+            let h = block.attn_norm.forward(&x)?;
+            let (q, k, v) = (
+                block.wq.forward(&h)?,
+                block.wk.forward(&h)?,
+                block.wv.forward(&h)?,
+            );
+            let mut attended = Vec::with_capacity(chunks.len());
+            let mut offset = 0;
+            for (cache, chunk) in caches.iter_mut().zip(chunks) {
+                let t = chunk.len();
+                let rows = |m: &Tensor, heads: usize| {
+                    m.narrow(0, offset, t)?
+                        .reshape((1, t, heads, self.head_dim))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                let y = self.attend(
+                    rows(&q, self.heads)?,
+                    rows(&k, self.kv_heads)?,
+                    rows(&v, self.kv_heads)?,
+                    &mut cache.blocks[b],
+                    cache.position,
+                )?;
+                attended.push(
+                    y.transpose(1, 2)?
+                        .reshape((t, self.heads * self.head_dim))?,
+                );
+                offset += t;
+            }
+            let x1 = (block.wo.forward(&Tensor::cat(&attended, 0)?)? + &x)?;
+            let h = block.ffn_norm.forward(&x1)?;
+            let gated =
+                (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            x = (block.down.forward(&gated)? + x1)?;
+        }
+        let mut last = Vec::with_capacity(chunks.len());
+        let mut end = 0u32;
+        for (cache, chunk) in caches.iter_mut().zip(chunks) {
+            end += chunk.len() as u32;
+            last.push(end - 1);
+            cache.position += chunk.len();
+        }
+        let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+        self.output
+            .forward(&self.norm.forward(&x)?)?
+            .to_dtype(DType::F32)
+    }
+
+    /// Causal attention of one sequence's new queries (`[1, heads, t, head_dim]`) over its cached
+    /// keys and values followed by the new ones, which join the cache.
+    fn attend(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        position: usize,
+    ) -> candle_core::Result<Tensor> {
+        let t = q.dim(2)?;
+        let cos = self.cos.narrow(0, position, t)?;
+        let sin = self.sin.narrow(0, position, t)?;
+        let rope = |x: &Tensor| {
+            if self.rope_neox {
+                candle_nn::rotary_emb::rope(x, &cos, &sin)
+            } else {
+                candle_nn::rotary_emb::rope_i(x, &cos, &sin)
+            }
+        };
+        let (q, k) = (rope(&q)?, rope(&k)?);
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let rep = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = if t > 1 {
+            // Query i (at position + i) sees keys 0..=position + i.
+            let keys = position + t;
+            let blocked: Vec<u8> = (0..t)
+                .flat_map(|i| (0..keys).map(move |j| u8::from(j > position + i)))
+                .collect();
+            let blocked =
+                Tensor::from_vec(blocked, (t, keys), &self.device)?.broadcast_as(scores.shape())?;
+            let neg_inf =
+                Tensor::new(f32::NEG_INFINITY, &self.device)?.broadcast_as(scores.shape())?;
+            blocked.where_cond(&neg_inf, &scores)?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs.matmul(&v.contiguous()?)
+    }
+}
+
 /// A GGUF llama-architecture model, loaded once and shared by every worker of a process.
 pub struct GgufLlama {
     id: String,
-    weights: ModelWeights,
+    weights: Arc<Weights>,
     text: TextCodec,
     context_length: usize,
-    device: Device,
 }
 
 impl GgufLlama {
@@ -126,9 +353,9 @@ impl GgufLlama {
         let weights = if slow && device.is_cpu() && !dequantize_all {
             let (content, mut bytes) =
                 requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
-            ModelWeights::from_gguf(content, &mut bytes, device)
+            Weights::from_gguf(&content, &mut bytes, device, context_length)
         } else {
-            ModelWeights::from_gguf(content, &mut file, device)
+            Weights::from_gguf(&content, &mut file, device, context_length)
         }
         .map_err(|e| gguf_error(e.to_string()))?;
         let id = path
@@ -137,10 +364,9 @@ impl GgufLlama {
             .unwrap_or_default();
         Ok(Self {
             id,
-            weights,
+            weights: Arc::new(weights),
             text: TextCodec::new(tokenizer, template, eos_ids),
             context_length,
-            device: device.clone(),
         })
     }
 }
@@ -156,48 +382,80 @@ impl LanguageModel for GgufLlama {
         self.context_length
     }
     fn start(&self) -> Box<dyn LmSession> {
-        let mut weights = self.weights.clone();
-        weights.clear_kv_cache();
         Box::new(GgufLlamaSession {
-            weights,
-            position: 0,
-            device: self.device.clone(),
+            weights: self.weights.clone(),
+            cache: KvCache {
+                blocks: vec![None; self.weights.blocks.len()],
+                position: 0,
+            },
+            context_length: self.context_length,
         })
+    }
+
+    fn extend_batch(
+        &self,
+        sessions: &mut [&mut dyn LmSession],
+        chunks: &[&[u32]],
+    ) -> Result<Tensor, ModelError> {
+        let mut caches = Vec::with_capacity(sessions.len());
+        for (session, chunk) in sessions.iter_mut().zip(chunks) {
+            match session.as_any_mut().downcast_mut::<GgufLlamaSession>() {
+                Some(s) if Arc::ptr_eq(&s.weights, &self.weights) => {
+                    s.check_room(chunk.len())?;
+                    caches.push(&mut s.cache);
+                }
+                _ => {
+                    return Err(ModelError::Tensor(candle_core::Error::Msg(
+                        "extend_batch: a session of another model".into(),
+                    )))
+                }
+            }
+        }
+        Ok(self.weights.forward(&mut caches, chunks)?)
     }
 }
 
 #[derive(Clone)]
 struct GgufLlamaSession {
-    weights: ModelWeights,
-    position: usize,
-    device: Device,
+    weights: Arc<Weights>,
+    cache: KvCache,
+    context_length: usize,
 }
 
-impl LmSession for GgufLlamaSession {
-    fn extend(&mut self, tokens: &[u32]) -> Result<Tensor, ModelError> {
-        if tokens.is_empty() {
+impl GgufLlamaSession {
+    fn check_room(&self, tokens: usize) -> Result<(), ModelError> {
+        if tokens == 0 {
             return Err(ModelError::Tensor(candle_core::Error::Msg(
                 "extend with no tokens".into(),
             )));
         }
-        if self.position + tokens.len() > MAX_SEQ_LEN {
+        if self.cache.position + tokens > self.context_length {
             return Err(ModelError::ContextOverflow {
-                tokens: self.position + tokens.len(),
-                limit: MAX_SEQ_LEN,
+                tokens: self.cache.position + tokens,
+                limit: self.context_length,
                 what: "model sequence".into(),
             });
         }
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&input, self.position)?;
-        self.position += tokens.len();
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+        Ok(())
+    }
+}
+
+impl LmSession for GgufLlamaSession {
+    fn extend(&mut self, tokens: &[u32]) -> Result<Tensor, ModelError> {
+        self.check_room(tokens.len())?;
+        let logits = self.weights.forward(&mut [&mut self.cache], &[tokens])?;
+        Ok(logits.squeeze(0)?)
     }
 
     fn position(&self) -> usize {
-        self.position
+        self.cache.position
     }
 
     fn fork(&self) -> Box<dyn LmSession> {
         Box::new(self.clone())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

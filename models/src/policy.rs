@@ -2,11 +2,15 @@
 //!
 //! The prompt is rendered with the model's chat template and prefilled once; each sample forks the
 //! prefilled session (sharing its KV cache) and draws from its own seeded sampler, so sample `i`
-//! of a prompt is the same tokens whatever else runs and in whatever order.
+//! of a prompt is the same tokens whatever else runs and in whatever order. Many prompts run
+//! together through the continuous-batching [`crate::engine`].
 
+use crate::engine::{
+    generate_batched, EngineLimits, EngineStats, GenerationRequest, GenerationResult,
+};
 use crate::{LanguageModel, ModelError};
 use std::sync::Arc;
-use steerflow_kernels::sampling::{SamplingParams, TokenSampler};
+use steerflow_kernels::sampling::SamplingParams;
 use steerflow_operators::records::{FinishReason, Message};
 
 /// What to generate for each sample.
@@ -111,62 +115,40 @@ impl Policy {
         seeds: &[u64],
         params: &GenerationParams,
     ) -> Result<(Vec<Generation>, GenerationCounters), ModelError> {
-        let text = self.model.text();
-        let started = std::time::Instant::now();
-        let mut prefilled = self.model.start();
-        let first_logits = prefilled.extend(prompt_tokens)?;
-        let mut counters = GenerationCounters {
-            prompt_tokens_prefilled: prompt_tokens.len() as u64,
-            prefill_seconds: started.elapsed().as_secs_f64(),
-            ..GenerationCounters::default()
+        let request = GenerationRequest {
+            prompt_tokens: prompt_tokens.to_vec(),
+            seeds: seeds.to_vec(),
         };
-        let decoding = std::time::Instant::now();
-        // The context bounds new tokens too; hitting it ends the sample with `length`, as
-        // `max_new_tokens` does, and the summary shows it.
-        let budget = params
-            .max_new_tokens
-            .min(self.model.context_length() - prompt_tokens.len());
-        let mut generations = Vec::with_capacity(seeds.len());
-        for &seed in seeds {
-            let mut sampler = TokenSampler::new(seed, &params.sampling)?;
-            let mut session = prefilled.fork();
-            let mut logits = first_logits.clone();
-            let mut ids: Vec<u32> = Vec::new();
-            let mut finish = FinishReason::Length;
-            let mut stop_at: Option<usize> = None;
-            while ids.len() < budget {
-                let next = sampler.sample(&logits)?;
-                if text.is_eos(next) {
-                    finish = FinishReason::Eos;
-                    break;
-                }
-                ids.push(next);
-                if !params.stop.is_empty() {
-                    let so_far = text.decode(&ids)?;
-                    if let Some(cut) = earliest_stop(&so_far, &params.stop) {
-                        stop_at = Some(cut);
-                        finish = FinishReason::Stop;
-                        break;
-                    }
-                }
-                if ids.len() == budget {
-                    break;
-                }
-                logits = session.extend(&[next])?;
-            }
-            counters.tokens_decoded += ids.len() as u64;
-            let mut text_out = text.decode(&ids)?;
-            if let Some(cut) = stop_at {
-                text_out.truncate(cut);
-            }
-            generations.push(Generation {
-                text: text_out,
-                new_tokens: ids.len() as u32,
-                finish,
-            });
-        }
-        counters.decode_seconds = decoding.elapsed().as_secs_f64();
-        Ok((generations, counters))
+        let mut result = None;
+        generate_batched(
+            self.model.as_ref(),
+            vec![request],
+            params,
+            &EngineLimits::default(),
+            |_, r| result = Some(r),
+            || false,
+        );
+        result.expect("the engine reports every request")
+    }
+
+    /// Samples many prompts in continuous batches ([`crate::engine`]); `on_done(i, result)` is
+    /// called as request i finishes. Each sample's tokens are those [`Policy::generate`] draws.
+    pub fn generate_many(
+        &self,
+        requests: Vec<GenerationRequest>,
+        params: &GenerationParams,
+        limits: &EngineLimits,
+        on_done: impl FnMut(usize, GenerationResult),
+        cancelled: impl Fn() -> bool,
+    ) -> EngineStats {
+        generate_batched(
+            self.model.as_ref(),
+            requests,
+            params,
+            limits,
+            on_done,
+            cancelled,
+        )
     }
 }
 

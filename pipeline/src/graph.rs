@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
+use steerflow_models::engine::GenerationRequest;
 use steerflow_operators::normalize::NormStats;
 use steerflow_operators::pairs::{select_pair, Candidate, DropReason};
 use steerflow_operators::records::{Prompt, Sample, ScoredSample};
@@ -96,15 +97,20 @@ pub fn reduce_prompt(mut samples: Vec<ScoredSample>, min_margin: f64) -> PromptO
     }
 }
 
-/// Samples all of one prompt's responses, or says why it cannot.
-fn sample_prompt(
-    prompt: Prompt,
+/// Samples all the responses of a batch of prompts, or says why a prompt cannot be sampled. The
+/// prompts run together through the generation engine's continuous batches; a sample's tokens
+/// depend only on its prompt, seed and the sampling settings, never on the batch. `progress` is
+/// called once per prompt as it finishes; once `cancelled` says so, the rest are left unsampled.
+fn sample_prompts(
+    prompts: Vec<Prompt>,
     spec: &RunSpec,
     models: &Models,
     counters: &RefCell<StageCounters>,
+    cancelled: impl Fn() -> bool,
+    mut progress: impl FnMut(),
 ) -> Vec<Result<Sample, (Reject, PromptKey)>> {
     let started = Instant::now();
-    let reject = |reason: &str, detail: String| {
+    let reject = |prompt: &Prompt, reason: &str, detail: String| {
         let mut r = Reject::new(
             &prompt.source.file,
             prompt.source.record,
@@ -113,48 +119,78 @@ fn sample_prompt(
             detail,
         );
         r.prompt_id = Some(prompt.id.clone());
-        vec![Err((r, PromptKey::of(&prompt)))]
-    };
-    let tokens = match models.policy.prompt_tokens(&prompt.messages) {
-        Ok(t) => t,
-        Err(e) if e.is_record_error() => return reject("policy_prompt", e.to_string()),
-        Err(e) => return reject("policy_error", e.to_string()),
+        Err((r, PromptKey::of(prompt)))
     };
     let n = spec.samples_per_prompt;
-    let seeds: Vec<u64> = (0..n)
-        .map(|i| sample_seed(spec.seed, &prompt.id, i))
+    let mut out = Vec::new();
+    let mut accepted = Vec::with_capacity(prompts.len());
+    let mut requests = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        match models.policy.prompt_tokens(&prompt.messages) {
+            Ok(prompt_tokens) => {
+                let seeds = (0..n)
+                    .map(|i| sample_seed(spec.seed, &prompt.id, i))
+                    .collect();
+                requests.push(GenerationRequest {
+                    prompt_tokens,
+                    seeds,
+                });
+                accepted.push(prompt);
+            }
+            Err(e) => {
+                let reason = if e.is_record_error() {
+                    "policy_prompt"
+                } else {
+                    "policy_error"
+                };
+                out.push(reject(&prompt, reason, e.to_string()));
+                progress();
+            }
+        }
+    }
+    let prompt_lengths: Vec<u32> = requests
+        .iter()
+        .map(|r| r.prompt_tokens.len() as u32)
         .collect();
-    let (generations, work) = match models.policy.generate(&tokens, &seeds, &spec.generation) {
-        Ok(g) => g,
-        Err(e) => return reject("generation_failed", e.to_string()),
-    };
-    let mut c = counters.borrow_mut();
-    c.prompts_sampled += 1;
-    c.samples += generations.len() as u64;
-    c.prompt_tokens_prefilled += work.prompt_tokens_prefilled;
-    c.tokens_decoded += work.tokens_decoded;
-    c.prefill_seconds += work.prefill_seconds;
-    c.decode_seconds += work.decode_seconds;
-    c.sampling_seconds += started.elapsed().as_secs_f64();
-    generations
-        .into_iter()
-        .enumerate()
-        .map(|(i, g)| {
-            *c.finish_reasons
-                .entry(g.finish.as_str().to_string())
-                .or_default() += 1;
-            Ok(Sample {
-                prompt: prompt.clone(),
-                sample_index: i as u32,
-                samples_per_prompt: n,
-                text: g.text,
-                prompt_tokens: tokens.len() as u32,
-                new_tokens: g.new_tokens,
-                finish: g.finish,
-                steer: models.policy.steer().map(str::to_string),
-            })
-        })
-        .collect()
+    models.policy.generate_many(
+        requests,
+        &spec.generation,
+        &spec.engine,
+        |i, result| {
+            let prompt = &accepted[i];
+            match result {
+                Err(e) => out.push(reject(prompt, "generation_failed", e.to_string())),
+                Ok((generations, work)) => {
+                    let mut c = counters.borrow_mut();
+                    c.prompts_sampled += 1;
+                    c.samples += generations.len() as u64;
+                    c.prompt_tokens_prefilled += work.prompt_tokens_prefilled;
+                    c.tokens_decoded += work.tokens_decoded;
+                    c.prefill_seconds += work.prefill_seconds;
+                    c.decode_seconds += work.decode_seconds;
+                    for (index, g) in generations.into_iter().enumerate() {
+                        *c.finish_reasons
+                            .entry(g.finish.as_str().to_string())
+                            .or_default() += 1;
+                        out.push(Ok(Sample {
+                            prompt: prompt.clone(),
+                            sample_index: index as u32,
+                            samples_per_prompt: n,
+                            text: g.text,
+                            prompt_tokens: prompt_lengths[i],
+                            new_tokens: g.new_tokens,
+                            finish: g.finish,
+                            steer: models.policy.steer().map(str::to_string),
+                        }));
+                    }
+                }
+            }
+            progress();
+        },
+        cancelled,
+    );
+    counters.borrow_mut().sampling_seconds += started.elapsed().as_secs_f64();
+    out
 }
 
 /// Scores one sample; a failure leaves NaN attributes (never chosen, counted as unscored).
@@ -714,14 +750,30 @@ pub fn run_graph(
 
             let (spec_s, models_s, counters_s, bar, failed) =
                 (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone(), failure.clone());
-            let sampled = to_sample.flat_map(move |prompt| {
-                if failed.borrow().is_some() {
-                    return Vec::new(); // a shard could not be committed: stop working
-                }
-                let out = sample_prompt(prompt, &spec_s, &models_s, &counters_s);
-                bar.advance(1);
-                out
-            });
+            // Every prompt that is in when the operator runs goes to the engine together.
+            let sampled = to_sample.container::<Vec<Prompt>>().unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Result<Sample, (Reject, PromptKey)>>>, _, _, _>(
+                Pipeline,
+                "Sample",
+                move |default_cap, _| {
+                    let mut cap = Some(default_cap);
+                    move |(input, frontier), output| {
+                        let mut prompts = Vec::new();
+                        input.for_each_stamp(|_, data| {
+                            for batch in data {
+                                prompts.append(batch);
+                            }
+                        });
+                        if let (Some(c), false) = (cap.as_ref(), prompts.is_empty()) {
+                            // A shard that could not be committed stops the work.
+                            let out = sample_prompts(prompts, &spec_s, &models_s, &counters_s, || failed.borrow().is_some(), || bar.advance(1));
+                            output.session(c).give_iterator(out.into_iter());
+                        }
+                        if frontier.is_empty() {
+                            cap = None;
+                        }
+                    }
+                },
+            );
             let (samples, sample_rejects) = sampled.ok_err(|r| r);
 
             let (spec_c, models_c, counters_c, bar) = (spec.clone(), models.clone(), counters.clone(), score_bar_w.clone());

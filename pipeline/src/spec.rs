@@ -3,6 +3,7 @@
 
 use crate::reject::RejectLimit;
 use std::sync::Arc;
+use steerflow_models::engine::EngineLimits;
 use steerflow_models::policy::{GenerationParams, Policy};
 use steerflow_models::RewardModel;
 use steerflow_operators::goodness::BoundGoodness;
@@ -40,6 +41,8 @@ pub struct RunSpec {
     pub seed: u64,
     pub samples_per_prompt: u32,
     pub generation: GenerationParams,
+    /// How many sequences the generation engine batches; never changes the output.
+    pub engine: EngineLimits,
     pub goodness_preset: String,
     pub goodness: BoundGoodness,
     pub normalization: Normalization,

@@ -365,4 +365,7 @@ impl LmSession for HfSession {
     fn fork(&self) -> Box<dyn LmSession> {
         Box::new(self.clone())
     }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }

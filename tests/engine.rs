@@ -1,0 +1,239 @@
+//! The generation engine on the default model: our ragged-batch GGUF decoder against candle's
+//! quantized llama, batched rows against single sequences, and continuous batching against
+//! one-sequence-at-a-time generation with the same seeds.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use std::sync::{Arc, OnceLock};
+use steerflow_kernels::sampling::{SamplingParams, TokenSampler};
+use steerflow_models::engine::{EngineLimits, GenerationRequest};
+use steerflow_models::llama_gguf::{requantize, GgufLlama};
+use steerflow_models::policy::{earliest_stop, Generation, GenerationParams, Policy};
+use steerflow_models::registry::resolve_model;
+use steerflow_models::LanguageModel;
+use steerflow_operators::records::{FinishReason, Message};
+use steerflow_operators::seeding::sample_seed;
+
+fn model() -> Arc<dyn LanguageModel> {
+    static MODEL: OnceLock<Arc<dyn LanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = resolve_model("default").expect("default model installed");
+            Arc::new(GgufLlama::load(&path, &Device::Cpu).unwrap())
+        })
+        .clone()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn prompt(policy: &Policy, text: &str) -> Vec<u32> {
+    policy.prompt_tokens(&[Message::new("user", text)]).unwrap()
+}
+
+#[test]
+fn our_decoder_computes_what_candles_quantized_llama_computes() {
+    // candle's own model on the same (requantized) weights is the reference; the operations are
+    // the same, so the tolerance is tight: 1e-4 on logits of magnitude ~10.
+    let path = resolve_model("default").unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let (content, mut bytes) = requantize(content, &mut file).unwrap();
+    let mut reference = ModelWeights::from_gguf(content, &mut bytes, &Device::Cpu).unwrap();
+    let policy = Policy::new(model());
+    let tokens = prompt(&policy, "Name three rivers in Africa.");
+    let mut session = model().start();
+    let ours = session.extend(&tokens).unwrap();
+    let theirs = reference
+        .forward(
+            &Tensor::new(tokens.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            0,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert!(
+        max_abs_diff(&ours, &theirs) < 1e-4,
+        "{}",
+        max_abs_diff(&ours, &theirs)
+    );
+    let mut position = tokens.len();
+    for next in [330u32, 2012, 28] {
+        let ours = session.extend(&[next]).unwrap();
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs = reference
+            .forward(&input, position)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        position += 1;
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff < 1e-4, "decode at {position}: {diff}");
+    }
+}
+
+#[test]
+fn a_ragged_batch_computes_each_row_as_it_would_alone() {
+    let model = model();
+    let policy = Policy::new(model.clone());
+    let long = prompt(
+        &policy,
+        "Explain in detail why the sky is blue during the day.",
+    );
+    let short = prompt(&policy, "Hi");
+    // Two sessions at different positions, one decoding a token, one prefilling a chunk.
+    let mut a = model.start();
+    a.extend(&long).unwrap();
+    let mut b = model.start();
+    let (mut a_alone, mut b_alone) = (a.fork(), b.fork());
+    let batched = model
+        .extend_batch(&mut [a.as_mut(), b.as_mut()], &[&[42], &short])
+        .unwrap();
+    assert_eq!(batched.dims()[0], 2);
+    let a_row = a_alone.extend(&[42]).unwrap();
+    let b_row = b_alone.extend(&short).unwrap();
+    // Each row runs the same kernels on the same numbers: equal to the last bit.
+    assert_eq!(max_abs_diff(&batched.get(0).unwrap(), &a_row), 0.0);
+    assert_eq!(max_abs_diff(&batched.get(1).unwrap(), &b_row), 0.0);
+    assert_eq!((a.position(), b.position()), (long.len() + 1, short.len()));
+}
+
+/// One sample drawn the plain way: its own session, one token per step, no batching at all.
+fn one_at_a_time(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    seed: u64,
+    params: &GenerationParams,
+) -> Generation {
+    let text = model.text();
+    let mut session = model.start();
+    let mut logits = session.extend(prompt).unwrap();
+    let mut sampler = TokenSampler::new(seed, &params.sampling).unwrap();
+    let mut ids = Vec::new();
+    let mut finish = FinishReason::Length;
+    let mut cut = None;
+    while ids.len() < params.max_new_tokens {
+        let next = sampler.sample(&logits).unwrap();
+        if text.is_eos(next) {
+            finish = FinishReason::Eos;
+            break;
+        }
+        ids.push(next);
+        if let Some(at) = earliest_stop(&text.decode(&ids).unwrap(), &params.stop) {
+            cut = Some(at);
+            finish = FinishReason::Stop;
+            break;
+        }
+        if ids.len() == params.max_new_tokens {
+            break;
+        }
+        logits = session.extend(&[next]).unwrap();
+    }
+    let mut out = text.decode(&ids).unwrap();
+    if let Some(at) = cut {
+        out.truncate(at);
+    }
+    Generation {
+        text: out,
+        new_tokens: ids.len() as u32,
+        finish,
+    }
+}
+
+#[test]
+fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
+    let model = model();
+    let policy = Policy::new(model.clone());
+    let params = GenerationParams {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 0,
+        },
+        max_new_tokens: 14,
+        stop: vec![".".to_string()],
+    };
+    let texts = [
+        "Write a haiku about the sea",
+        "What is 2 + 2?",
+        "List some colours of the rainbow, with a word on each one of them, please",
+        "Say hello",
+    ];
+    let requests: Vec<GenerationRequest> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| GenerationRequest {
+            prompt_tokens: prompt(&policy, t),
+            seeds: (0..3)
+                .map(|s| sample_seed(7, &format!("p{i}"), s))
+                .collect(),
+        })
+        .collect();
+    // Room for two prompts' samples at once: the others join as samples leave.
+    let limits = EngineLimits {
+        max_sequences: 7,
+        max_tokens: 100_000,
+    };
+    let mut results: Vec<Option<Vec<Generation>>> = vec![None; requests.len()];
+    let mut order = Vec::new();
+    let stats = policy.generate_many(
+        requests.clone(),
+        &params,
+        &limits,
+        |i, r| {
+            let (generations, counters) = r.unwrap();
+            assert_eq!(
+                counters.prompt_tokens_prefilled,
+                requests[i].prompt_tokens.len() as u64
+            );
+            order.push(i);
+            results[i] = Some(generations);
+        },
+        || false,
+    );
+    assert_eq!(order.len(), requests.len(), "every request reported once");
+    assert!(stats.peak_sequences <= limits.max_sequences, "{stats:?}");
+    assert!(
+        stats.peak_sequences > 3,
+        "prompts never shared a batch: {stats:?}"
+    );
+    for (i, request) in requests.iter().enumerate() {
+        let batched = results[i].as_ref().unwrap();
+        for (s, &seed) in request.seeds.iter().enumerate() {
+            let alone = one_at_a_time(model.as_ref(), &request.prompt_tokens, seed, &params);
+            assert_eq!(batched[s], alone, "prompt {i} sample {s}");
+        }
+    }
+    // A token budget smaller than one request still runs it, alone.
+    let tight = EngineLimits {
+        max_sequences: 64,
+        max_tokens: 10,
+    };
+    let mut again = vec![None; requests.len()];
+    let stats = policy.generate_many(
+        requests.clone(),
+        &params,
+        &tight,
+        |i, r| again[i] = Some(r.unwrap().0),
+        || false,
+    );
+    assert_eq!(stats.peak_sequences, 3, "{stats:?}");
+    assert_eq!(again, results);
+}
