@@ -2,6 +2,8 @@
 //! quantized llama, batched rows against single sequences, and continuous batching against
 //! one-sequence-at-a-time generation with the same seeds.
 
+mod support;
+
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -23,19 +25,6 @@ fn model() -> Arc<dyn LanguageModel> {
             Arc::new(GgufLlama::load(&path, &Device::Cpu).unwrap())
         })
         .clone()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn prompt(policy: &Policy, text: &str) -> Vec<u32> {
@@ -67,9 +56,9 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
         .squeeze(0)
         .unwrap();
     assert!(
-        max_abs_diff(&ours, &theirs) < 1e-4,
+        support::max_abs_diff(&ours, &theirs) < 1e-4,
         "{}",
-        max_abs_diff(&ours, &theirs)
+        support::max_abs_diff(&ours, &theirs)
     );
     let mut position = tokens.len();
     for next in [330u32, 2012, 28] {
@@ -84,7 +73,7 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
             .squeeze(0)
             .unwrap();
         position += 1;
-        let diff = max_abs_diff(&ours, &theirs);
+        let diff = support::max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-4, "decode at {position}: {diff}");
     }
 }
@@ -110,8 +99,8 @@ fn a_ragged_batch_computes_each_row_as_it_would_alone() {
     let a_row = a_alone.extend(&[42]).unwrap();
     let b_row = b_alone.extend(&short).unwrap();
     // Each row runs the same kernels on the same numbers: equal to the last bit.
-    assert_eq!(max_abs_diff(&batched.get(0).unwrap(), &a_row), 0.0);
-    assert_eq!(max_abs_diff(&batched.get(1).unwrap(), &b_row), 0.0);
+    assert_eq!(support::max_abs_diff(&batched.get(0).unwrap(), &a_row), 0.0);
+    assert_eq!(support::max_abs_diff(&batched.get(1).unwrap(), &b_row), 0.0);
     assert_eq!((a.position(), b.position()), (long.len() + 1, short.len()));
 }
 

@@ -90,7 +90,7 @@ fn check_causal(dir: &Path, golden: &Value) {
             );
         }
         // Greedy through the KV cache, one token at a time.
-        let mut session = model.start_session();
+        let mut session = model.start_session().unwrap();
         let mut logits = session.extend(seqs[k]).unwrap();
         let mut greedy = Vec::new();
         for _ in 0..ids(&expected["greedy"]).len() {

@@ -84,6 +84,9 @@ pub struct JobSection {
     pub workers: usize,
     /// Written into the dataset README.
     pub description: String,
+    /// Where the models run: `cpu`, `cuda` (GPU 0) or `cuda:N` (needs a `cuda` build,
+    /// docs/gpu.md). A tensor-parallel reward model takes this GPU and the next ones.
+    pub device: String,
 }
 
 impl Default for JobSection {
@@ -93,6 +96,7 @@ impl Default for JobSection {
             seed: 0,
             workers: 1,
             description: String::new(),
+            device: "cpu".into(),
         }
     }
 }
@@ -196,6 +200,9 @@ pub struct RewardSection {
     /// `model` (the model's own template), `nemo-steerlm-rm` (NeMo's SteerLM reward-model input,
     /// ending with `<extra_id_2>`), `nemo-steerlm`, or a path to a `.jinja` file.
     pub chat_template: String,
+    /// Ranks the reward model's decoder is split over (tensor parallelism): threads on the CPU,
+    /// GPUs over NCCL with `job.device = "cuda"`. Checkpoint reward models only.
+    pub tensor_parallel: usize,
 }
 
 impl Default for RewardSection {
@@ -208,6 +215,7 @@ impl Default for RewardSection {
             max_tokens: None,
             overlength: "skip".into(),
             chat_template: "model".into(),
+            tensor_parallel: 1,
         }
     }
 }

@@ -287,30 +287,74 @@ pub fn reward_spec(reward: &config::RewardSection) -> Result<RewardSpec, JobErro
     })
 }
 
-/// Loads a model that generates text: a GGUF file or a causal-LM checkpoint.
-pub fn load_language_model(spec: &str) -> Result<Arc<dyn LanguageModel>, JobError> {
-    let device = candle_core::Device::Cpu;
+/// `count` devices from `job.device`: `cpu` (all the CPU), or `cuda` / `cuda:N` (GPUs N,
+/// N + 1, ...). A build without the `cuda` feature says so.
+pub fn devices(spec: &str, count: usize) -> Result<Vec<candle_core::Device>, JobError> {
+    let first = match spec {
+        "cpu" => return Ok(vec![candle_core::Device::Cpu; count.max(1)]),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "job.device `{other}` is not known (cpu, cuda, cuda:N)"
+                ))
+            })?,
+    };
+    (first..first + count.max(1))
+        .map(|ordinal| {
+            candle_core::Device::new_cuda(ordinal).map_err(|e| {
+                invalid(format!(
+                    "job.device `{spec}`: GPU {ordinal} is not usable: {e} (a build with `--features cuda` and a CUDA driver are needed: docs/gpu.md)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Loads a model that generates text: a GGUF file or a causal-LM checkpoint, on `device`.
+pub fn load_language_model(
+    spec: &str,
+    device: &candle_core::Device,
+) -> Result<Arc<dyn LanguageModel>, JobError> {
     Ok(match locate_model(spec)? {
         ModelLocation::Gguf(path) => {
             tracing::info!(model = %path.display(), "loading GGUF model");
-            Arc::new(GgufLlama::load(&path, &device)?)
+            Arc::new(GgufLlama::load(&path, device)?)
         }
         ModelLocation::HfDir(dir) => {
             tracing::info!(model = %dir.display(), "loading checkpoint");
-            Arc::new(HfModel::load(&dir, HeadKind::CausalLm, &device)?.into_language_model()?)
+            Arc::new(HfModel::load(&dir, HeadKind::CausalLm, device)?.into_language_model()?)
         }
     })
 }
 
 /// Loads the reward model a reward section describes (`policy` reuses `policy`).
+/// `device` is `job.device`; `reward.tensor_parallel` ranks start there.
 pub fn load_reward_model(
     reward: &config::RewardSection,
     policy: Option<&Arc<dyn LanguageModel>>,
+    device: &str,
 ) -> Result<Arc<dyn RewardModel>, JobError> {
     let spec = reward_spec(reward)?;
+    let ranks = reward.tensor_parallel;
+    if ranks == 0 {
+        return Err(invalid("reward.tensor_parallel must be at least 1"));
+    }
+    if ranks > 1 && spec.kind == RewardKind::Judge {
+        return Err(invalid(
+            "reward.tensor_parallel applies to checkpoint reward models (sequence-classification, next-token-logit), not to the judge",
+        ));
+    }
+    let devices = devices(device, ranks)?;
     let checkpoint = |kind: HeadKind| -> Result<HfModel, JobError> {
         let model = match locate_model(&reward.model)? {
-            ModelLocation::HfDir(dir) => HfModel::load(&dir, kind, &candle_core::Device::Cpu)?,
+            ModelLocation::HfDir(dir) if ranks > 1 => {
+                tracing::info!(model = %dir.display(), ranks, "loading a tensor-parallel reward model");
+                HfModel::load_parallel(&dir, kind, &devices)?
+            }
+            ModelLocation::HfDir(dir) => HfModel::load(&dir, kind, &devices[0])?,
             ModelLocation::Gguf(path) => {
                 return Err(invalid(format!(
                     "reward.kind `{}` needs a Hugging Face checkpoint directory, not {}",
@@ -331,7 +375,7 @@ pub fn load_reward_model(
                 ("policy", None) => {
                     return Err(invalid("reward.model = \"policy\" needs a policy model"))
                 }
-                (other, _) => load_language_model(other)?,
+                (other, _) => load_language_model(other, &devices[0])?,
             };
             Arc::new(Judge::new(
                 with_chat_template(model, &reward.chat_template)?,
@@ -366,9 +410,10 @@ pub fn with_chat_template(
 }
 
 pub fn load_models(config: &JobConfig) -> Result<Models, JobError> {
-    let model = load_language_model(&config.policy.model)?;
+    let device = devices(&config.job.device, 1)?.remove(0);
+    let model = load_language_model(&config.policy.model, &device)?;
     // A judge that is the policy model rates with the model's own template.
-    let reward = load_reward_model(&config.reward, Some(&model))?;
+    let reward = load_reward_model(&config.reward, Some(&model), &config.job.device)?;
     let policy_model = with_chat_template(model, &config.policy.chat_template)?;
     let mut policy = Policy::new(policy_model);
     if !config.sampling.steer.is_empty() {
@@ -387,9 +432,10 @@ pub fn score_responses(
     input: &str,
     format: &str,
     output: &str,
+    device: &str,
 ) -> Result<steerflow_pipeline::score_file::ScoreReport, JobError> {
     let input_format = InputFormat::resolve(format, input).map_err(invalid)?;
-    let model = load_reward_model(reward, None)?;
+    let model = load_reward_model(reward, None, device)?;
     Ok(steerflow_pipeline::score_file::score_file(
         input,
         input_format,
@@ -497,7 +543,7 @@ fn scoring_reward_model(config: &JobConfig) -> Result<Arc<dyn RewardModel>, JobE
     if reward_section.model == "policy" {
         reward_section.model = config.policy.model.clone();
     }
-    load_reward_model(&reward_section, None)
+    load_reward_model(&reward_section, None, &config.job.device)
 }
 
 /// The `filter-rank` job: a scored corpus filtered by thresholds, top-k and quantile, and ranked.
@@ -563,7 +609,7 @@ pub fn run_labelled_pairs_job(config: &JobConfig) -> Result<serde_json::Value, J
     let formats = export_formats(&config.output.formats)?;
     let template_model = if formats.iter().any(|f| *f != ExportFormat::Conversational) {
         Some(with_chat_template(
-            load_language_model(&config.policy.model)?,
+            load_language_model(&config.policy.model, &candle_core::Device::Cpu)?,
             &config.policy.chat_template,
         )?)
     } else {

@@ -164,6 +164,12 @@ enum Command {
         /// The parquet file to write.
         #[arg(long)]
         output: String,
+        /// Where the model runs: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Ranks the reward model is split over (threads on the CPU, GPUs with cuda).
+        #[arg(long, default_value_t = 1)]
+        tensor_parallel: usize,
     },
     /// Measure the N-samples-per-prompt workload (prefill and decode tokens/s, responses scored/s,
     /// peak memory); prints JSON on stdout.
@@ -176,6 +182,9 @@ enum Command {
         max_new_tokens: usize,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Where the models run: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Run only the policy's generation engine (no judge, no job), at `--batch` sequences.
         #[arg(long)]
         generate_only: bool,
@@ -262,6 +271,8 @@ fn main() {
             input,
             format,
             output,
+            device,
+            tensor_parallel,
         } => {
             let reward = steerflow::config::RewardSection {
                 kind,
@@ -271,8 +282,9 @@ fn main() {
                 max_tokens,
                 overlength,
                 chat_template,
+                tensor_parallel,
             };
-            steerflow::score_responses(&reward, &input, &format, &output).map(|report| {
+            steerflow::score_responses(&reward, &input, &format, &output, &device).map(|report| {
                 eprintln!(
                     "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
                     report.scored, report.failed, report.rejected, report.truncated
@@ -284,6 +296,7 @@ fn main() {
             samples,
             max_new_tokens,
             workers,
+            device,
             generate_only,
             batch,
             policy,
@@ -296,6 +309,7 @@ fn main() {
                 workers,
                 policy,
                 reward_model,
+                device,
             };
             steerflow::configure_threads(workers);
             let report = if generate_only {

@@ -16,7 +16,7 @@ fn python() -> PathBuf {
 }
 
 #[test]
-fn score_command_writes_every_row_with_transformers_scores() {
+fn score_command_writes_every_row_with_transformers_scores_whole_and_tensor_parallel() {
     let fixture = root().join("tests/fixtures/hf/llama-seqcls5-f32");
     let golden: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture.join("conversations.json")).unwrap())
@@ -37,66 +37,74 @@ fn score_command_writes_every_row_with_transformers_scores() {
     }
     lines.push_str("{\"prompt\": \"no response here\"}\n");
     std::fs::write(&input, lines).unwrap();
-    let output = dir.path().join("scores.parquet");
-    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
-        .args(["score", "--reward-model"])
-        .arg(&fixture)
-        .args([
-            "--kind",
-            "sequence-classification",
-            "--attributes",
-            "helpsteer2",
-            "--input",
-        ])
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("4 responses scored") && stderr.contains("1 rejected"),
-        "{stderr}"
-    );
-    let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
-    let read = Command::new(python())
-        .args(["-c", script])
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&read.stdout).unwrap();
-    assert_eq!(rows.len(), 4);
-    for (k, row) in rows.iter().enumerate() {
-        assert_eq!(row["id"], format!("c{k}"));
-        let want = golden["conversations"][k]["scores"].as_array().unwrap();
-        for (j, name) in [
-            "helpfulness",
-            "correctness",
-            "coherence",
-            "complexity",
-            "verbosity",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let got = row["scores"][name].as_f64().unwrap();
-            assert!(
-                (got - want[j].as_f64().unwrap()).abs() < 1e-4,
-                "row {k} {name}: {got} vs {}",
-                want[j]
-            );
+    // Whole, and split over 4 tensor-parallel ranks (threads): the same transformers scores.
+    for ranks in ["1", "4"] {
+        let output = dir.path().join(format!("scores-tp{ranks}.parquet"));
+        let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+            .args(["score", "--reward-model"])
+            .arg(&fixture)
+            .args([
+                "--kind",
+                "sequence-classification",
+                "--attributes",
+                "helpsteer2",
+                "--input",
+            ])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(["--tensor-parallel", ranks])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("4 responses scored") && stderr.contains("1 rejected"),
+            "{stderr}"
+        );
+        let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
+        let read = Command::new(python())
+            .args(["-c", script])
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&read.stdout).unwrap();
+        assert_eq!(rows.len(), 4);
+        for (k, row) in rows.iter().enumerate() {
+            assert_eq!(row["id"], format!("c{k}"));
+            let want = golden["conversations"][k]["scores"].as_array().unwrap();
+            for (j, name) in [
+                "helpfulness",
+                "correctness",
+                "coherence",
+                "complexity",
+                "verbosity",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let got = row["scores"][name].as_f64().unwrap();
+                assert!(
+                    (got - want[j].as_f64().unwrap()).abs() < 1e-4,
+                    "tensor_parallel {ranks}: row {k} {name}: {got} vs {}",
+                    want[j]
+                );
+            }
+            assert!(row["error"].is_null());
         }
-        assert!(row["error"].is_null());
+        let rejects = std::fs::read_to_string(
+            dir.path()
+                .join(format!("scores-tp{ranks}.parquet.rejects.jsonl")),
+        )
+        .unwrap();
+        assert!(
+            rejects.contains("bad_conversation_end") && rejects.contains("\"record\":5"),
+            "{rejects}"
+        );
     }
-    let rejects = std::fs::read_to_string(dir.path().join("scores.parquet.rejects.jsonl")).unwrap();
-    assert!(
-        rejects.contains("bad_conversation_end") && rejects.contains("\"record\":5"),
-        "{rejects}"
-    );
 }

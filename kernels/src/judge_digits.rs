@@ -53,9 +53,96 @@ pub fn digit_rating(logits: &[f32], digit_token_ids: &[u32]) -> Result<DigitRati
     })
 }
 
+/// The batched rating op: `[rows, vocab]` f32 logits to `[rows, 2]` f64 (expected rating, digit
+/// mass) per row. On the CPU it runs [`digit_rating`]; on a CUDA device, the kernel in
+/// `cuda/judge_digits.rs`, so that only two numbers per row leave the device.
+pub struct DigitRatings {
+    pub digit_token_ids: Vec<u32>,
+}
+
+impl DigitRatings {
+    /// Runs the op on `logits` (`[rows, vocab]`, on any device).
+    pub fn ratings(&self, logits: &candle_core::Tensor) -> Result<Vec<DigitRating>, KernelError> {
+        let vocab = logits.dim(candle_core::D::Minus1)?;
+        if let Some(&id) = self
+            .digit_token_ids
+            .iter()
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(KernelError::DigitOutOfVocab { id, vocab });
+        }
+        let logits = logits.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let pairs: Vec<Vec<f64>> = logits.apply_op1_no_bwd(self)?.to_vec2()?;
+        Ok(pairs
+            .into_iter()
+            .map(|p| DigitRating {
+                expected: p[0],
+                digit_mass: p[1],
+            })
+            .collect())
+    }
+}
+
+impl candle_core::CustomOp1 for DigitRatings {
+    fn name(&self) -> &'static str {
+        "steerflow-digit-ratings"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (rows, vocab) = layout.shape().dims2()?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("ratings need contiguous logits".into()))?;
+        let logits = &storage.as_slice::<f32>()?[start..end];
+        let mut out = Vec::with_capacity(rows * 2);
+        for r in 0..rows {
+            let rating = digit_rating(&logits[r * vocab..(r + 1) * vocab], &self.digit_token_ids)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            out.extend([rating.expected, rating.digit_mass]);
+        }
+        Ok((candle_core::CpuStorage::F64(out), (rows, 2).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::cuda::judge_digits::digit_ratings(storage, layout, &self.digit_token_ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batched_op_rates_each_row_as_digit_rating_does() {
+        let logits: Vec<f32> = (0..2 * 50).map(|i| ((i * 7) % 23) as f32 / 3.0).collect();
+        let tensor =
+            candle_core::Tensor::from_vec(logits.clone(), (2, 50), &candle_core::Device::Cpu)
+                .unwrap();
+        let op = DigitRatings {
+            digit_token_ids: vec![3, 4, 5, 6, 7],
+        };
+        let ratings = op.ratings(&tensor).unwrap();
+        for (r, rating) in ratings.iter().enumerate() {
+            let alone = digit_rating(&logits[r * 50..(r + 1) * 50], &op.digit_token_ids).unwrap();
+            assert_eq!(*rating, alone);
+        }
+        let bad = DigitRatings {
+            digit_token_ids: vec![50],
+        };
+        assert!(matches!(
+            bad.ratings(&tensor),
+            Err(KernelError::DigitOutOfVocab { id: 50, vocab: 50 })
+        ));
+    }
 
     #[test]
     fn uniform_digits_give_the_middle() {

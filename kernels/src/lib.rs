@@ -1,8 +1,17 @@
-//! Compute below the model: token sampling and the judge's digit-probability extraction.
+//! Compute below the model: token sampling, the judge's digit-probability extraction, and the
+//! collectives of tensor-parallel models.
 //!
-//! These are the CPU reference implementations; device kernels (the `cuda` feature, later) are
-//! tested against them.
+//! - [`sampling`]: the seeded per-sequence sampler the engine uses on the CPU.
+//! - [`device_sampling`]: batched sampling as the GPU does it (threshold cuts, one launch per
+//!   batch); its CPU code is the reference for the CUDA kernel.
+//! - [`judge_digits`]: the judge's rating from next-token logits, per row or batched.
+//! - [`communicator`]: all-reduce between ranks: threads in-process, NCCL on GPUs.
+//! - `cuda` (the `cuda` feature): the CUDA kernels (NVRTC) and the NCCL communicator.
 
+pub mod communicator;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device_sampling;
 pub mod judge_digits;
 pub mod sampling;
 
@@ -16,4 +25,6 @@ pub enum KernelError {
     InvalidParams(String),
     #[error("digit token id {id} is outside the vocabulary of {vocab} tokens")]
     DigitOutOfVocab { id: u32, vocab: usize },
+    #[error("collective communication failed: {0}")]
+    Communication(String),
 }

@@ -66,6 +66,7 @@ pub fn sampling_strategy(params: &SamplingParams) -> Result<Sampling, KernelErro
 pub struct TokenSampler {
     rng: rand::rngs::StdRng,
     sampling: Sampling,
+    params: SamplingParams,
 }
 
 impl TokenSampler {
@@ -73,6 +74,22 @@ impl TokenSampler {
         Ok(Self {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             sampling: sampling_strategy(params)?,
+            params: params.clone(),
+        })
+    }
+
+    /// The next draw as the batched device sampler takes it (`device_sampling`), consuming one
+    /// uniform from this sequence's generator; `None` for greedy sampling (an argmax).
+    pub fn device_row(&mut self) -> Option<crate::device_sampling::RowParams> {
+        if matches!(self.sampling, Sampling::ArgMax) {
+            return None;
+        }
+        let uniform: f32 = rand::Rng::random(&mut self.rng);
+        Some(crate::device_sampling::RowParams {
+            temperature: self.params.temperature as f32,
+            top_p: self.params.top_p as f32,
+            top_k: self.params.top_k as u32,
+            uniform,
         })
     }
 

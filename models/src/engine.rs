@@ -195,12 +195,27 @@ pub fn generate_batched(
         let room = limits.max_sequences.saturating_sub(rows.len());
         let mut stepping = std::mem::take(&mut sequences);
         let waiting_samples = stepping.split_off(room.min(stepping.len()));
+        // On a GPU the batch's tokens are drawn on the device in one launch.
+        let mut drawn = match device_draws(&mut stepping) {
+            Ok(d) => d.into_iter(),
+            Err(e) => {
+                for seq in &stepping {
+                    if let Some(run) = running[seq.slot].as_mut() {
+                        run.failed.get_or_insert_with(|| {
+                            ModelError::Tensor(candle_core::Error::Msg(e.to_string()))
+                        });
+                    }
+                }
+                Vec::new().into_iter()
+            }
+        };
         for mut seq in stepping {
+            let draw = drawn.next().flatten();
             let run = running[seq.slot].as_mut().expect("running request");
             if run.failed.is_some() {
                 continue;
             }
-            match next_token(&mut seq, text, params, run.budget) {
+            match next_token(&mut seq, text, params, run.budget, draw) {
                 Ok(None) => rows.push(Row::Decode(seq)),
                 Ok(Some(generation)) => {
                     run.counters.tokens_decoded += u64::from(generation.new_tokens);
@@ -304,13 +319,46 @@ fn free_slot(running: &mut Vec<Option<Running>>) -> usize {
     }
 }
 
-/// Draws a sample's next token from its pending logits: `None` while it goes on, its
-/// generation once it ends (at EOS, a stop string or its budget of `budget` new tokens).
+/// Tokens for `seqs` drawn on their device in one launch when their logits are on a GPU (one
+/// per sequence that still has room; `None` where it has none), or nothing on the CPU, where each
+/// sequence's `TokenSampler` draws exactly what candle's sampler would.
+fn device_draws(seqs: &mut [Sequence]) -> Result<Vec<Option<u32>>, ModelError> {
+    let on_gpu = seqs.first().is_some_and(|s| !s.logits.device().is_cpu());
+    if !on_gpu {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Tensor> = seqs.iter().map(|s| s.logits.clone()).collect();
+    let logits = Tensor::stack(&rows, 0)?;
+    let params: Vec<Option<steerflow_kernels::device_sampling::RowParams>> =
+        seqs.iter_mut().map(|s| s.sampler.device_row()).collect();
+    if params.iter().all(Option::is_none) {
+        let ids = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        return Ok(ids.into_iter().map(Some).collect());
+    }
+    // Greedy and sampled rows do not mix in one run (one sampling config per job).
+    let rows = params
+        .into_iter()
+        .map(|p| {
+            p.ok_or_else(|| {
+                ModelError::Tensor(candle_core::Error::Msg(
+                    "mixed greedy and sampled rows".into(),
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = steerflow_kernels::device_sampling::SampleRows { rows }.sample(&logits)?;
+    Ok(ids.into_iter().map(Some).collect())
+}
+
+/// Draws a sample's next token from its pending logits (or takes `drawn`, a token the device
+/// drew): `None` while it goes on, its generation once it ends (at EOS, a stop string or its
+/// budget of `budget` new tokens).
 fn next_token(
     seq: &mut Sequence,
     text: &crate::text::TextCodec,
     params: &GenerationParams,
     budget: usize,
+    drawn: Option<u32>,
 ) -> Result<Option<Generation>, ModelError> {
     let finish = |ids: &[u32], finish: FinishReason, cut: Option<usize>| {
         let mut text_out = text.decode(ids)?;
@@ -326,7 +374,10 @@ fn next_token(
     if seq.ids.len() >= budget {
         return finish(&seq.ids, FinishReason::Length, None);
     }
-    let next = seq.sampler.sample(&seq.logits)?;
+    let next = match drawn {
+        Some(token) => token,
+        None => seq.sampler.sample(&seq.logits)?,
+    };
     if text.is_eos(next) {
         return finish(&seq.ids, FinishReason::Eos, None);
     }

@@ -5,7 +5,8 @@
 //! - [`llama_gguf`]: the llama family from GGUF files (candle's quantized llama).
 //! - [`hf`]: Hugging Face checkpoints; [`transformer`] is the decoder shared by the families in
 //!   [`llama`], [`mistral`] and [`qwen2`], with causal-LM and sequence-classification heads.
-//! - [`reward`]: reward models on those heads (`sequence-classification`, `next-token-logit`).
+//! - [`reward`]: reward models on those heads (`sequence-classification`, `next-token-logit`);
+//!   [`tensor_parallel`] splits their decoder over ranks (threads or GPUs).
 //! - [`policy`]: N samples per prompt from one shared prompt prefill; [`engine`] runs many
 //!   prompts' samples in continuous ragged batches.
 //! - [`judge`]: the LLM-judge reward model (five HelpSteer2 attributes, 0..4).
@@ -28,6 +29,7 @@ pub mod prefix_tree;
 pub mod qwen2;
 pub mod registry;
 pub mod reward;
+pub mod tensor_parallel;
 pub mod text;
 pub mod transformer;
 

@@ -10,7 +10,9 @@
 
 use crate::hf::config::{HfConfig, Rope};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, linear_b, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{embedding, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use std::sync::Arc;
+use steerflow_kernels::communicator::Communicator;
 
 /// Shapes and options of a decoder, filled in by each family's file from its `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,11 +63,126 @@ impl DecoderSpec {
     }
 }
 
+/// Which part of the weights a rank holds: Megatron-style tensor parallelism, with the attention
+/// heads and the MLP's intermediate columns split over the ranks (column-parallel q, k, v, gate
+/// and up; row-parallel o and down, whose partial sums are all-reduced). With fewer key/value
+/// heads than ranks, each kv head is replicated on the ranks whose query heads use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// Checks that `spec` splits over `world` ranks.
+    pub fn check(spec: &DecoderSpec, world: usize) -> std::result::Result<(), String> {
+        let kv_ok =
+            spec.num_kv_heads.is_multiple_of(world) || world.is_multiple_of(spec.num_kv_heads);
+        if world == 0
+            || !spec.num_heads.is_multiple_of(world)
+            || !kv_ok
+            || !spec.intermediate_size.is_multiple_of(world)
+        {
+            return Err(format!(
+                "tensor_parallel = {world} does not divide the model: {} attention heads, {} key/value heads, intermediate size {} (heads and intermediate size must be multiples of it; kv heads a multiple or a divisor)",
+                spec.num_heads, spec.num_kv_heads, spec.intermediate_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// This rank's query heads: (first, count).
+    fn heads(&self, spec: &DecoderSpec) -> (usize, usize) {
+        let count = spec.num_heads / self.world;
+        (self.rank * count, count)
+    }
+
+    /// This rank's key/value heads: (first, count).
+    fn kv_heads(&self, spec: &DecoderSpec) -> (usize, usize) {
+        if spec.num_kv_heads.is_multiple_of(self.world) {
+            let count = spec.num_kv_heads / self.world;
+            (self.rank * count, count)
+        } else {
+            (self.rank * spec.num_kv_heads / self.world, 1)
+        }
+    }
+
+    /// This rank's intermediate columns: (first, count).
+    fn intermediate(&self, spec: &DecoderSpec) -> (usize, usize) {
+        let count = spec.intermediate_size / self.world;
+        (self.rank * count, count)
+    }
+}
+
+/// A linear layer holding rows `[first, first + count)` of the output features (column-parallel;
+/// the whole layer when unsharded).
+fn column_linear(
+    in_dim: usize,
+    out_dim: usize,
+    (first, count): (usize, usize),
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    let weight = vb
+        .get((out_dim, in_dim), "weight")?
+        .narrow(0, first, count)?;
+    let bias = match bias {
+        true => Some(vb.get(out_dim, "bias")?.narrow(0, first, count)?),
+        false => None,
+    };
+    Ok(Linear::new(weight.contiguous()?, bias))
+}
+
+/// A layer holding columns `[first, first + count)` of the input features (row-parallel): its
+/// output is a partial sum, all-reduced before the bias is added once.
+struct RowLinear {
+    weight: Linear,
+    bias: Option<Tensor>,
+}
+
+impl RowLinear {
+    fn new(
+        in_dim: usize,
+        out_dim: usize,
+        (first, count): (usize, usize),
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb
+            .get((out_dim, in_dim), "weight")?
+            .narrow(1, first, count)?;
+        let bias = match bias {
+            true => Some(vb.get(out_dim, "bias")?),
+            false => None,
+        };
+        Ok(Self {
+            weight: Linear::new(weight.contiguous()?, None),
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, comm: Option<&Arc<dyn Communicator>>) -> Result<Tensor> {
+        let partial = self.weight.forward(x)?;
+        let summed = match comm {
+            Some(comm) => comm
+                .all_reduce_sum(&partial)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            None => partial,
+        };
+        match &self.bias {
+            Some(b) => summed.broadcast_add(b),
+            None => Ok(summed),
+        }
+    }
+}
+
 struct Attention {
     q: Linear,
     k: Linear,
     v: Linear,
-    o: Linear,
+    o: RowLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -74,7 +191,7 @@ struct Attention {
 struct Mlp {
     gate: Linear,
     up: Linear,
-    down: Linear,
+    down: RowLinear,
 }
 
 struct Layer {
@@ -112,18 +229,42 @@ pub struct Decoder {
     sin: Tensor,
     spec: DecoderSpec,
     device: Device,
+    /// The other ranks, when this decoder is one shard of a tensor-parallel model.
+    comm: Option<Arc<dyn Communicator>>,
 }
 
 impl Attention {
-    fn new(spec: &DecoderSpec, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &DecoderSpec, shard: Shard, vb: VarBuilder) -> Result<Self> {
         let (h, hd) = (spec.hidden_size, spec.head_dim);
+        let (q_first, q_count) = shard.heads(spec);
+        let (kv_first, kv_count) = shard.kv_heads(spec);
+        let q_rows = (q_first * hd, q_count * hd);
+        let kv_rows = (kv_first * hd, kv_count * hd);
         Ok(Self {
-            q: linear_b(h, spec.num_heads * hd, spec.qkv_bias, vb.pp("q_proj"))?,
-            k: linear_b(h, spec.num_kv_heads * hd, spec.qkv_bias, vb.pp("k_proj"))?,
-            v: linear_b(h, spec.num_kv_heads * hd, spec.qkv_bias, vb.pp("v_proj"))?,
-            o: linear_b(spec.num_heads * hd, h, spec.o_bias, vb.pp("o_proj"))?,
-            heads: spec.num_heads,
-            kv_heads: spec.num_kv_heads,
+            q: column_linear(
+                h,
+                spec.num_heads * hd,
+                q_rows,
+                spec.qkv_bias,
+                vb.pp("q_proj"),
+            )?,
+            k: column_linear(
+                h,
+                spec.num_kv_heads * hd,
+                kv_rows,
+                spec.qkv_bias,
+                vb.pp("k_proj"),
+            )?,
+            v: column_linear(
+                h,
+                spec.num_kv_heads * hd,
+                kv_rows,
+                spec.qkv_bias,
+                vb.pp("v_proj"),
+            )?,
+            o: RowLinear::new(spec.num_heads * hd, h, q_rows, spec.o_bias, vb.pp("o_proj"))?,
+            heads: q_count,
+            kv_heads: kv_count,
             head_dim: hd,
         })
     }
@@ -135,6 +276,7 @@ impl Attention {
         sin: &Tensor,
         mask: &Tensor,
         cache: &mut Option<(Tensor, Tensor)>,
+        comm: Option<&Arc<dyn Communicator>>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, heads: usize| {
@@ -162,29 +304,48 @@ impl Attention {
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
-        self.o.forward(&y)
+        self.o.forward(&y, comm)
     }
 }
 
 impl Mlp {
-    fn new(spec: &DecoderSpec, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &DecoderSpec, shard: Shard, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (spec.hidden_size, spec.intermediate_size);
+        let columns = shard.intermediate(spec);
         Ok(Self {
-            gate: linear_b(h, i, spec.mlp_bias, vb.pp("gate_proj"))?,
-            up: linear_b(h, i, spec.mlp_bias, vb.pp("up_proj"))?,
-            down: linear_b(i, h, spec.mlp_bias, vb.pp("down_proj"))?,
+            gate: column_linear(h, i, columns, spec.mlp_bias, vb.pp("gate_proj"))?,
+            up: column_linear(h, i, columns, spec.mlp_bias, vb.pp("up_proj"))?,
+            down: RowLinear::new(i, h, columns, spec.mlp_bias, vb.pp("down_proj"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, comm: Option<&Arc<dyn Communicator>>) -> Result<Tensor> {
         let gated = (candle_nn::ops::silu(&self.gate.forward(x)?)? * self.up.forward(x)?)?;
-        self.down.forward(&gated)
+        self.down.forward(&gated, comm)
     }
 }
 
 impl Decoder {
     /// Loads `model.*` weights from `vb` (the checkpoint root).
     pub fn load(spec: DecoderSpec, vb: VarBuilder) -> Result<Self> {
+        Self::load_shard(spec, vb, None)
+    }
+
+    /// Loads this rank's shard of the weights; `comm` connects it to the other ranks (none: the
+    /// whole model). Every rank must then run the same `forward` calls in the same order.
+    pub fn load_shard(
+        spec: DecoderSpec,
+        vb: VarBuilder,
+        comm: Option<Arc<dyn Communicator>>,
+    ) -> Result<Self> {
+        let shard = match &comm {
+            Some(c) => Shard {
+                rank: c.rank(),
+                world: c.world_size(),
+            },
+            None => Shard::WHOLE,
+        };
+        Shard::check(&spec, shard.world).map_err(candle_core::Error::Msg)?;
         let device = vb.device().clone();
         let model = vb.pp("model");
         let embed = embedding(spec.vocab_size, spec.hidden_size, model.pp("embed_tokens"))?;
@@ -197,13 +358,13 @@ impl Decoder {
                     spec.rms_norm_eps,
                     lvb.pp("input_layernorm"),
                 )?,
-                attention: Attention::new(&spec, lvb.pp("self_attn"))?,
+                attention: Attention::new(&spec, shard, lvb.pp("self_attn"))?,
                 post_norm: rms_norm(
                     spec.hidden_size,
                     spec.rms_norm_eps,
                     lvb.pp("post_attention_layernorm"),
                 )?,
-                mlp: Mlp::new(&spec, lvb.pp("mlp"))?,
+                mlp: Mlp::new(&spec, shard, lvb.pp("mlp"))?,
             });
         }
         let norm = rms_norm(spec.hidden_size, spec.rms_norm_eps, model.pp("norm"))?;
@@ -228,6 +389,7 @@ impl Decoder {
             sin: angles.sin()?,
             spec,
             device,
+            comm,
         })
     }
 
@@ -284,9 +446,12 @@ impl Decoder {
                 &sin,
                 &mask,
                 layer_cache,
+                self.comm.as_ref(),
             )?;
             let x1 = (h + residual)?;
-            let h = layer.mlp.forward(&layer.post_norm.forward(&x1)?)?;
+            let h = layer
+                .mlp
+                .forward(&layer.post_norm.forward(&x1)?, self.comm.as_ref())?;
             x = (h + x1)?;
         }
         cache.key_mask = Some(all_keys);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod hub;
 
 use crate::chat_template::ChatTemplate;
+use crate::tensor_parallel::TensorParallelDecoder;
 use crate::text::TextCodec;
 use crate::transformer::{last_token_states, project, right_padded, Decoder, KvCache};
 use crate::{LanguageModel, LmSession, ModelError};
@@ -30,11 +31,41 @@ pub enum HeadKind {
     SequenceClassification,
 }
 
+/// The decoder of a model: whole, or split over tensor-parallel ranks.
+enum Backbone {
+    Whole(Arc<Decoder>),
+    Parallel(Arc<TensorParallelDecoder>),
+}
+
+impl Backbone {
+    fn device(&self) -> &Device {
+        match self {
+            Backbone::Whole(d) => d.device(),
+            Backbone::Parallel(d) => d.device(),
+        }
+    }
+
+    /// Hidden states of a padded batch, from an empty cache.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_mask: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        match self {
+            Backbone::Whole(d) => {
+                Ok(d.forward(ids, positions, key_mask, &mut KvCache::default())?)
+            }
+            Backbone::Parallel(d) => d.forward(ids, positions, key_mask),
+        }
+    }
+}
+
 /// A decoder and its head, loaded from a checkpoint directory.
 pub struct HfModel {
     id: String,
     config: HfConfig,
-    decoder: Arc<Decoder>,
+    decoder: Backbone,
     head: Tensor,
     kind: HeadKind,
     text: Option<TextCodec>,
@@ -161,6 +192,25 @@ fn load_text(dir: &Path, config: &HfConfig) -> Result<Option<TextCodec>, ModelEr
 impl HfModel {
     /// Loads the checkpoint in `dir` with the given head.
     pub fn load(dir: &Path, kind: HeadKind, device: &Device) -> Result<Self, ModelError> {
+        Self::load_on(dir, kind, std::slice::from_ref(device))
+    }
+
+    /// Loads the checkpoint with its decoder split over `devices.len()` tensor-parallel ranks
+    /// (CPU threads, or GPUs over NCCL), the head on the first device. Reward scoring only:
+    /// such a model cannot generate.
+    pub fn load_parallel(
+        dir: &Path,
+        kind: HeadKind,
+        devices: &[Device],
+    ) -> Result<Self, ModelError> {
+        if devices.is_empty() {
+            return Err(bad(dir, "tensor parallelism needs at least one device"));
+        }
+        Self::load_on(dir, kind, devices)
+    }
+
+    fn load_on(dir: &Path, kind: HeadKind, devices: &[Device]) -> Result<Self, ModelError> {
+        let device = &devices[0];
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
         let config: HfConfig = serde_json::from_str(&text)
@@ -200,12 +250,20 @@ impl HfModel {
             (None, HeadKind::CausalLm) if config.tie_word_embeddings != Some(false) => None,
             (None, _) => return Err(bad(dir, format!("the checkpoint has no `{head_name}`"))),
         };
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let decoder = Decoder::load(spec, vb)
-            .map_err(|e| bad(dir, format!("weights do not match config.json: {e}")))?;
-        let head = match head {
-            Some(h) => h,
-            None => decoder.embedding_weight().clone(),
+        let decoder = if devices.len() == 1 {
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+            let decoder = Decoder::load(spec, vb)
+                .map_err(|e| bad(dir, format!("weights do not match config.json: {e}")))?;
+            Backbone::Whole(Arc::new(decoder))
+        } else {
+            let decoder = TensorParallelDecoder::load(spec, tensors, devices)
+                .map_err(|e| bad(dir, format!("cannot split the model: {e}")))?;
+            Backbone::Parallel(Arc::new(decoder))
+        };
+        let head = match (head, &decoder) {
+            (Some(h), _) => h,
+            (None, Backbone::Whole(d)) => d.embedding_weight().clone(),
+            (None, Backbone::Parallel(d)) => d.embedding_weight().clone(),
         };
         let text = load_text(dir, &config)?;
         let id = dir
@@ -215,7 +273,7 @@ impl HfModel {
         Ok(Self {
             id,
             config,
-            decoder: Arc::new(decoder),
+            decoder,
             head,
             kind,
             text,
@@ -256,22 +314,34 @@ impl HfModel {
         Ok(self)
     }
 
-    /// An empty generation session (KV cache at position 0) on this model's head.
-    pub fn start_session(&self) -> Box<dyn LmSession> {
-        Box::new(HfSession {
-            decoder: self.decoder.clone(),
-            head: self.head.clone(),
-            cache: KvCache::default(),
-        })
-    }
-
     /// Final hidden states of one sequence, `[t, hidden]`.
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
         let (ids, positions, mask) = right_padded(&[ids], 0, self.decoder.device())?;
-        Ok(self
-            .decoder
-            .forward(&ids, &positions, &mask, &mut KvCache::default())?
-            .squeeze(0)?)
+        Ok(self.decoder.forward(&ids, &positions, &mask)?.squeeze(0)?)
+    }
+
+    /// An empty generation session (KV cache at position 0) on this model's head; a
+    /// tensor-parallel model has none.
+    pub fn start_session(&self) -> Result<Box<dyn LmSession>, ModelError> {
+        match &self.decoder {
+            Backbone::Whole(decoder) => Ok(Box::new(HfSession {
+                decoder: decoder.clone(),
+                head: self.head.clone(),
+                cache: KvCache::default(),
+            })),
+            Backbone::Parallel(_) => Err(ModelError::Checkpoint {
+                path: PathBuf::from(&self.id),
+                message: "a tensor-parallel model scores but cannot generate".into(),
+            }),
+        }
+    }
+
+    /// Tensor-parallel ranks the decoder runs on (1 when whole).
+    pub fn tensor_parallel(&self) -> usize {
+        match &self.decoder {
+            Backbone::Whole(_) => 1,
+            Backbone::Parallel(d) => d.world_size(),
+        }
     }
 
     /// The head read at the last token of each sequence. Sequences are run in batches of
@@ -285,9 +355,7 @@ impl HfModel {
         for batch in crate::batching::length_batches(&lengths, self.batch_tokens) {
             let members: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
             let (ids, positions, mask) = right_padded(&members, 0, self.decoder.device())?;
-            let hidden = self
-                .decoder
-                .forward(&ids, &positions, &mask, &mut KvCache::default())?;
+            let hidden = self.decoder.forward(&ids, &positions, &mask)?;
             let batch_lengths: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
             let last = last_token_states(&hidden, &batch_lengths)?;
             let values: Vec<Vec<f32>> = project(&last, &self.head)?.to_vec2()?;
@@ -302,6 +370,7 @@ impl HfModel {
 /// A causal LM with its tokenizer: what the policy and the judge run.
 pub struct HfCausalLm {
     model: HfModel,
+    decoder: Arc<Decoder>,
     text: TextCodec,
 }
 
@@ -314,12 +383,25 @@ impl HfModel {
                 message: "a sequence-classification checkpoint cannot generate text".into(),
             });
         }
+        let decoder = match &self.decoder {
+            Backbone::Whole(d) => d.clone(),
+            Backbone::Parallel(_) => {
+                return Err(ModelError::Checkpoint {
+                    path: PathBuf::from(&self.id),
+                    message: "a tensor-parallel model scores but cannot generate (tensor_parallel applies to reward models)".into(),
+                })
+            }
+        };
         self.text_codec()?;
         let text = self
             .text
             .take()
             .ok_or_else(|| ModelError::Judge("tokenizer vanished".into()))?;
-        Ok(HfCausalLm { model: self, text })
+        Ok(HfCausalLm {
+            model: self,
+            decoder,
+            text,
+        })
     }
 }
 
@@ -331,10 +413,14 @@ impl LanguageModel for HfCausalLm {
         &self.text
     }
     fn context_length(&self) -> usize {
-        self.model.decoder.spec().max_positions
+        self.decoder.spec().max_positions
     }
     fn start(&self) -> Box<dyn LmSession> {
-        self.model.start_session()
+        Box::new(HfSession {
+            decoder: self.decoder.clone(),
+            head: self.model.head.clone(),
+            cache: KvCache::default(),
+        })
     }
 }
 
