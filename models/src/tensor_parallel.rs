@@ -64,6 +64,7 @@ impl TensorParallelDecoder {
         spec: DecoderSpec,
         tensors: HashMap<String, Tensor>,
         devices: &[Device],
+        dtype: DType,
     ) -> Result<Self, ModelError> {
         Shard::check(&spec, devices.len())
             .map_err(|m| ModelError::Tensor(candle_core::Error::Msg(m)))?;
@@ -84,7 +85,7 @@ impl TensorParallelDecoder {
             let thread = std::thread::Builder::new()
                 .name(format!("tp-rank-{rank}"))
                 .spawn(move || {
-                    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+                    let vb = VarBuilder::from_tensors(tensors, dtype, &device);
                     let decoder = match Decoder::load_shard(spec, vb, Some(comm)) {
                         Ok(d) => d,
                         Err(e) => {

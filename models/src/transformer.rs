@@ -231,6 +231,8 @@ pub struct Decoder {
     device: Device,
     /// The other ranks, when this decoder is one shard of a tensor-parallel model.
     comm: Option<Arc<dyn Communicator>>,
+    /// What the weights and activations are computed in (f32, or the checkpoint's bf16 on GPUs).
+    dtype: DType,
 }
 
 impl Attention {
@@ -299,7 +301,9 @@ impl Attention {
         let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // In f32 whatever the model's dtype, as transformers' eager attention does.
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
         let y = probs.matmul(&v)?;
         let y = y
             .transpose(1, 2)?
@@ -381,12 +385,14 @@ impl Decoder {
             angles.extend(inv_freq.iter().map(|f| p as f32 * f));
         }
         let angles = Tensor::from_vec(angles, (spec.max_positions, half), &device)?;
+        let dtype = vb.dtype();
         Ok(Self {
             embed,
             layers,
             norm,
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+            dtype,
             spec,
             device,
             comm,
@@ -399,6 +405,11 @@ impl Decoder {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The input embedding matrix `[vocab, hidden]` (tied output heads use it).
@@ -464,6 +475,13 @@ impl Decoder {
         let (b, s) = key_mask.dims2()?;
         let keys: Vec<u8> = key_mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
         let window = self.spec.sliding_window.unwrap_or(usize::MAX);
+        // The most negative finite value of the compute dtype (as transformers masks), so fully
+        // masked rows stay finite.
+        let blocked = match self.dtype {
+            DType::BF16 => -3.389_531_4e38,
+            DType::F16 => -65_504.0,
+            _ => f32::MIN,
+        };
         let mut mask = vec![0f32; b * t * s];
         for batch in 0..b {
             for i in 0..t {
@@ -471,12 +489,12 @@ impl Decoder {
                 for j in 0..s {
                     let visible = j <= q && q - j < window && keys[batch * s + j] != 0;
                     if !visible {
-                        mask[(batch * t + i) * s + j] = f32::MIN;
+                        mask[(batch * t + i) * s + j] = blocked;
                     }
                 }
             }
         }
-        Tensor::from_vec(mask, (b, 1, t, s), &self.device)
+        Tensor::from_vec(mask, (b, 1, t, s), &self.device)?.to_dtype(self.dtype)
     }
 }
 

@@ -66,6 +66,7 @@ pub struct HfModel {
     id: String,
     config: HfConfig,
     decoder: Backbone,
+    dtype: DType,
     head: Tensor,
     kind: HeadKind,
     text: Option<TextCodec>,
@@ -192,7 +193,21 @@ fn load_text(dir: &Path, config: &HfConfig) -> Result<Option<TextCodec>, ModelEr
 impl HfModel {
     /// Loads the checkpoint in `dir` with the given head.
     pub fn load(dir: &Path, kind: HeadKind, device: &Device) -> Result<Self, ModelError> {
-        Self::load_on(dir, kind, std::slice::from_ref(device))
+        Self::load_on(dir, kind, std::slice::from_ref(device), None)
+    }
+
+    /// Loads the checkpoint on `devices` (one, or tensor-parallel ranks) computing in `dtype`;
+    /// `load` and `load_parallel` choose the checkpoint's bf16 on GPUs and f32 elsewhere.
+    pub fn load_with_dtype(
+        dir: &Path,
+        kind: HeadKind,
+        devices: &[Device],
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        if devices.is_empty() {
+            return Err(bad(dir, "no device to load on"));
+        }
+        Self::load_on(dir, kind, devices, Some(dtype))
     }
 
     /// Loads the checkpoint with its decoder split over `devices.len()` tensor-parallel ranks
@@ -206,10 +221,15 @@ impl HfModel {
         if devices.is_empty() {
             return Err(bad(dir, "tensor parallelism needs at least one device"));
         }
-        Self::load_on(dir, kind, devices)
+        Self::load_on(dir, kind, devices, None)
     }
 
-    fn load_on(dir: &Path, kind: HeadKind, devices: &[Device]) -> Result<Self, ModelError> {
+    fn load_on(
+        dir: &Path,
+        kind: HeadKind,
+        devices: &[Device],
+        dtype: Option<DType>,
+    ) -> Result<Self, ModelError> {
         let device = &devices[0];
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
@@ -250,20 +270,30 @@ impl HfModel {
             (None, HeadKind::CausalLm) if config.tie_word_embeddings != Some(false) => None,
             (None, _) => return Err(bad(dir, format!("the checkpoint has no `{head_name}`"))),
         };
+        // bf16 checkpoints compute in bf16 on GPUs (half the memory, tensor cores); the CPU
+        // computes in f32 unless told otherwise.
+        let saved = tensors
+            .get("model.embed_tokens.weight")
+            .map(Tensor::dtype)
+            .unwrap_or(DType::F32);
+        let dtype = dtype.unwrap_or(match saved {
+            DType::BF16 if devices.iter().all(Device::is_cuda) => DType::BF16,
+            _ => DType::F32,
+        });
         let decoder = if devices.len() == 1 {
-            let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+            let vb = VarBuilder::from_tensors(tensors, dtype, device);
             let decoder = Decoder::load(spec, vb)
                 .map_err(|e| bad(dir, format!("weights do not match config.json: {e}")))?;
             Backbone::Whole(Arc::new(decoder))
         } else {
-            let decoder = TensorParallelDecoder::load(spec, tensors, devices)
+            let decoder = TensorParallelDecoder::load(spec, tensors, devices, dtype)
                 .map_err(|e| bad(dir, format!("cannot split the model: {e}")))?;
             Backbone::Parallel(Arc::new(decoder))
         };
         let head = match (head, &decoder) {
             (Some(h), _) => h,
-            (None, Backbone::Whole(d)) => d.embedding_weight().clone(),
-            (None, Backbone::Parallel(d)) => d.embedding_weight().clone(),
+            (None, Backbone::Whole(d)) => d.embedding_weight().to_dtype(DType::F32)?,
+            (None, Backbone::Parallel(d)) => d.embedding_weight().to_dtype(DType::F32)?,
         };
         let text = load_text(dir, &config)?;
         let id = dir
@@ -274,6 +304,7 @@ impl HfModel {
             id,
             config,
             decoder,
+            dtype,
             head,
             kind,
             text,
@@ -317,7 +348,11 @@ impl HfModel {
     /// Final hidden states of one sequence, `[t, hidden]`.
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
         let (ids, positions, mask) = right_padded(&[ids], 0, self.decoder.device())?;
-        Ok(self.decoder.forward(&ids, &positions, &mask)?.squeeze(0)?)
+        Ok(self
+            .decoder
+            .forward(&ids, &positions, &mask)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?)
     }
 
     /// An empty generation session (KV cache at position 0) on this model's head; a
@@ -334,6 +369,11 @@ impl HfModel {
                 message: "a tensor-parallel model scores but cannot generate".into(),
             }),
         }
+    }
+
+    /// What the decoder computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Tensor-parallel ranks the decoder runs on (1 when whole).
@@ -358,7 +398,8 @@ impl HfModel {
             let hidden = self.decoder.forward(&ids, &positions, &mask)?;
             let batch_lengths: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
             let last = last_token_states(&hidden, &batch_lengths)?;
-            let values: Vec<Vec<f32>> = project(&last, &self.head)?.to_vec2()?;
+            let values: Vec<Vec<f32>> =
+                project(&last.to_dtype(DType::F32)?, &self.head)?.to_vec2()?;
             for (slot, v) in batch.iter().zip(values) {
                 out[*slot] = v;
             }
@@ -443,7 +484,7 @@ impl LmSession for HfSession {
             .decoder
             .forward(&ids, &positions, &mask, &mut self.cache)?;
         let last = hidden.get(0)?.get(tokens.len() - 1)?.unsqueeze(0)?;
-        Ok(project(&last, &self.head)?.squeeze(0)?)
+        Ok(project(&last.to_dtype(DType::F32)?, &self.head)?.squeeze(0)?)
     }
     fn position(&self) -> usize {
         self.cache.len()
