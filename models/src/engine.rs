@@ -319,8 +319,8 @@ fn free_slot(running: &mut Vec<Option<Running>>) -> usize {
     }
 }
 
-/// Tokens for `seqs` drawn on their device in one launch when their logits are on a GPU (one
-/// per sequence that still has room; `None` where it has none), or nothing on the CPU, where each
+/// Tokens for `seqs` drawn on their device in one launch when their logits are on a GPU (one per
+/// sequence, each consuming one uniform of its own generator), or nothing on the CPU, where each
 /// sequence's `TokenSampler` draws exactly what candle's sampler would.
 fn device_draws(seqs: &mut [Sequence]) -> Result<Vec<Option<u32>>, ModelError> {
     let on_gpu = seqs.first().is_some_and(|s| !s.logits.device().is_cpu());

@@ -750,25 +750,37 @@ pub fn run_graph(
 
             let (spec_s, models_s, counters_s, bar, failed) =
                 (spec.clone(), models.clone(), counters.clone(), sample_bar_w.clone(), failure.clone());
-            // Every prompt that is in when the operator runs goes to the engine together.
+            // Prompts go to the engine a chunk at a time (enough to keep its batch full), and the
+            // operator reschedules itself for the rest: scoring and shard commits run between
+            // chunks, so a crash loses at most the shards in flight and samples never pile up.
+            let chunk = (4 * spec.engine.max_sequences / spec.samples_per_prompt.max(1) as usize).max(1);
+            let sample_scope = to_sample.scope();
             let sampled = to_sample.container::<Vec<Prompt>>().unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Result<Sample, (Reject, PromptKey)>>>, _, _, _>(
                 Pipeline,
                 "Sample",
-                move |default_cap, _| {
+                move |default_cap, info| {
+                    let activator = sample_scope.activator_for(info.address.clone());
                     let mut cap = Some(default_cap);
+                    let mut stash: std::collections::VecDeque<Prompt> = std::collections::VecDeque::new();
                     move |(input, frontier), output| {
-                        let mut prompts = Vec::new();
                         input.for_each_stamp(|_, data| {
                             for batch in data {
-                                prompts.append(batch);
+                                stash.extend(batch.drain(..));
                             }
                         });
-                        if let (Some(c), false) = (cap.as_ref(), prompts.is_empty()) {
+                        if let (Some(c), false) = (cap.as_ref(), stash.is_empty()) {
+                            let prompts: Vec<Prompt> = stash.drain(..chunk.min(stash.len())).collect();
                             // A shard that could not be committed stops the work.
                             let out = sample_prompts(prompts, &spec_s, &models_s, &counters_s, || failed.borrow().is_some(), || bar.advance(1));
                             output.session(c).give_iterator(out.into_iter());
+                            if failed.borrow().is_some() {
+                                stash.clear();
+                            }
+                            if !stash.is_empty() {
+                                activator.activate();
+                            }
                         }
-                        if frontier.is_empty() {
+                        if frontier.is_empty() && stash.is_empty() {
                             cap = None;
                         }
                     }
