@@ -86,6 +86,7 @@ impl TensorParallelDecoder {
                 .name(format!("tp-rank-{rank}"))
                 .spawn(move || {
                     let vb = VarBuilder::from_tensors(tensors, dtype, &device);
+                    let group = comm.clone();
                     let decoder = match Decoder::load_shard(spec, vb, Some(comm)) {
                         Ok(d) => d,
                         Err(e) => {
@@ -102,7 +103,12 @@ impl TensorParallelDecoder {
                             let key_mask = job.key_mask.to_device(&device)?;
                             decoder.forward(&ids, &positions, &key_mask, &mut KvCache::default())
                         };
-                        let _ = job.reply.send(run().map_err(|e| e.to_string()));
+                        let result = run().map_err(|e| e.to_string());
+                        if result.is_err() {
+                            // The other ranks may be waiting for this one in a collective.
+                            group.abort();
+                        }
+                        let _ = job.reply.send(result);
                     }
                 })
                 .map_err(|e| {
