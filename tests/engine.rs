@@ -7,25 +7,14 @@ mod support;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use std::sync::{Arc, OnceLock};
 use steerflow_kernels::sampling::{SamplingParams, TokenSampler};
 use steerflow_models::engine::{EngineLimits, GenerationRequest};
-use steerflow_models::llama_gguf::{requantize, GgufLlama};
+use steerflow_models::llama_gguf::requantize;
 use steerflow_models::policy::{earliest_stop, Generation, GenerationParams, Policy};
 use steerflow_models::registry::resolve_model;
 use steerflow_models::LanguageModel;
 use steerflow_operators::records::{FinishReason, Message};
 use steerflow_operators::seeding::sample_seed;
-
-fn model() -> Arc<dyn LanguageModel> {
-    static MODEL: OnceLock<Arc<dyn LanguageModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = resolve_model("default").expect("default model installed");
-            Arc::new(GgufLlama::load(&path, &Device::Cpu).unwrap())
-        })
-        .clone()
-}
 
 fn prompt(policy: &Policy, text: &str) -> Vec<u32> {
     policy.prompt_tokens(&[Message::new("user", text)]).unwrap()
@@ -40,9 +29,9 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
     let content = gguf_file::Content::read(&mut file).unwrap();
     let (content, mut bytes) = requantize(content, &mut file).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut bytes, &Device::Cpu).unwrap();
-    let policy = Policy::new(model());
+    let policy = Policy::new(support::default_model());
     let tokens = prompt(&policy, "Name three rivers in Africa.");
-    let mut session = model().start();
+    let mut session = support::default_model().start();
     let ours = session.extend(&tokens).unwrap();
     let theirs = reference
         .forward(
@@ -80,7 +69,7 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
 
 #[test]
 fn a_ragged_batch_computes_each_row_as_it_would_alone() {
-    let model = model();
+    let model = support::default_model();
     let policy = Policy::new(model.clone());
     let long = prompt(
         &policy,
@@ -148,7 +137,7 @@ fn one_at_a_time(
 
 #[test]
 fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
-    let model = model();
+    let model = support::default_model();
     let policy = Policy::new(model.clone());
     let params = GenerationParams {
         sampling: SamplingParams {

@@ -3,25 +3,11 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
 use steerflow_kernels::sampling::SamplingParams;
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
-use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::{GenerationParams, Policy};
-use steerflow_models::registry::resolve_model;
-use steerflow_models::LanguageModel;
 use steerflow_operators::records::Message;
 use steerflow_operators::seeding::sample_seed;
-
-fn model() -> Arc<dyn LanguageModel> {
-    static MODEL: OnceLock<Arc<dyn LanguageModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = resolve_model("default").expect("default model installed");
-            Arc::new(GgufLlama::load(&path, &candle_core::Device::Cpu).unwrap())
-        })
-        .clone()
-}
 
 fn params(max_new_tokens: usize) -> GenerationParams {
     GenerationParams {
@@ -37,7 +23,7 @@ fn params(max_new_tokens: usize) -> GenerationParams {
 
 #[test]
 fn samples_depend_on_their_seed_only_and_the_prompt_is_prefilled_once() {
-    let policy = Policy::new(model());
+    let policy = Policy::new(support::default_model());
     let prompt = policy
         .prompt_tokens(&[Message::new("user", "Tell me a fact about owls.")])
         .unwrap();
@@ -61,7 +47,7 @@ fn samples_depend_on_their_seed_only_and_the_prompt_is_prefilled_once() {
 
 #[test]
 fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
-    let judge = Judge::new(model(), helpsteer2_attributes()).unwrap();
+    let judge = Judge::new(support::default_model(), helpsteer2_attributes()).unwrap();
     let conversation = [Message::new("user", "What is 2 + 2?")];
     let good = judge.score(&conversation, "2 + 2 = 4.").unwrap();
     let bad = judge.score(&conversation, "banana banana banana").unwrap();
@@ -106,7 +92,7 @@ fn quantized_logits_stay_close_to_the_reference() {
             .unwrap(),
     )
     .unwrap();
-    let m = model();
+    let m = support::default_model();
     for case in f["logits"].as_array().unwrap() {
         let input: Vec<u32> = case["ids"]
             .as_array()

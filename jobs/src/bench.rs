@@ -73,20 +73,21 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
         max_new_tokens: options.max_new_tokens,
         stop: Vec::new(),
     };
-    let mut requests = Vec::with_capacity(options.prompts);
-    for line in bench_prompts(options.prompts)?.lines() {
-        let record: Value = serde_json::from_str(line)
-            .map_err(|e| crate::invalid(format!("bench prompts: {e}")))?;
-        let messages: Vec<steerflow_operators::records::Message> = match record["prompt"].as_str() {
-            Some(text) => vec![steerflow_operators::records::Message::new("user", text)],
-            None => serde_json::from_value(record["messages"].clone())
-                .map_err(|e| crate::invalid(format!("bench prompts: {e}")))?,
-        };
-        let id = record["id"].as_str().unwrap_or_default();
+    // The bench prompts, read as the job reads any prompt file.
+    let records = steerflow_pipeline::source::parse_jsonl(
+        "bench-prompts.jsonl",
+        bench_prompts(options.prompts)?.as_bytes(),
+        steerflow_pipeline::source::RecordShape::Prompt,
+    );
+    if let Some(reject) = records.rejects.first() {
+        return Err(crate::invalid(format!("bench prompts: {reject:?}")));
+    }
+    let mut requests = Vec::with_capacity(records.prompts.len());
+    for prompt in &records.prompts {
         requests.push(GenerationRequest {
-            prompt_tokens: policy.prompt_tokens(&messages)?,
+            prompt_tokens: policy.prompt_tokens(&prompt.messages)?,
             seeds: (0..options.samples)
-                .map(|s| steerflow_operators::seeding::sample_seed(1, id, s))
+                .map(|s| steerflow_operators::seeding::sample_seed(1, &prompt.id, s))
                 .collect(),
         });
     }

@@ -145,9 +145,7 @@ impl candle_core::CustomOp1 for SampleRows {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (rows, vocab) = self.check(layout)?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("sampling needs contiguous logits".into()))?;
+        let (start, end) = crate::contiguous(layout, "logits")?;
         let logits = &storage.as_slice::<f32>()?[start..end];
         let ids = (0..rows)
             .map(|r| sample_row(&logits[r * vocab..(r + 1) * vocab], &self.rows[r]))

@@ -94,9 +94,7 @@ impl candle_core::CustomOp1 for DigitRatings {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (rows, vocab) = layout.shape().dims2()?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("ratings need contiguous logits".into()))?;
+        let (start, end) = crate::contiguous(layout, "logits")?;
         let logits = &storage.as_slice::<f32>()?[start..end];
         let mut out = Vec::with_capacity(rows * 2);
         for r in 0..rows {

@@ -15,6 +15,17 @@ pub mod device_sampling;
 pub mod judge_digits;
 pub mod sampling;
 
+/// The `[start, end)` of a contiguous layout, or an error naming `what` (every op here reads its
+/// input as one flat run, on the CPU and on the device).
+pub(crate) fn contiguous(
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<(usize, usize)> {
+    layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))
+}
+
 /// The one error type of the kernels crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

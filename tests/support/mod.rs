@@ -109,3 +109,19 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// The default model (GGUF, installed on first use), loaded once per test binary.
+pub fn default_model() -> std::sync::Arc<dyn steerflow_models::LanguageModel> {
+    static MODEL: std::sync::OnceLock<std::sync::Arc<dyn steerflow_models::LanguageModel>> =
+        std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = steerflow_models::registry::resolve_model("default")
+                .expect("default model installed");
+            std::sync::Arc::new(
+                steerflow_models::llama_gguf::GgufLlama::load(&path, &candle_core::Device::Cpu)
+                    .expect("the default model loads"),
+            )
+        })
+        .clone()
+}

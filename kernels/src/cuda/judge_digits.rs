@@ -1,9 +1,10 @@
 //! The judge's rating on the device: one block per row reads the full softmax's mass on the
 //! digit tokens and their expectation (in f64), the CUDA twin of `judge_digits::digit_rating`.
 
-use super::{contiguous, driver, ptx, THREADS};
+use super::{driver, one_block_per_row, ptx};
+use crate::contiguous;
 use candle_core::{CudaStorage, Layout, Shape};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use std::sync::OnceLock;
 
 const SOURCE: &str = r#"
@@ -82,14 +83,9 @@ pub fn digit_ratings(
         .arg(&digits)
         .arg(&n_digits)
         .arg(&mut out);
-    let config = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: the arguments match `digit_ratings` above; block r reads row r of `logits` and the
     // digit ids (all checked < vocab above), and writes only `out[2r]` and `out[2r + 1]`.
     #[allow(unsafe_code)]
-    unsafe { launch.launch(config) }.map_err(driver)?;
+    unsafe { launch.launch(one_block_per_row(rows)) }.map_err(driver)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device), (rows, 2).into()))
 }

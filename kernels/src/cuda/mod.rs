@@ -35,9 +35,11 @@ fn driver(e: cudarc::driver::DriverError) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA: {e}"))
 }
 
-/// The contiguous `[start, end)` of a layout, or an error naming `what`.
-fn contiguous(layout: &candle_core::Layout, what: &str) -> candle_core::Result<(usize, usize)> {
-    layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))
+/// The launch of a row kernel: one block of `THREADS` per row.
+fn one_block_per_row(rows: usize) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

@@ -78,7 +78,7 @@ impl candle_core::CustomOp1 for AllReduce<'_> {
         storage: &CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (start, end) = super::contiguous(layout, "an all-reduced tensor")?;
+        let (start, end) = crate::contiguous(layout, "an all-reduced tensor")?;
         let device = storage.device.clone();
         let send = storage.as_cuda_slice::<f32>()?.slice(start..end);
         let mut receive = device.alloc_zeros::<f32>(end - start)?;

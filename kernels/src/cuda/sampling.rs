@@ -1,10 +1,11 @@
 //! Batched token sampling on the device: one block per row, the CUDA twin of
 //! `device_sampling::sample_row` (same chunks, same order of sums, same bisection).
 
-use super::{contiguous, driver, ptx, THREADS};
+use super::{driver, one_block_per_row, ptx};
+use crate::contiguous;
 use crate::device_sampling::{RowParams, BISECTION_STEPS};
 use candle_core::{CudaStorage, Layout, Shape};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use std::sync::OnceLock;
 
 const SOURCE: &str = r#"
@@ -158,15 +159,10 @@ pub fn sample_rows(
         .arg(&top_k)
         .arg(&uniform)
         .arg(&mut out);
-    let config = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: the arguments match `sample_rows` above in number, order and type; block r reads
     // row r of `logits` (rows × vocab elements, checked by the layout) and one element of each
     // per-row array (`rows` long), and writes only `out[r]`.
     #[allow(unsafe_code)]
-    unsafe { launch.launch(config) }.map_err(driver)?;
+    unsafe { launch.launch(one_block_per_row(rows)) }.map_err(driver)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device), rows.into()))
 }

@@ -355,20 +355,25 @@ impl HfModel {
             .to_dtype(DType::F32)?)
     }
 
+    /// The whole decoder, which generation needs: a tensor-parallel model has none.
+    fn whole_decoder(&self) -> Result<&Arc<Decoder>, ModelError> {
+        match &self.decoder {
+            Backbone::Whole(decoder) => Ok(decoder),
+            Backbone::Parallel(_) => Err(ModelError::Checkpoint {
+                path: PathBuf::from(&self.id),
+                message: "a tensor-parallel model scores but cannot generate (tensor_parallel applies to reward models)".into(),
+            }),
+        }
+    }
+
     /// An empty generation session (KV cache at position 0) on this model's head; a
     /// tensor-parallel model has none.
     pub fn start_session(&self) -> Result<Box<dyn LmSession>, ModelError> {
-        match &self.decoder {
-            Backbone::Whole(decoder) => Ok(Box::new(HfSession {
-                decoder: decoder.clone(),
-                head: self.head.clone(),
-                cache: KvCache::default(),
-            })),
-            Backbone::Parallel(_) => Err(ModelError::Checkpoint {
-                path: PathBuf::from(&self.id),
-                message: "a tensor-parallel model scores but cannot generate".into(),
-            }),
-        }
+        Ok(Box::new(HfSession {
+            decoder: self.whole_decoder()?.clone(),
+            head: self.head.clone(),
+            cache: KvCache::default(),
+        }))
     }
 
     /// What the decoder computes in.
@@ -424,15 +429,7 @@ impl HfModel {
                 message: "a sequence-classification checkpoint cannot generate text".into(),
             });
         }
-        let decoder = match &self.decoder {
-            Backbone::Whole(d) => d.clone(),
-            Backbone::Parallel(_) => {
-                return Err(ModelError::Checkpoint {
-                    path: PathBuf::from(&self.id),
-                    message: "a tensor-parallel model scores but cannot generate (tensor_parallel applies to reward models)".into(),
-                })
-            }
-        };
+        let decoder = self.whole_decoder()?.clone();
         self.text_codec()?;
         let text = self
             .text
