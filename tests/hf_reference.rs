@@ -196,7 +196,8 @@ fn a_checkpoint_without_its_head_is_a_clear_error() {
 fn a_checkpoint_serves_as_the_policy() {
     use std::sync::Arc;
     use steerflow_kernels::sampling::SamplingParams;
-    use steerflow_models::policy::{GenerationParams, Policy};
+    use steerflow_models::generation::GenerationParams;
+use steerflow_models::policy::Policy;
     use steerflow_models::LanguageModel;
     let (dir, golden) = fixture("llama3-f32");
     let model: Arc<dyn LanguageModel> = Arc::new(

@@ -58,7 +58,8 @@ pub fn bench_prompts(count: usize) -> Result<String, JobError> {
 /// the generated tokens per second of wall time.
 pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Value, JobError> {
     use steerflow_models::engine::{EngineLimits, GenerationRequest};
-    use steerflow_models::policy::{GenerationParams, Policy};
+    use steerflow_models::generation::GenerationParams;
+use steerflow_models::policy::Policy;
     let loading = std::time::Instant::now();
     let device = crate::devices(&options.device, 1)?.remove(0);
     let policy = Policy::new(crate::load_language_model(&options.policy, &device)?);

@@ -17,7 +17,8 @@ use steerflow_models::engine::EngineLimits;
 use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::llama_gguf::GgufLlama;
-use steerflow_models::policy::{GenerationParams, Policy};
+use steerflow_models::generation::GenerationParams;
+use steerflow_models::policy::Policy;
 use steerflow_models::registry::{locate_model, ModelLocation};
 use steerflow_models::reward::{NextTokenLogitReward, Overlength, SequenceClassifierReward};
 use steerflow_models::TemplatedModel;
@@ -29,7 +30,7 @@ use steerflow_operators::steerlm::steer_label;
 use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::reject::RejectLimit;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
-use steerflow_pipeline::sink::ExportFormat;
+use steerflow_pipeline::formats::ExportFormat;
 use steerflow_pipeline::source::InputFormat;
 use steerflow_pipeline::spec::{Models, Normalization, RunSpec};
 

@@ -38,6 +38,13 @@ struct ClusterArgs {
     connect_timeout: f64,
 }
 
+/// The peers of a cluster run never all connected: the run cannot start and nothing was
+/// committed. Timely is stuck in its connect loop, so the process exits.
+fn exit_on_connect_timeout(message: String) {
+    eprintln!("steerflow: error: {message}");
+    std::process::exit(steerflow::exit_code::FAILURE);
+}
+
 /// The first of these environment variables that is set, as a number.
 fn env_number(names: &[&str]) -> Result<Option<usize>, JobError> {
     for name in names {
@@ -96,6 +103,7 @@ impl ClusterArgs {
             addresses,
             workers,
             connect_timeout: std::time::Duration::from_secs_f64(self.connect_timeout.max(0.0)),
+            on_connect_timeout: Some(exit_on_connect_timeout),
         };
         spec.validate().map_err(invalid)?;
         Ok(spec)

@@ -12,23 +12,7 @@
 //! device is deterministic on its own. This file is the reference the CUDA kernel is tested
 //! against (same chunking, same order of sums).
 
-/// Threads per block of the CUDA kernel; the reference sums in the same chunks.
-pub const THREADS: usize = 256;
-/// Bisection steps for a cut: the threshold is found to 2^-STEPS of the largest probability.
-pub const BISECTION_STEPS: usize = 30;
-
-/// One row's sampling knobs, as the kernel takes them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RowParams {
-    /// > 0 (greedy rows use an argmax instead).
-    pub temperature: f32,
-    /// In (0, 1]; 1 keeps everything.
-    pub top_p: f32,
-    /// 0 keeps everything.
-    pub top_k: u32,
-    /// The row's uniform draw in [0, 1).
-    pub uniform: f32,
-}
+pub use crate::row_kernel::{RowParams, BISECTION_STEPS, THREADS};
 
 /// Sums `values` in the kernel's order: `THREADS` contiguous chunks, each summed in order, then
 /// the chunk sums in order.

@@ -13,6 +13,7 @@ pub mod communicator;
 pub mod cuda;
 pub mod device_sampling;
 pub mod judge_digits;
+pub mod row_kernel;
 pub mod sampling;
 
 /// The `[start, end)` of a contiguous layout, or an error naming `what` (every op here reads its

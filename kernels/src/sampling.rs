@@ -80,12 +80,12 @@ impl TokenSampler {
 
     /// The next draw as the batched device sampler takes it (`device_sampling`), consuming one
     /// uniform from this sequence's generator; `None` for greedy sampling (an argmax).
-    pub fn device_row(&mut self) -> Option<crate::device_sampling::RowParams> {
+    pub fn device_row(&mut self) -> Option<crate::row_kernel::RowParams> {
         if matches!(self.sampling, Sampling::ArgMax) {
             return None;
         }
         let uniform: f32 = rand::Rng::random(&mut self.rng);
-        Some(crate::device_sampling::RowParams {
+        Some(crate::row_kernel::RowParams {
             temperature: self.params.temperature as f32,
             top_p: self.params.top_p as f32,
             top_k: self.params.top_k as u32,

@@ -11,7 +11,7 @@
 //! computes every row of a batch exactly as it would alone, so a sample's tokens do not depend
 //! on what else runs beside it (`tests/engine.rs` checks this against one-at-a-time runs).
 
-use crate::policy::{earliest_stop, Generation, GenerationCounters, GenerationParams};
+use crate::generation::{earliest_stop, Generation, GenerationCounters, GenerationParams};
 use crate::{LanguageModel, LmSession, ModelError};
 use candle_core::Tensor;
 use std::collections::VecDeque;

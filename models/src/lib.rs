@@ -17,6 +17,7 @@
 pub mod batching;
 pub mod chat_template;
 pub mod engine;
+pub mod generation;
 pub mod error;
 pub mod gguf_tokenizer;
 pub mod hf;

@@ -22,6 +22,10 @@ pub struct ClusterSpec {
     pub workers: usize,
     /// How long to wait for every peer to connect.
     pub connect_timeout: Duration,
+    /// What to do when the peers have not connected in time. Timely blocks in its connect loop
+    /// and cannot be interrupted, so only the program can decide (the `steerflow` binary exits
+    /// with a message); `None` logs the error and keeps waiting.
+    pub on_connect_timeout: Option<fn(String)>,
 }
 
 impl ClusterSpec {
@@ -33,6 +37,7 @@ impl ClusterSpec {
             addresses: Vec::new(),
             workers: workers.max(1),
             connect_timeout: Duration::from_secs(60),
+            on_connect_timeout: None,
         }
     }
 

@@ -22,42 +22,19 @@
 //! function of the parts, and the parts of a prompt are a pure function of the prompt, the
 //! config, the models and the seed, so a rerun after a crash writes the same bytes.
 
-use crate::graph::PromptOutcome;
+use crate::digest::digest;
+use crate::records::{PromptKey, PromptOutcome, ReadStats};
 use crate::reject::Reject;
-use crate::sink::ShardFile;
+use crate::formats::ShardFile;
 use crate::storage::{Created, Location};
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use steerflow_operators::records::Prompt;
-use steerflow_operators::seeding::prompt_id_from_messages;
-use xxhash_rust::xxh3::xxh3_128;
 
 /// The folder of run state under the output.
 pub const RUNS: &str = "_runs";
 /// The manifest that commits a run.
 pub const COMMITTED: &str = "_COMMITTED.json";
-
-/// A prompt as the incremental state knows it: its id and a digest of its messages.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PromptKey {
-    pub id: String,
-    pub digest: String,
-}
-
-impl PromptKey {
-    pub fn of(prompt: &Prompt) -> Self {
-        Self {
-            id: prompt.id.clone(),
-            digest: prompt_id_from_messages(&prompt.messages),
-        }
-    }
-}
-
-/// A hex digest of `bytes` (XXH3-128).
-pub fn digest(bytes: &[u8]) -> String {
-    format!("{:032x}", xxh3_128(bytes))
-}
 
 /// An id unique to this launch of the command (process, time, address space), written into the
 /// markers and the manifest it creates.
@@ -131,7 +108,7 @@ pub struct ShardPart {
     /// The prompts this shard settled (outcomes and sampling rejects), sorted.
     pub settled: Vec<PromptKey>,
     /// What the readers read (shard 0 holds the whole input's counts).
-    pub read_stats: crate::graph::ReadStats,
+    pub read_stats: ReadStats,
 }
 
 /// `_runs/<run>/shards/<k>.json`: which part holds shard k.
@@ -166,17 +143,6 @@ pub struct Manifest {
     pub rejects_file: Option<String>,
     pub summary_file: String,
     pub counts: serde_json::Value,
-}
-
-/// The key by which an input reject is recognised in later runs.
-pub fn reject_key(reject: &Reject) -> String {
-    format!(
-        "{}:{}:{}:{}",
-        reject.file,
-        reject.record,
-        reject.field.as_deref().unwrap_or(""),
-        reject.reason
-    )
 }
 
 /// The run state under one output location, seen by one launch.

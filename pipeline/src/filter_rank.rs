@@ -8,8 +8,9 @@
 
 use crate::reject::{enforce_limit, RejectLimit};
 use crate::sink::{
-    attributes_array, finish_dataset, messages_array, write_parquet_shard, ExportFormat, Shard,
+    attributes_array, finish_dataset, messages_array, write_parquet_shard,
 };
+use crate::formats::{ExportFormat, Shard};
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::Normalization;
 use crate::storage::{io_runtime, Location};

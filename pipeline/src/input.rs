@@ -101,7 +101,7 @@ pub fn list_input(spec: &str, format: &str) -> Result<Vec<InputFile>, PipelineEr
 
 /// A digest of the files and their versions: the input's identity for run ids.
 pub fn input_identity(files: &[InputFile]) -> String {
-    crate::commit::digest(serde_json::to_string(files).unwrap_or_default().as_bytes())
+    crate::digest::digest(serde_json::to_string(files).unwrap_or_default().as_bytes())
 }
 
 /// Reads the part of the input that worker `worker` of `workers` owns: jsonl file i when
@@ -186,11 +186,6 @@ fn read_row_groups(
         }
         Ok::<_, PipelineError>(out)
     })
-}
-
-/// The key by which an input reject that carries no prompt id is routed to a shard.
-pub fn reject_route(reject: &Reject) -> String {
-    format!("{}:{}", reject.file, reject.record)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 use crate::reject::{enforce_limit, Reject, RejectLimit};
 use crate::sink::{
     attributes_array, finish_dataset, messages_array, write_parquet_shard, write_text_exports,
-    ExportFormat, PairText, PromptRenderer, Shard,
+    PairText, PromptRenderer,
 };
+use crate::formats::{ExportFormat, Shard};
 use crate::source::InputFormat;
 use crate::storage::{io_runtime, read_file, Location};
 use crate::PipelineError;

@@ -38,6 +38,28 @@ impl Reject {
     }
 }
 
+impl Reject {
+    /// The key by which an input reject is recognised in later runs (file, record, field,
+    /// reason).
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.file,
+            self.record,
+            self.field.as_deref().unwrap_or(""),
+            self.reason
+        )
+    }
+
+    /// What a reject is routed to a shard by: its prompt id when it has one, else its file and
+    /// record.
+    pub fn route(&self) -> String {
+        self.prompt_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.file, self.record))
+    }
+}
+
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.file, self.record)?;

@@ -8,14 +8,13 @@
 //! 4. from all parts: run-wide stats, the data files, rejects, summary and report;
 //! 5. commit the manifest, then rewrite README, summary and report from the manifests.
 
-use crate::commit::ShardPart;
-use crate::commit::{
-    committed_manifests, new_writer_id, reject_key, Manifest, PromptKey, RunPlan, RunStore, RUNS,
-};
-use crate::graph::{run_graph, PromptOutcome, ReadStats, RunState};
+use crate::commit::{committed_manifests, new_writer_id, Manifest, RunPlan, RunStore, ShardPart, RUNS};
+use crate::dataflow::run_graph;
+use crate::records::{PromptKey, PromptOutcome, ReadStats, RunState};
 use crate::progress::Progress;
 use crate::reject::{enforce_limit, Reject};
-use crate::sink::{dataset_readme, write_run_shard, ModelIds, Shard, ShardFile};
+use crate::formats::{Shard, ShardFile};
+use crate::sink::{dataset_readme, write_run_shard, ModelIds};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, redact_url, Location};
 use crate::summary::{per_second, StageCounters};
@@ -80,7 +79,7 @@ pub fn run_iterative_dpo(
         attribute_names: models.reward.attribute_names(),
     };
     let settings = lineage_settings(&spec, &ids);
-    let lineage = crate::commit::digest(settings.to_string().as_bytes());
+    let lineage = crate::digest::digest(settings.to_string().as_bytes());
 
     // Incremental state: what committed runs in this output already settled.
     let committed = rt.block_on(committed_manifests(&output))?;
@@ -126,9 +125,13 @@ pub fn run_iterative_dpo(
     let spec = Arc::new(spec);
     let progress = Progress::new();
     // Timely waits forever for peers that never come; give up after the configured time.
-    let watch = crate::cluster::ConnectWatch::start(&spec.cluster, |message| {
-        eprintln!("steerflow: error: {message}");
-        std::process::exit(1); // the run cannot start; nothing was committed
+    let on_timeout = spec.cluster.on_connect_timeout;
+    let watch = crate::cluster::ConnectWatch::start(&spec.cluster, move |message| {
+        // The run cannot start; nothing was committed.
+        tracing::error!("{message}");
+        if let Some(action) = on_timeout {
+            action(message);
+        }
     });
     let results = run_graph(
         spec.clone(),
@@ -189,7 +192,7 @@ pub fn run_iterative_dpo(
         .flat_map(|p| p.settled.iter().cloned())
         .collect();
     settled_keys.sort();
-    let mut input_reject_keys: Vec<String> = input_rejects.iter().map(|r| reject_key(r)).collect();
+    let mut input_reject_keys: Vec<String> = input_rejects.iter().map(|r| r.key()).collect();
     input_reject_keys.sort();
     let mut rejects: Vec<Reject> = input_rejects.iter().map(|r| (*r).clone()).collect();
     rejects.extend(parts.iter().flat_map(|p| p.rejects.iter().cloned()));

@@ -8,7 +8,8 @@
 //! Each shard is written whole with a single put, so a reader never sees half a file; the README
 //! is written last, after every shard, so it only ever lists complete files.
 
-use crate::graph::PromptOutcome;
+use crate::formats::{ExportFormat, Shard, ShardFile};
+use crate::records::PromptOutcome;
 use crate::spec::{Normalization, RunSpec};
 use crate::storage::Location;
 use crate::PipelineError;
@@ -21,78 +22,12 @@ use arrow::datatypes::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use steerflow_operators::normalize::{normalize_goodness, NormStats};
 use steerflow_operators::records::Message;
 
 /// Rows per parquet row group.
 pub const ROW_GROUP_SIZE: usize = 10_000;
-
-/// A file the run wrote.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardFile {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub format: ExportFormat,
-}
-
-/// The forms pairs are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExportFormat {
-    /// TRL conversational: `prompt`, `chosen`, `rejected` as message lists, with all score
-    /// columns (`data/`, the dataset's default config).
-    Conversational,
-    /// TRL standard: strings, the prompt rendered by the policy's chat template with the
-    /// generation prompt (`standard/`).
-    Standard,
-    /// NeMo-Aligner DPO jsonl: `prompt` (chat template applied), `chosen_response`,
-    /// `rejected_response`, `chosen_reward`, `rejected_reward` (`nemo/`).
-    Nemo,
-}
-
-impl ExportFormat {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "conversational" => Some(Self::Conversational),
-            "standard" => Some(Self::Standard),
-            "nemo" => Some(Self::Nemo),
-            _ => None,
-        }
-    }
-
-    /// The path of shard `k` of `n` in this format.
-    pub fn shard_path(self, k: usize, n: usize) -> String {
-        self.path_of(Shard::plain(k, n))
-    }
-
-    /// The path of `shard` in this format: `<folder>/[<run>/]train-0000k-of-0000n.<ext>`.
-    pub fn path_of(self, shard: Shard<'_>) -> String {
-        let (folder, ext) = match self {
-            Self::Conversational => ("data", "parquet"),
-            Self::Standard => ("standard", "parquet"),
-            Self::Nemo => ("nemo", "jsonl"),
-        };
-        let run = shard.run.map(|r| format!("{r}/")).unwrap_or_default();
-        format!("{folder}/{run}train-{:05}-of-{:05}.{ext}", shard.k, shard.n)
-    }
-}
-
-/// Which file of a dataset: shard `k` of `n`, in a run's own folder when `run` is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard<'a> {
-    pub k: usize,
-    pub n: usize,
-    pub run: Option<&'a str>,
-}
-
-impl Shard<'_> {
-    pub fn plain(k: usize, n: usize) -> Self {
-        Self { k, n, run: None }
-    }
-}
 
 /// Renders a prompt as the policy sees it (chat template with the generation prompt).
 pub type PromptRenderer<'a> =
@@ -104,11 +39,6 @@ pub struct ModelIds {
     pub policy: String,
     pub scorer: String,
     pub attribute_names: Vec<String>,
-}
-
-/// The path of shard `k` of `n`, as the Hugging Face hub names split files.
-pub fn shard_path(k: usize, n: usize) -> String {
-    format!("data/train-{k:05}-of-{n:05}.parquet")
 }
 
 pub(crate) fn message_fields() -> Fields {

@@ -4,7 +4,8 @@
 use crate::reject::RejectLimit;
 use std::sync::Arc;
 use steerflow_models::engine::EngineLimits;
-use steerflow_models::policy::{GenerationParams, Policy};
+use steerflow_models::generation::GenerationParams;
+use steerflow_models::policy::Policy;
 use steerflow_models::RewardModel;
 use steerflow_operators::goodness::BoundGoodness;
 use steerflow_operators::normalize::NormStats;
@@ -52,7 +53,7 @@ pub struct RunSpec {
     /// A short description written into the dataset README.
     pub description: String,
     /// The forms the pairs are written in.
-    pub formats: Vec<crate::sink::ExportFormat>,
+    pub formats: Vec<crate::formats::ExportFormat>,
     /// Processes × workers; `workers` above is this process's share.
     pub cluster: crate::cluster::ClusterSpec,
 }

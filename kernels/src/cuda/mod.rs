@@ -13,7 +13,7 @@ pub mod sampling;
 use std::sync::OnceLock;
 
 /// Threads per block of the row kernels (the CPU references sum in the same chunks).
-pub const THREADS: u32 = crate::device_sampling::THREADS as u32;
+pub const THREADS: u32 = crate::row_kernel::THREADS as u32;
 
 /// PTX of `source`, compiled once per process.
 fn ptx(

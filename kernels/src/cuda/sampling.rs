@@ -3,7 +3,7 @@
 
 use super::{driver, one_block_per_row, ptx};
 use crate::contiguous;
-use crate::device_sampling::{RowParams, BISECTION_STEPS};
+use crate::row_kernel::{RowParams, BISECTION_STEPS};
 use candle_core::{CudaStorage, Layout, Shape};
 use cudarc::driver::PushKernelArg;
 use std::sync::OnceLock;

@@ -1,0 +1,107 @@
+//! Scoring: the reward model scores one prompt's samples at a time, whatever containers timely
+//! groups them in (batch composition changes the float results through shared prefixes and
+//! padding, and the output must not depend on it); goodness is the bound weights' dot product.
+
+use super::groups::PromptGroups;
+use super::worker::Worker;
+use std::time::Instant;
+use steerflow_operators::records::{Sample, ScoredSample};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+/// Scores one sample; a failure leaves NaN attributes (never chosen, counted as unscored).
+/// Scores samples as they arrive: consecutive samples of one prompt go to the reward model
+/// together, so it can share their prompt's prefill (the judge) or batch them (trained heads).
+/// A failure leaves NaN attributes (never chosen, counted as unscored).
+fn score_samples(
+    samples: Vec<Sample>,
+    worker: &Worker,
+) -> Vec<ScoredSample> {
+    let started = Instant::now();
+    let (spec, models) = (&worker.spec, &worker.models);
+    let items: Vec<(&[steerflow_operators::records::Message], &str)> = samples
+        .iter()
+        .map(|s| (s.prompt.messages.as_slice(), s.text.as_str()))
+        .collect();
+    let results = models.reward.score_batch(&items);
+    let mut c = worker.counters.borrow_mut();
+    let scored: Vec<ScoredSample> = samples
+        .into_iter()
+        .zip(results)
+        .map(|(sample, result)| {
+            let (attributes, tokens, dropped_turns, mut unscored) = match result {
+                Ok(s) => {
+                    if s.dropped_turns > 0 {
+                        c.overlength_truncated += 1;
+                    }
+                    (s.attributes, s.tokens_run, s.dropped_turns, None)
+                }
+                Err(e) => {
+                    let reason = if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
+                        c.overlength_skipped += 1;
+                        "context_overflow"
+                    } else {
+                        "scoring_failed"
+                    };
+                    tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
+                    (vec![f64::NAN; models.reward.attribute_names().len()], 0, 0, Some(reason.to_string()))
+                }
+            };
+            let goodness = spec.goodness.goodness(&attributes);
+            if goodness.is_finite() {
+                c.samples_scored += 1;
+            } else {
+                c.samples_unscored += 1;
+                unscored.get_or_insert_with(|| "non_finite_score".to_string());
+            }
+            c.tokens_scored += tokens;
+            ScoredSample { sample, attributes, goodness, scored_tokens: tokens, dropped_turns, unscored }
+        })
+        .collect();
+    c.scoring_seconds += started.elapsed().as_secs_f64();
+    scored
+}
+
+/// Scores each prompt's samples once all of them are in.
+pub(crate) trait ScoreSamples<'s> {
+    fn score_samples(self, worker: &Worker) -> StreamVec<'s, u64, ScoredSample>;
+}
+
+impl<'s> ScoreSamples<'s> for StreamVec<'s, u64, Sample> {
+    fn score_samples(self, worker: &Worker) -> StreamVec<'s, u64, ScoredSample> {
+        let worker = worker.clone();
+        self.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<ScoredSample>>, _, _, _>(
+            Pipeline,
+            "Score",
+            move |default_cap, _| {
+                let mut cap = Some(default_cap);
+                let mut groups = PromptGroups::default();
+                move |(input, frontier), output| {
+                    let mut complete = Vec::new();
+                    input.for_each_stamp(|_, data| {
+                        for batch in data {
+                            for sample in batch.drain(..) {
+                                complete.extend(groups.add(sample));
+                            }
+                        }
+                    });
+                    if frontier.is_empty() {
+                        complete.extend(groups.drain());
+                    }
+                    if let Some(c) = cap.as_ref() {
+                        let mut session = output.session(c);
+                        for group in complete {
+                            let n = group.len() as u64;
+                            session.give_iterator(score_samples(group, &worker).into_iter());
+                            worker.score_bar.advance(n);
+                        }
+                    }
+                    if frontier.is_empty() {
+                        cap = None;
+                    }
+                }
+            },
+        )
+    }
+}
