@@ -165,38 +165,38 @@ fn helpsteer2_pairs_with_ties() {
 #[test]
 fn filter_rank_each_rule() {
     let case = support::workspace_root().join("tests/golden/filter-rank");
-    let rules: [(&str, steerflow::config::FilterSection); 5] = [
+    let rules: [(&str, steerflow::kinds::filter_rank::FilterSection); 5] = [
         (
             "min",
-            steerflow::config::FilterSection {
+            steerflow::kinds::filter_rank::FilterSection {
                 min: [("helpfulness".to_string(), 0.5)].into(),
                 ..Default::default()
             },
         ),
         (
             "max",
-            steerflow::config::FilterSection {
+            steerflow::kinds::filter_rank::FilterSection {
                 max: [("verbosity".to_string(), 0.0)].into(),
                 ..Default::default()
             },
         ),
         (
             "top_k",
-            steerflow::config::FilterSection {
+            steerflow::kinds::filter_rank::FilterSection {
                 top_k: 1,
                 ..Default::default()
             },
         ),
         (
             "quantile",
-            steerflow::config::FilterSection {
+            steerflow::kinds::filter_rank::FilterSection {
                 quantile: Some(0.5),
                 ..Default::default()
             },
         ),
         (
             "all",
-            steerflow::config::FilterSection {
+            steerflow::kinds::filter_rank::FilterSection {
                 min: [("normalized_goodness".to_string(), -1.0)].into(),
                 max: [("verbosity".to_string(), 1.0)].into(),
                 top_k: 2,
@@ -208,7 +208,7 @@ fn filter_rank_each_rule() {
     for (name, filter) in rules {
         let out = tempfile::tempdir().unwrap();
         let mut config = job(&case, out.path());
-        config.filter = filter;
+        config.sections.filter = filter;
         let summary = steerflow::run_any(&config).unwrap();
         let counts = &summary["counts"];
         let removed: u64 = counts["removed_by"]

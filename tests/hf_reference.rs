@@ -197,7 +197,7 @@ fn a_checkpoint_serves_as_the_policy() {
     use std::sync::Arc;
     use steerflow_kernels::sampling::SamplingParams;
     use steerflow_models::generation::GenerationParams;
-use steerflow_models::policy::Policy;
+    use steerflow_models::policy::Policy;
     use steerflow_models::LanguageModel;
     let (dir, golden) = fixture("llama3-f32");
     let model: Arc<dyn LanguageModel> = Arc::new(

@@ -4,8 +4,8 @@
 mod support;
 
 use steerflow_kernels::sampling::SamplingParams;
-use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::generation::GenerationParams;
+use steerflow_models::judge::{helpsteer2_attributes, Judge};
 use steerflow_models::policy::Policy;
 use steerflow_operators::records::Message;
 use steerflow_operators::seeding::sample_seed;

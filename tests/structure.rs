@@ -69,7 +69,9 @@ fn code_only(text: &str) -> String {
             blank(&rest[..j], &mut out);
             i += j;
         } else if (rest[0] == b'r' || rest.starts_with(b"br"))
-            && !b[..i].last().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            && !b[..i]
+                .last()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
             && raw_string_len(rest).is_some()
         {
             let n = raw_string_len(rest).unwrap_or(1);
@@ -194,9 +196,11 @@ fn referenced_paths(module: &str, is_mod_file: bool, code: &str) -> Vec<Vec<Stri
                 }
             }
             if let Some(prefix) = path.strip_suffix('{') {
-                let group_start = start + (tail.as_ptr() as usize - code[start..].as_ptr() as usize)
-                    + path.len();
-                let group_end = code[group_start..].find('}').map_or(code.len(), |e| group_start + e);
+                let group_start =
+                    start + (tail.as_ptr() as usize - code[start..].as_ptr() as usize) + path.len();
+                let group_end = code[group_start..]
+                    .find('}')
+                    .map_or(code.len(), |e| group_start + e);
                 let prefix: Vec<String> = prefix
                     .split("::")
                     .filter(|s| !s.is_empty())
@@ -209,13 +213,19 @@ fn referenced_paths(module: &str, is_mod_file: bool, code: &str) -> Vec<Vec<Stri
                         item.trim()
                             .split("::")
                             .map(|s| s.trim().to_string())
-                            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')),
+                            .filter(|s| {
+                                !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+                            }),
                     );
                     out.push(p);
                 }
             } else {
                 let mut p = base;
-                p.extend(path.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+                p.extend(
+                    path.split("::")
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                );
                 out.push(p);
             }
         }
@@ -261,7 +271,9 @@ fn import_graph(source: &CrateSource) -> BTreeMap<String, BTreeSet<String>> {
             Some(at) => &code[..at],
             None => code,
         };
-        let is_mod_file = file.file_name().is_some_and(|n| n == "mod.rs" || n == "lib.rs" || n == "main.rs");
+        let is_mod_file = file
+            .file_name()
+            .is_some_and(|n| n == "mod.rs" || n == "lib.rs" || n == "main.rs");
         let mut targets = BTreeSet::new();
         for path in referenced_paths(module, is_mod_file, code) {
             if let Some(t) = target_module(&path, &source.modules) {
@@ -407,12 +419,21 @@ fn the_import_graph_finds_a_circle() {
         ("c", "fn f() { super::a::g() }"),
         ("d", ""),
     ] {
-        modules.insert(m.to_string(), (PathBuf::from(format!("{m}.rs")), code.to_string()));
+        modules.insert(
+            m.to_string(),
+            (PathBuf::from(format!("{m}.rs")), code.to_string()),
+        );
     }
     let source = CrateSource { name: "t", modules };
     let graph = import_graph(&source);
-    assert_eq!(graph["b"], BTreeSet::from(["c".to_string(), "d".to_string()]));
-    assert_eq!(circles(&graph), vec![vec!["a".to_string(), "b".into(), "c".into()]]);
+    assert_eq!(
+        graph["b"],
+        BTreeSet::from(["c".to_string(), "d".to_string()])
+    );
+    assert_eq!(
+        circles(&graph),
+        vec![vec!["a".to_string(), "b".into(), "c".into()]]
+    );
 }
 
 #[test]
@@ -425,13 +446,21 @@ fn no_module_imports_a_module_that_imports_it_back() {
             report.push(format!("{}: {}", source.name, circle.join(" <-> ")));
         }
     }
-    assert!(report.is_empty(), "modules importing each other:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "modules importing each other:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]
 fn no_source_file_is_over_600_lines() {
     let mut files = Vec::new();
-    for dir in CRATES.iter().map(|c| root().join(c)).chain([root().join("tests")]) {
+    for dir in CRATES
+        .iter()
+        .map(|c| root().join(c))
+        .chain([root().join("tests")])
+    {
         rust_files(&dir, &mut files);
     }
     assert!(files.len() > 50);
@@ -442,7 +471,11 @@ fn no_source_file_is_over_600_lines() {
             (lines > MAX_FILE_LINES).then(|| format!("{} ({lines} lines)", f.display()))
         })
         .collect();
-    assert!(long.is_empty(), "files over {MAX_FILE_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]
@@ -455,10 +488,17 @@ fn no_function_in_pipeline_or_jobs_is_over_120_lines() {
             let code = code_only(&std::fs::read_to_string(&file).expect("readable"));
             for (function, line, lines) in functions(&code) {
                 if lines > MAX_FN_LINES {
-                    long.push(format!("{}:{line} {function} ({lines} lines)", file.display()));
+                    long.push(format!(
+                        "{}:{line} {function} ({lines} lines)",
+                        file.display()
+                    ));
                 }
             }
         }
     }
-    assert!(long.is_empty(), "functions over {MAX_FN_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }

@@ -23,8 +23,8 @@ pub struct BenchOptions {
     pub workers: usize,
     pub policy: String,
     pub reward_model: String,
-    /// `job.device` of the run: `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    /// `job.device` of the run.
+    pub device: crate::config::sections::Device,
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), where the OS reports it.
@@ -59,12 +59,15 @@ pub fn bench_prompts(count: usize) -> Result<String, JobError> {
 pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Value, JobError> {
     use steerflow_models::engine::{EngineLimits, GenerationRequest};
     use steerflow_models::generation::GenerationParams;
-use steerflow_models::policy::Policy;
+    use steerflow_models::policy::Policy;
     let loading = std::time::Instant::now();
-    let device = crate::devices(&options.device, 1)?.remove(0);
-    let policy = Policy::new(crate::load_language_model(&options.policy, &device)?);
+    let device = crate::models::devices(options.device, 1)?.remove(0);
+    let policy = Policy::new(crate::models::load_language_model(
+        &options.policy,
+        &device,
+    )?);
     let load_seconds = loading.elapsed().as_secs_f64();
-    let defaults = crate::config::SamplingSection::default();
+    let defaults = crate::config::sections::SamplingSection::default();
     let params = GenerationParams {
         sampling: steerflow_kernels::sampling::SamplingParams {
             temperature: defaults.temperature,
@@ -156,7 +159,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<Value, JobError> {
     config.job.seed = 1;
     config.policy.model = options.policy.clone();
     config.reward.model = options.reward_model.clone();
-    config.job.device = options.device.clone();
+    config.job.device = options.device;
     config.sampling.samples_per_prompt = options.samples;
     config.sampling.max_new_tokens = options.max_new_tokens;
     let report = run_job(&config)?;

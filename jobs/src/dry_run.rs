@@ -3,14 +3,17 @@
 //! with its rejects counted against `input.max_rejects`, the output location is checked for
 //! writing, and the plan (prompts, samples, token estimates) is returned as JSON.
 
+use crate::checks::plan;
 use crate::config::JobConfig;
-use crate::{invalid, plan, JobError};
+use crate::error::{invalid, JobError};
+use crate::kinds::{check, dry_run_shape};
 use serde_json::{json, Value};
 use std::path::Path;
 use steerflow_models::registry::{cache_dir, locate_model_without_install, ModelLocation};
 use steerflow_pipeline::reject::enforce_limit;
 use steerflow_pipeline::source::{read_prompts, RecordShape};
 use steerflow_pipeline::storage::redact_url;
+use steerflow_pipeline::storage::Location;
 
 /// Where a model would come from, without loading or installing it.
 fn describe_model(spec: &str) -> Result<Value, JobError> {
@@ -32,7 +35,7 @@ fn committed_prompts(output: &str) -> Result<(usize, std::collections::HashSet<S
     if local && !Path::new(output.trim_start_matches("file://")).is_dir() {
         return Ok((0, Default::default()));
     }
-    let location = steerflow_pipeline::storage::Location::parse(output, false)?;
+    let location = Location::parse(output, false)?;
     let rt = steerflow_pipeline::storage::io_runtime()?;
     let manifests = rt.block_on(steerflow_pipeline::commit::committed_manifests(&location))?;
     let ids = manifests
@@ -72,30 +75,27 @@ fn output_writable(output: &str) -> Result<Value, JobError> {
 
 /// The plan of a job, as JSON.
 pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
+    check(config, &config.sections)?;
     let plan = plan(config)?;
-    let kind = config.job.kind.as_str();
+    let kind = config.job.kind;
+    let shape = dry_run_shape(kind);
     let mut models = Vec::new();
-    if ["iterative-dpo"].contains(&kind) || config.reward.model == "policy" {
+    if shape.uses_policy || config.reward.model == "policy" {
         models.push(describe_model(&config.policy.model)?);
     }
-    if kind != "helpsteer2-pairs" && config.reward.model != "policy" {
+    if shape.uses_reward && config.reward.model != "policy" {
         models.push(describe_model(&config.reward.model)?);
     }
-    let input = match kind {
-        "iterative-dpo" | "filter-rank" => {
-            let shape = if kind == "iterative-dpo" {
-                RecordShape::Prompt
-            } else {
-                RecordShape::Response
-            };
-            let source = if kind == "iterative-dpo" {
+    let input = match shape.records {
+        Some(records) => {
+            let source = if records == RecordShape::Prompt {
                 let files = steerflow_pipeline::input::list_input(
                     &config.input.path,
-                    &config.input.format,
+                    config.input.format.as_str(),
                 )?;
-                steerflow_pipeline::input::read_share(&files, 0, 1, shape)?
+                steerflow_pipeline::input::read_share(&files, 0, 1, records)?
             } else {
-                read_prompts(&config.input.path, plan.input_format, shape)?
+                read_prompts(&config.input.path, plan.input_format, records)?
             };
             enforce_limit(plan.max_rejects, &source.rejects, source.records)?;
             let chars: usize = source
@@ -114,7 +114,7 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
                 "characters": chars,
             })
         }
-        _ => {
+        None => {
             let bytes = steerflow_pipeline::storage::read_file(&config.input.path)?;
             json!({ "path": redact_url(&config.input.path), "bytes": bytes.len(), "note": "records are checked when the job reads them" })
         }
@@ -127,7 +127,7 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
         .unwrap_or_default();
     let mut output = output_writable(&config.output.path)?;
     let mut estimate = json!({});
-    if kind == "iterative-dpo" {
+    if shape.samples {
         // What earlier runs in the output already settled (read only; also checks access).
         let committed = committed_prompts(&config.output.path)?;
         let new = ids.iter().filter(|id| !committed.1.contains(*id)).count() as u64;

@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use steerflow::config::load_config;
-use steerflow::{run_any_on, JobError};
+use steerflow::config::sections::{
+    Attributes, Device, InputFormatSetting, OverlengthSetting, RewardKind, RewardSection,
+};
+use steerflow::{invalid, run_kind, JobError};
 use steerflow_pipeline::cluster::ClusterSpec;
 use tracing_subscriber::EnvFilter;
 
@@ -49,11 +52,11 @@ fn exit_on_connect_timeout(message: String) {
 fn env_number(names: &[&str]) -> Result<Option<usize>, JobError> {
     for name in names {
         if let Ok(value) = std::env::var(name) {
-            return value.trim().parse().map(Some).map_err(|_| {
-                JobError::Config(steerflow::config::ConfigError::Invalid(format!(
-                    "{name}={value} is not a process count or index"
-                )))
-            });
+            return value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| invalid(format!("{name}={value} is not a process count or index")));
         }
     }
     Ok(None)
@@ -61,7 +64,6 @@ fn env_number(names: &[&str]) -> Result<Option<usize>, JobError> {
 
 impl ClusterArgs {
     fn resolve(&self, workers: usize) -> Result<ClusterSpec, JobError> {
-        let invalid = |m: String| JobError::Config(steerflow::config::ConfigError::Invalid(m));
         let processes = match self.processes {
             Some(p) => p,
             None => {
@@ -110,6 +112,74 @@ impl ClusterArgs {
     }
 }
 
+/// `steerflow score`.
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// The reward model: a checkpoint directory, a hub id in the local cache, a GGUF file or `default`.
+    #[arg(long)]
+    reward_model: String,
+    /// judge, sequence-classification or next-token-logit.
+    #[arg(long, default_value = "sequence-classification", value_parser = setting::<RewardKind>)]
+    kind: RewardKind,
+    /// Score names: helpsteer2, nemo9, scalar, or a comma-separated list.
+    #[arg(long, default_value = "helpsteer2")]
+    attributes: String,
+    /// The logit a next-token-logit model is read at.
+    #[arg(long, default_value_t = 0)]
+    logit_index: usize,
+    /// Context limit (default: the model's).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// skip or drop-turns.
+    #[arg(long, default_value = "skip", value_parser = setting::<OverlengthSetting>)]
+    overlength: OverlengthSetting,
+    /// model (the checkpoint's own), nemo-steerlm-rm, nemo-steerlm, or a .jinja file.
+    #[arg(long, default_value = "model")]
+    chat_template: String,
+    /// jsonl or parquet with `messages` ending in an assistant turn, or `prompt` + `response`.
+    #[arg(long)]
+    input: String,
+    /// auto, jsonl or parquet.
+    #[arg(long, default_value = "auto", value_parser = setting::<InputFormatSetting>)]
+    format: InputFormatSetting,
+    /// The parquet file to write.
+    #[arg(long)]
+    output: String,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = setting::<Device>)]
+    device: Device,
+    /// Ranks the reward model is split over (threads on the CPU, GPUs with cuda).
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel: usize,
+}
+
+/// A config value given as a flag, parsed as the job file would parse it.
+fn setting<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> {
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value))
+        .map_err(|e| e.to_string())
+}
+
+/// `steerflow score`: the reward model scores every response of the input.
+fn score(args: ScoreArgs) -> Result<(), JobError> {
+    let reward = RewardSection {
+        kind: args.kind,
+        model: args.reward_model,
+        attributes: Attributes::parse_flag(&args.attributes).map_err(invalid)?,
+        logit_index: args.logit_index,
+        max_tokens: args.max_tokens,
+        overlength: args.overlength,
+        chat_template: args.chat_template,
+        tensor_parallel: args.tensor_parallel,
+    };
+    let report =
+        steerflow::score_responses(&reward, &args.input, args.format, &args.output, args.device)?;
+    eprintln!(
+        "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {}",
+        report.scored, report.failed, report.rejected, report.truncated, args.output
+    );
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a job file (for example configs/demo.toml).
@@ -141,44 +211,7 @@ enum Command {
         set: Vec<String>,
     },
     /// Score every response of a file with a reward model, to check a model before a long run.
-    Score {
-        /// The reward model: a checkpoint directory, a hub id in the local cache, a GGUF file or `default`.
-        #[arg(long)]
-        reward_model: String,
-        /// judge, sequence-classification or next-token-logit.
-        #[arg(long, default_value = "sequence-classification")]
-        kind: String,
-        /// Score names: helpsteer2, nemo9, scalar, or a comma-separated list.
-        #[arg(long, default_value = "helpsteer2")]
-        attributes: String,
-        /// The logit a next-token-logit model is read at.
-        #[arg(long, default_value_t = 0)]
-        logit_index: usize,
-        /// Context limit (default: the model's).
-        #[arg(long)]
-        max_tokens: Option<usize>,
-        /// skip or drop-turns.
-        #[arg(long, default_value = "skip")]
-        overlength: String,
-        /// model (the checkpoint's own), nemo-steerlm-rm, nemo-steerlm, or a .jinja file.
-        #[arg(long, default_value = "model")]
-        chat_template: String,
-        /// jsonl or parquet with `messages` ending in an assistant turn, or `prompt` + `response`.
-        #[arg(long)]
-        input: String,
-        /// auto, jsonl or parquet.
-        #[arg(long, default_value = "auto")]
-        format: String,
-        /// The parquet file to write.
-        #[arg(long)]
-        output: String,
-        /// Where the model runs: cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Ranks the reward model is split over (threads on the CPU, GPUs with cuda).
-        #[arg(long, default_value_t = 1)]
-        tensor_parallel: usize,
-    },
+    Score(ScoreArgs),
     /// Measure the N-samples-per-prompt workload (prefill and decode tokens/s, responses scored/s,
     /// peak memory); prints JSON on stdout.
     Bench {
@@ -191,8 +224,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// Where the models run: cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[arg(long, default_value = "cpu", value_parser = setting::<Device>)]
+        device: Device,
         /// Run only the policy's generation engine (no judge, no job), at `--batch` sequences.
         #[arg(long)]
         generate_only: bool,
@@ -268,37 +301,7 @@ fn main() {
             workers,
             set,
         } => launch_local(&config, processes, workers, &set),
-        Command::Score {
-            reward_model,
-            kind,
-            attributes,
-            logit_index,
-            max_tokens,
-            overlength,
-            chat_template,
-            input,
-            format,
-            output,
-            device,
-            tensor_parallel,
-        } => {
-            let reward = steerflow::config::RewardSection {
-                kind,
-                model: reward_model,
-                attributes: attribute_list(attributes),
-                logit_index,
-                max_tokens,
-                overlength,
-                chat_template,
-                tensor_parallel,
-            };
-            steerflow::score_responses(&reward, &input, &format, &output, &device).map(|report| {
-                eprintln!(
-                    "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {output}",
-                    report.scored, report.failed, report.rejected, report.truncated
-                );
-            })
-        }
+        Command::Score(args) => score(args),
         Command::Bench {
             prompts,
             samples,
@@ -363,9 +366,8 @@ fn launch_local(
     workers: usize,
     set: &[String],
 ) -> Result<(), JobError> {
-    let invalid = |m: String| JobError::Config(steerflow::config::ConfigError::Invalid(m));
     if processes == 0 {
-        return Err(invalid("--processes must be at least 1".into()));
+        return Err(invalid("--processes must be at least 1"));
     }
     let ports: Vec<u16> = (0..processes)
         .map(|_| {
@@ -437,7 +439,7 @@ fn runs(
 ) -> Result<(), JobError> {
     if let Some(config) = config {
         let config = load_config(config, &steerflow::config::env_overrides(std::env::vars()))?;
-        steerflow_pipeline::storage::configure(config.storage);
+        steerflow_pipeline::storage::configure(config.common.storage);
     }
     let location = steerflow_pipeline::storage::Location::parse(output, false)?;
     let rt = steerflow_pipeline::storage::io_runtime()?;
@@ -472,20 +474,6 @@ fn runs(
     Ok(())
 }
 
-/// `--attributes a,b,c` as a list, or a preset name.
-fn attribute_list(attributes: String) -> toml::Value {
-    if attributes.contains(',') {
-        toml::Value::Array(
-            attributes
-                .split(',')
-                .map(|a| toml::Value::String(a.trim().to_string()))
-                .collect(),
-        )
-    } else {
-        toml::Value::String(attributes)
-    }
-}
-
 /// `steerflow run`: any job kind, with a one-line account on stderr.
 fn run(
     config: &Path,
@@ -516,46 +504,7 @@ fn run(
         "threads"
     );
     let cluster = cluster.resolve(config.job.workers)?;
-    let summary = run_any_on(&config, &cluster)?;
-    let output = summary["output"].as_str().unwrap_or_default();
-    match summary["job"].as_str() {
-        _ if summary.get("committed_by").is_some() => eprintln!(
-            "steerflow: process {} of {}: its share of run {} is done; process 0 commits it to {output}",
-            summary["process"], summary["processes"], summary["run_id"].as_str().unwrap_or("?")
-        ),
-        Some("steerlm-annotate") => eprintln!(
-            "steerflow: {} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {output}",
-            summary["conversations"], summary["turns_labelled"], summary["turns_defaulted"], summary["rejected"],
-        ),
-        Some("helpsteer2-pairs") => eprintln!(
-            "steerflow: {} pairs from {} prompts ({} responses; dropped {}; {} records rejected) written to {output}",
-            summary["pairs"], summary["prompts"], summary["responses"], summary["dropped"], summary["rejected"],
-        ),
-        Some("filter-rank") => eprintln!(
-            "steerflow: {} of {} rows kept (removed by rule: {}) written to {output}",
-            summary["counts"]["kept"], summary["counts"]["rows"], summary["counts"]["removed_by"],
-        ),
-        Some("rm-eval") => {
-            eprintln!("steerflow: reward-model evaluation written to {output}: overall {}", summary["report"]["overall"])
-        }
-        _ if summary["up_to_date"] == true => eprintln!(
-            "steerflow: nothing new: every prompt of the input is committed in {output} (latest run {})",
-            summary["run_id"].as_str().unwrap_or("?")
-        ),
-        _ => {
-            let counts = &summary["counts"];
-            let throughput = &summary["throughput"];
-            let dropped: u64 =
-                counts["dropped"].as_object().map(|d| d.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
-            eprintln!(
-                "steerflow: {} pairs from {} prompts ({dropped} dropped, {} rejected) written to {output}; sampling {:.1} tokens/s, scoring {:.2} responses/s",
-                counts["pairs"],
-                counts["prompts"],
-                counts["rejected"],
-                throughput["sampling_tokens_per_second"].as_f64().unwrap_or(0.0),
-                throughput["scoring_responses_per_second"].as_f64().unwrap_or(0.0),
-            );
-        }
-    }
+    let summary = run_kind(&config, &cluster)?;
+    eprintln!("steerflow: {summary}");
     Ok(())
 }

@@ -17,8 +17,8 @@
 pub mod batching;
 pub mod chat_template;
 pub mod engine;
-pub mod generation;
 pub mod error;
+pub mod generation;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod judge;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The shape of a run: `processes` × `workers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub processes: usize,
     /// This process, 0-based; process 0 commits the run.

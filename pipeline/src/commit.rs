@@ -23,9 +23,9 @@
 //! config, the models and the seed, so a rerun after a crash writes the same bytes.
 
 use crate::digest::digest;
+use crate::formats::ShardFile;
 use crate::records::{PromptKey, PromptOutcome, ReadStats};
 use crate::reject::Reject;
-use crate::formats::ShardFile;
 use crate::storage::{Created, Location};
 use crate::PipelineError;
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,13 @@ pub struct Manifest {
     pub counts: serde_json::Value,
 }
 
+/// A commit-protocol file as pretty JSON; a value that cannot be serialised is an error, never an
+/// empty file.
+pub fn to_json(value: &impl Serialize, what: &str) -> Result<Vec<u8>, PipelineError> {
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| PipelineError::Worker(format!("cannot serialise {what}: {e}")))
+}
+
 /// The run state under one output location, seen by one launch.
 pub struct RunStore {
     pub output: Location,
@@ -167,7 +174,7 @@ impl RunStore {
 
     /// Creates `plan.json`, or checks that the one there is identical.
     pub async fn ensure_plan(&self, plan: &RunPlan) -> Result<(), PipelineError> {
-        let bytes = serde_json::to_vec_pretty(plan).unwrap_or_default();
+        let bytes = to_json(plan, "plan.json")?;
         let expected = bytes.clone();
         match self
             .output
@@ -222,7 +229,7 @@ impl RunStore {
         };
         self.output.put(&part_path, bytes).await?;
         crate::faults::point("part-written");
-        let marker_bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        let marker_bytes = to_json(&marker, "a shard marker")?;
         let writer = self.writer.clone();
         let created = self
             .output
@@ -268,7 +275,7 @@ impl RunStore {
     /// another launch of the same run committed it first (its manifest stands).
     pub async fn commit(&self, manifest: &Manifest) -> Result<bool, PipelineError> {
         crate::faults::point("before-commit");
-        let bytes = serde_json::to_vec_pretty(manifest).unwrap_or_default();
+        let bytes = to_json(manifest, COMMITTED)?;
         let writer = self.writer.clone();
         let created = self
             .output

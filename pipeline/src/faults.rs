@@ -1,14 +1,22 @@
 //! Crash points for the kill tests: `STEERFLOW_CRASH_AT=point[:n]` aborts the process (no
 //! unwinding, no cleanup, like SIGKILL) the n-th time (default: first) that `point` is reached.
 //! Points: `part-written`, `shard-marker`, `data-file`, `before-commit`, `committed`.
-//! Never set it outside tests.
+//!
+//! Compiled only with the `crash-points` feature, which the jobs crate turns on for its tests
+//! (a dev-dependency feature): a production build has no crash points, so no stray variable can
+//! abort a run.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+/// Marks that `name` was reached (nothing without the `crash-points` feature).
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn point(_name: &'static str) {}
 
-static HITS: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
+#[cfg(feature = "crash-points")]
+static HITS: std::sync::Mutex<Option<std::collections::HashMap<&'static str, u64>>> =
+    std::sync::Mutex::new(None);
 
 /// Marks that `name` was reached; aborts here if the environment asks for it.
+#[cfg(feature = "crash-points")]
 pub fn point(name: &'static str) {
     let Ok(spec) = std::env::var("STEERFLOW_CRASH_AT") else {
         return;
@@ -22,7 +30,7 @@ pub fn point(name: &'static str) {
     }
     let mut guard = HITS.lock().unwrap_or_else(|e| e.into_inner());
     let hits = guard
-        .get_or_insert_with(HashMap::new)
+        .get_or_insert_with(std::collections::HashMap::new)
         .entry(name)
         .or_default();
     *hits += 1;

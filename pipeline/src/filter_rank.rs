@@ -6,11 +6,9 @@
 //! Input rows (jsonl or parquet): `messages` ending with the assistant response, or `prompt` +
 //! `response`. Responses to the same conversation are one prompt's responses.
 
-use crate::reject::{enforce_limit, RejectLimit};
-use crate::sink::{
-    attributes_array, finish_dataset, messages_array, write_parquet_shard,
-};
 use crate::formats::{ExportFormat, Shard};
+use crate::reject::{enforce_limit, RejectLimit};
+use crate::sink::{attributes_array, finish_dataset, messages_array, write_parquet_shard};
 use crate::source::{read_prompts, InputFormat, RecordShape};
 use crate::spec::Normalization;
 use crate::storage::{io_runtime, Location};
@@ -62,31 +60,7 @@ pub fn run_filter_rank(
         })
         .collect();
     let goodness_values: Vec<f64> = attributes.iter().map(|a| goodness.goodness(a)).collect();
-    // Normalisation stats: the run, each prompt, or the reference.
-    let run_stats = NormStats::from_values(goodness_values.iter().copied());
-    let mut per_prompt: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for (id, g) in prompt_ids.iter().zip(&goodness_values) {
-        per_prompt.entry(id.as_str()).or_default().push(*g);
-    }
-    let prompt_stats: BTreeMap<&str, Option<NormStats>> = per_prompt
-        .iter()
-        .map(|(id, v)| (*id, NormStats::from_values(v.iter().copied())))
-        .collect();
-    let normalized: Vec<f64> = prompt_ids
-        .iter()
-        .zip(&goodness_values)
-        .map(|(id, &g)| {
-            let stats = match normalization {
-                Normalization::Reference(s) => Some(s),
-                Normalization::Run => run_stats,
-                Normalization::PerPrompt => prompt_stats.get(id.as_str()).copied().flatten(),
-            };
-            match stats {
-                Some(s) if g.is_finite() => normalize_goodness(g, &s),
-                _ => f64::NAN,
-            }
-        })
-        .collect();
+    let (normalized, per_prompt) = normalize_all(&prompt_ids, &goodness_values, normalization);
     let filter_rows: Vec<FilterRow> = (0..rows.len())
         .map(|i| {
             let mut scores: BTreeMap<String, f64> = names
@@ -105,61 +79,18 @@ pub fn run_filter_rank(
         .collect();
     let outcome = apply_filters(&filter_rows, rules);
     let keep: Vec<usize> = (0..rows.len()).filter(|&i| outcome.kept[i]).collect();
-    let conversations: Vec<Vec<Message>> = keep.iter().map(|&i| split[i].0.to_vec()).collect();
-    let kept_attributes: Vec<&[f64]> = keep.iter().map(|&i| attributes[i].as_slice()).collect();
-    let batch = RecordBatch::try_from_iter([
-        (
-            "prompt_id",
-            Arc::new(StringArray::from_iter_values(
-                keep.iter().map(|&i| prompt_ids[i].as_str()),
-            )) as ArrayRef,
-        ),
-        (
-            "id",
-            Arc::new(StringArray::from_iter_values(
-                keep.iter().map(|&i| rows[i].id.as_str()),
-            )) as ArrayRef,
-        ),
-        (
-            "messages",
-            Arc::new(messages_array(&conversations)) as ArrayRef,
-        ),
-        (
-            "response",
-            Arc::new(StringArray::from_iter_values(
-                keep.iter().map(|&i| split[i].1),
-            )) as ArrayRef,
-        ),
-        (
-            "attributes",
-            Arc::new(attributes_array(&names, &kept_attributes)) as ArrayRef,
-        ),
-        (
-            "goodness",
-            Arc::new(Float64Array::from_iter_values(
-                keep.iter().map(|&i| goodness_values[i]),
-            )) as ArrayRef,
-        ),
-        (
-            "normalized_goodness",
-            Arc::new(Float64Array::from_iter_values(
-                keep.iter().map(|&i| normalized[i]),
-            )) as ArrayRef,
-        ),
-        (
-            "rank",
-            Arc::new(Int32Array::from_iter_values(
-                keep.iter().map(|&i| outcome.rank[i] as i32),
-            )) as ArrayRef,
-        ),
-        (
-            "n_responses",
-            Arc::new(Int32Array::from_iter_values(
-                keep.iter()
-                    .map(|&i| per_prompt[prompt_ids[i].as_str()].len() as i32),
-            )),
-        ),
-    ])?;
+    let scored = ScoredRows {
+        ids: rows.iter().map(|r| r.id.as_str()).collect(),
+        split: &split,
+        prompt_ids: &prompt_ids,
+        names: &names,
+        attributes: &attributes,
+        goodness: &goodness_values,
+        normalized: &normalized,
+        rank: &outcome.rank,
+        responses_of_prompt: &per_prompt,
+    };
+    let batch = kept_batch(&scored, &keep)?;
     let summary = json!({
         "job": "filter-rank",
         "input": input,
@@ -194,4 +125,97 @@ pub fn run_filter_rank(
         description,
     )?;
     Ok(summary)
+}
+
+/// Normalised goodness of every row (by the run, its prompt, or the reference) and how many
+/// responses each prompt has.
+fn normalize_all(
+    prompt_ids: &[String],
+    goodness: &[f64],
+    normalization: Normalization,
+) -> (Vec<f64>, BTreeMap<String, usize>) {
+    let run_stats = NormStats::from_values(goodness.iter().copied());
+    let mut per_prompt: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (id, g) in prompt_ids.iter().zip(goodness) {
+        per_prompt.entry(id.as_str()).or_default().push(*g);
+    }
+    let prompt_stats: BTreeMap<&str, Option<NormStats>> = per_prompt
+        .iter()
+        .map(|(id, v)| (*id, NormStats::from_values(v.iter().copied())))
+        .collect();
+    let normalized = prompt_ids
+        .iter()
+        .zip(goodness)
+        .map(|(id, &g)| {
+            let stats = match normalization {
+                Normalization::Reference(s) => Some(s),
+                Normalization::Run => run_stats,
+                Normalization::PerPrompt => prompt_stats.get(id.as_str()).copied().flatten(),
+            };
+            match stats {
+                Some(s) if g.is_finite() => normalize_goodness(g, &s),
+                _ => f64::NAN,
+            }
+        })
+        .collect();
+    let counts = per_prompt
+        .into_iter()
+        .map(|(id, v)| (id.to_string(), v.len()))
+        .collect();
+    (normalized, counts)
+}
+
+/// Every scored row, column by column.
+struct ScoredRows<'a> {
+    ids: Vec<&'a str>,
+    split: &'a [(&'a [Message], &'a str)],
+    prompt_ids: &'a [String],
+    names: &'a [String],
+    attributes: &'a [Vec<f64>],
+    goodness: &'a [f64],
+    normalized: &'a [f64],
+    rank: &'a [u32],
+    responses_of_prompt: &'a BTreeMap<String, usize>,
+}
+
+/// The kept rows as the output's record batch.
+fn kept_batch(rows: &ScoredRows<'_>, keep: &[usize]) -> Result<RecordBatch, PipelineError> {
+    fn strings<'s>(keep: &[usize], f: impl Fn(usize) -> &'s str) -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(keep.iter().map(|&i| f(i))))
+    }
+    let floats = |v: &[f64]| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(keep.iter().map(|&i| v[i])))
+    };
+    let conversations: Vec<Vec<Message>> = keep.iter().map(|&i| rows.split[i].0.to_vec()).collect();
+    let kept_attributes: Vec<&[f64]> = keep
+        .iter()
+        .map(|&i| rows.attributes[i].as_slice())
+        .collect();
+    Ok(RecordBatch::try_from_iter([
+        ("prompt_id", strings(keep, |i| rows.prompt_ids[i].as_str())),
+        ("id", strings(keep, |i| rows.ids[i])),
+        (
+            "messages",
+            Arc::new(messages_array(&conversations)) as ArrayRef,
+        ),
+        ("response", strings(keep, |i| rows.split[i].1)),
+        (
+            "attributes",
+            Arc::new(attributes_array(rows.names, &kept_attributes)) as ArrayRef,
+        ),
+        ("goodness", floats(rows.goodness)),
+        ("normalized_goodness", floats(rows.normalized)),
+        (
+            "rank",
+            Arc::new(Int32Array::from_iter_values(
+                keep.iter().map(|&i| rows.rank[i] as i32),
+            )) as ArrayRef,
+        ),
+        (
+            "n_responses",
+            Arc::new(Int32Array::from_iter_values(keep.iter().map(|&i| {
+                rows.responses_of_prompt[rows.prompt_ids[i].as_str()] as i32
+            }))),
+        ),
+    ])?)
 }

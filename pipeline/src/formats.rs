@@ -72,3 +72,23 @@ impl Shard<'_> {
 pub fn shard_path(k: usize, n: usize) -> String {
     format!("data/train-{k:05}-of-{n:05}.parquet")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_follow_the_hub() {
+        assert_eq!(shard_path(0, 4), "data/train-00000-of-00004.parquet");
+        assert_eq!(shard_path(12, 100), "data/train-00012-of-00100.parquet");
+        let run = Shard {
+            k: 1,
+            n: 2,
+            run: Some("r1"),
+        };
+        assert_eq!(
+            ExportFormat::Nemo.path_of(run),
+            "nemo/r1/train-00001-of-00002.jsonl"
+        );
+    }
+}

@@ -5,7 +5,6 @@
 //! `input.path` is one file, or a folder (a local directory, or a URL ending in `/`) whose
 //! `.jsonl`, `.json` and `.parquet` files are read in name order.
 
-use crate::reject::Reject;
 use crate::source::{parse_batch, stream_jsonl, InputFormat, RecordShape, SourceOutput};
 use crate::storage::{input_error, io_runtime, Location};
 use crate::PipelineError;

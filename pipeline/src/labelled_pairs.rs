@@ -8,12 +8,12 @@
 //! or `attributes`, and an optional `prompt_id` (else the hash of the prompt's messages). Rows of
 //! one prompt are grouped; chosen = highest `by`, rejected = lowest, ties at the extremes dropped.
 
+use crate::formats::{ExportFormat, Shard};
 use crate::reject::{enforce_limit, Reject, RejectLimit};
 use crate::sink::{
     attributes_array, finish_dataset, messages_array, write_parquet_shard, write_text_exports,
     PairText, PromptRenderer,
 };
-use crate::formats::{ExportFormat, Shard};
 use crate::source::InputFormat;
 use crate::storage::{io_runtime, read_file, Location};
 use crate::PipelineError;
@@ -178,7 +178,7 @@ pub fn run_labelled_pairs(
     }
     enforce_limit(max_rejects, &rejects, records)?;
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
-    let mut pairs: Vec<(&LabelledResponse, &LabelledResponse, f64, usize)> = Vec::new();
+    let mut pairs: Vec<LabelledPair<'_>> = Vec::new();
     for group in groups.values() {
         let candidates: Vec<Candidate<'_>> = group
             .iter()
@@ -194,64 +194,7 @@ pub fn run_labelled_pairs(
             Err(reason) => *dropped.entry(reason.as_str().to_string()).or_default() += 1,
         }
     }
-    let prompts: Vec<Vec<Message>> = pairs.iter().map(|(c, _, _, _)| c.prompt.clone()).collect();
-    let chosen: Vec<Vec<Message>> = pairs
-        .iter()
-        .map(|(c, _, _, _)| vec![Message::new("assistant", c.response.clone())])
-        .collect();
-    let rejected: Vec<Vec<Message>> = pairs
-        .iter()
-        .map(|(_, r, _, _)| vec![Message::new("assistant", r.response.clone())])
-        .collect();
-    let chosen_attrs: Vec<&[f64]> = pairs
-        .iter()
-        .map(|(c, _, _, _)| c.attributes.as_slice())
-        .collect();
-    let rejected_attrs: Vec<&[f64]> = pairs
-        .iter()
-        .map(|(_, r, _, _)| r.attributes.as_slice())
-        .collect();
-    let batch = RecordBatch::try_from_iter([
-        (
-            "prompt_id",
-            Arc::new(StringArray::from_iter_values(
-                pairs.iter().map(|p| p.0.prompt_id.as_str()),
-            )) as ArrayRef,
-        ),
-        ("prompt", Arc::new(messages_array(&prompts)) as ArrayRef),
-        ("chosen", Arc::new(messages_array(&chosen)) as ArrayRef),
-        ("rejected", Arc::new(messages_array(&rejected)) as ArrayRef),
-        (
-            "chosen_score",
-            Arc::new(Float64Array::from_iter_values(
-                pairs.iter().map(|p| p.0.attributes[by_index]),
-            )) as ArrayRef,
-        ),
-        (
-            "rejected_score",
-            Arc::new(Float64Array::from_iter_values(
-                pairs.iter().map(|p| p.1.attributes[by_index]),
-            )) as ArrayRef,
-        ),
-        (
-            "margin",
-            Arc::new(Float64Array::from_iter_values(pairs.iter().map(|p| p.2))) as ArrayRef,
-        ),
-        (
-            "chosen_attributes",
-            Arc::new(attributes_array(names, &chosen_attrs)) as ArrayRef,
-        ),
-        (
-            "rejected_attributes",
-            Arc::new(attributes_array(names, &rejected_attrs)) as ArrayRef,
-        ),
-        (
-            "n_responses",
-            Arc::new(Int32Array::from_iter_values(
-                pairs.iter().map(|p| p.3 as i32),
-            )) as ArrayRef,
-        ),
-    ])?;
+    let batch = pairs_batch(&pairs, names, by_index)?;
     let report = LabelledPairsReport {
         responses: groups.values().map(|g| g.len() as u64).sum(),
         prompts: groups.len() as u64,
@@ -297,6 +240,75 @@ pub fn run_labelled_pairs(
     let description = format!("HelpSteer2-style pairs from labelled responses: chosen = higher `{by}`, equal `{by}` discarded.");
     finish_dataset(&out, rt, &files, &rejects, &summary, &description)?;
     Ok(report)
+}
+
+/// A chosen response, the rejected one, the margin and how many responses the prompt had.
+type LabelledPair<'a> = (&'a LabelledResponse, &'a LabelledResponse, f64, usize);
+
+/// The pairs as the conversational parquet's record batch.
+fn pairs_batch(
+    pairs: &[LabelledPair<'_>],
+    names: &[String],
+    by_index: usize,
+) -> Result<RecordBatch, PipelineError> {
+    let prompts: Vec<Vec<Message>> = pairs.iter().map(|(c, _, _, _)| c.prompt.clone()).collect();
+    let chosen: Vec<Vec<Message>> = pairs
+        .iter()
+        .map(|(c, _, _, _)| vec![Message::new("assistant", c.response.clone())])
+        .collect();
+    let rejected: Vec<Vec<Message>> = pairs
+        .iter()
+        .map(|(_, r, _, _)| vec![Message::new("assistant", r.response.clone())])
+        .collect();
+    let chosen_attrs: Vec<&[f64]> = pairs
+        .iter()
+        .map(|(c, _, _, _)| c.attributes.as_slice())
+        .collect();
+    let rejected_attrs: Vec<&[f64]> = pairs
+        .iter()
+        .map(|(_, r, _, _)| r.attributes.as_slice())
+        .collect();
+    Ok(RecordBatch::try_from_iter([
+        (
+            "prompt_id",
+            Arc::new(StringArray::from_iter_values(
+                pairs.iter().map(|p| p.0.prompt_id.as_str()),
+            )) as ArrayRef,
+        ),
+        ("prompt", Arc::new(messages_array(&prompts)) as ArrayRef),
+        ("chosen", Arc::new(messages_array(&chosen)) as ArrayRef),
+        ("rejected", Arc::new(messages_array(&rejected)) as ArrayRef),
+        (
+            "chosen_score",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.0.attributes[by_index]),
+            )) as ArrayRef,
+        ),
+        (
+            "rejected_score",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.1.attributes[by_index]),
+            )) as ArrayRef,
+        ),
+        (
+            "margin",
+            Arc::new(Float64Array::from_iter_values(pairs.iter().map(|p| p.2))) as ArrayRef,
+        ),
+        (
+            "chosen_attributes",
+            Arc::new(attributes_array(names, &chosen_attrs)) as ArrayRef,
+        ),
+        (
+            "rejected_attributes",
+            Arc::new(attributes_array(names, &rejected_attrs)) as ArrayRef,
+        ),
+        (
+            "n_responses",
+            Arc::new(Int32Array::from_iter_values(
+                pairs.iter().map(|p| p.3 as i32),
+            )) as ArrayRef,
+        ),
+    ])?)
 }
 
 #[cfg(test)]

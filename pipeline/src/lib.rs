@@ -9,11 +9,11 @@
 pub mod annotate;
 pub mod cluster;
 pub mod commit;
+pub mod dataflow;
+pub mod digest;
 pub mod error;
 pub mod faults;
 pub mod filter_rank;
-pub mod dataflow;
-pub mod digest;
 pub mod formats;
 pub mod input;
 pub mod inspect;

@@ -521,12 +521,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shard_names_follow_the_hub() {
-        assert_eq!(shard_path(0, 4), "data/train-00000-of-00004.parquet");
-        assert_eq!(shard_path(12, 100), "data/train-00012-of-00100.parquet");
-    }
-
-    #[test]
     fn readme_lists_exactly_the_files() {
         let file = |k: usize, format: ExportFormat| ShardFile {
             path: format.shard_path(k, 2),

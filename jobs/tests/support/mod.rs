@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod servers;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 

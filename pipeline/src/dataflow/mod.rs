@@ -19,6 +19,10 @@
 //! `PromptGroups`, `ShardCollector`), tested without timely; the operators only move records
 //! and call it: [`plan`] → [`sample`] → [`score`] → [`select`] → [`commit_shards`].
 
+// Samples and rejects travel by value as timely records; both are large, so boxing one side
+// of the Result buys nothing.
+#![allow(clippy::result_large_err)]
+
 mod commit_shards;
 mod groups;
 mod plan;
@@ -146,7 +150,11 @@ pub fn run_graph(
         }
         let counters = worker.counters.borrow().clone();
         let markers = std::mem::take(&mut *markers.borrow_mut());
-        Ok::<_, PipelineError>(WorkerResult { index: worker.index, counters, markers })
+        Ok::<_, PipelineError>(WorkerResult {
+            index: worker.index,
+            counters,
+            markers,
+        })
     })
     .map_err(PipelineError::Worker)?;
     let mut results = Vec::new();

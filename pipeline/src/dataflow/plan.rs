@@ -26,11 +26,7 @@ pub(crate) type Planned = Result<Prompt, Settled>;
 
 /// A reader's share after the incremental filter: new prompts, rejects not yet reported, and
 /// its counts for each of the `planners`.
-pub fn filter_share(
-    share: SourceOutput,
-    state: &RunState,
-    planners: usize,
-) -> Vec<ReadItem> {
+pub fn filter_share(share: SourceOutput, state: &RunState, planners: usize) -> Vec<ReadItem> {
     let mut stats = ReadStats {
         records: share.records,
         prompts: share.prompts.len() as u64,
@@ -173,7 +169,12 @@ impl<'s> PlanPrompts<'s> for StreamVec<'s, u64, ReadItem> {
                             for batch in data {
                                 for item in batch.drain(..) {
                                     match item {
-                                        ReadItem::Stats { stats: s, first_reject, failed, .. } => {
+                                        ReadItem::Stats {
+                                            stats: s,
+                                            first_reject,
+                                            failed,
+                                            ..
+                                        } => {
                                             if let Some(message) = failed {
                                                 failed_reader.get_or_insert(message);
                                             }
@@ -206,12 +207,20 @@ impl<'s> PlanPrompts<'s> for StreamVec<'s, u64, ReadItem> {
                         }
                         // Planner 0 settles the totals (into shard 0's part).
                         if worker.index == 0 {
-                            items.push(ReadItem::Stats { stats: total, first_reject: None, failed: None, to: 0 });
+                            items.push(ReadItem::Stats {
+                                stats: total,
+                                first_reject: None,
+                                failed: None,
+                                to: 0,
+                            });
                         }
                         let shards = worker.spec.shards;
-                        let (prompts, settle) = plan_items(std::mem::take(&mut items), shards, &resumed);
+                        let (prompts, settle) =
+                            plan_items(std::mem::take(&mut items), shards, &resumed);
                         worker.sample_bar.add_total(prompts.len() as u64);
-                        worker.score_bar.add_total(prompts.len() as u64 * worker.spec.samples_per_prompt as u64);
+                        worker.score_bar.add_total(
+                            prompts.len() as u64 * worker.spec.samples_per_prompt as u64,
+                        );
                         let mut session = output.session(&c);
                         session.give_iterator(settle.into_iter().map(Err));
                         session.give_iterator(prompts.into_iter().map(Ok));

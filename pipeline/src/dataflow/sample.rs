@@ -127,7 +127,8 @@ impl<'s> SamplePrompts<'s> for StreamVec<'s, u64, Prompt> {
     fn sample_prompts(self, worker: &Worker) -> StreamVec<'s, u64, Sampled> {
         let worker = worker.clone();
         let spec = &worker.spec;
-        let chunk = (4 * spec.engine.max_sequences / spec.samples_per_prompt.max(1) as usize).max(1);
+        let chunk =
+            (4 * spec.engine.max_sequences / spec.samples_per_prompt.max(1) as usize).max(1);
         let scope = self.scope();
         self.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Sampled>>, _, _, _>(
             Pipeline,
@@ -145,7 +146,12 @@ impl<'s> SamplePrompts<'s> for StreamVec<'s, u64, Prompt> {
                     if let (Some(c), false) = (cap.as_ref(), stash.is_empty()) {
                         let prompts: Vec<Prompt> = stash.drain(..chunk.min(stash.len())).collect();
                         // A shard that could not be committed stops the work.
-                        let out = sample_prompts(prompts, &worker, || worker.failed(), || worker.sample_bar.advance(1));
+                        let out = sample_prompts(
+                            prompts,
+                            &worker,
+                            || worker.failed(),
+                            || worker.sample_bar.advance(1),
+                        );
                         output.session(c).give_iterator(out.into_iter());
                         if worker.failed() {
                             stash.clear();

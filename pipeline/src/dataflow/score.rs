@@ -14,10 +14,7 @@ use timely::dataflow::StreamVec;
 /// Scores samples as they arrive: consecutive samples of one prompt go to the reward model
 /// together, so it can share their prompt's prefill (the judge) or batch them (trained heads).
 /// A failure leaves NaN attributes (never chosen, counted as unscored).
-fn score_samples(
-    samples: Vec<Sample>,
-    worker: &Worker,
-) -> Vec<ScoredSample> {
+fn score_samples(samples: Vec<Sample>, worker: &Worker) -> Vec<ScoredSample> {
     let started = Instant::now();
     let (spec, models) = (&worker.spec, &worker.models);
     let items: Vec<(&[steerflow_operators::records::Message], &str)> = samples

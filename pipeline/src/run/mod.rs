@@ -8,22 +8,27 @@
 //! 4. from all parts: run-wide stats, the data files, rejects, summary and report;
 //! 5. commit the manifest, then rewrite README, summary and report from the manifests.
 
-use crate::commit::{committed_manifests, new_writer_id, Manifest, RunPlan, RunStore, ShardPart, RUNS};
+use crate::commit::{
+    committed_manifests, new_writer_id, Manifest, RunPlan, RunStore, ShardPart, RUNS,
+};
 use crate::dataflow::run_graph;
-use crate::records::{PromptKey, PromptOutcome, ReadStats, RunState};
-use crate::progress::Progress;
-use crate::reject::{enforce_limit, Reject};
 use crate::formats::{Shard, ShardFile};
+use crate::progress::Progress;
+use crate::records::{PromptKey, PromptOutcome, ReadStats, RunState};
+use crate::reject::{enforce_limit, Reject};
 use crate::sink::{dataset_readme, write_run_shard, ModelIds};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, redact_url, Location};
-use crate::summary::{per_second, StageCounters};
+use crate::summary::StageCounters;
 use crate::PipelineError;
+use account::{report_for, run_summary, settled_counts, RunFacts};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use steerflow_operators::normalize::NormStats;
+
+mod account;
 
 /// What a finished run reports (also written as `summary.json`).
 #[derive(Debug, Clone)]
@@ -124,6 +129,73 @@ pub fn run_iterative_dpo(
 
     let spec = Arc::new(spec);
     let progress = Progress::new();
+    let counters = run_dataflow(&spec, &models, files, state, &store, &progress)?;
+    if !spec.cluster.is_leader() {
+        tracing::info!(run = %plan.run_id, process = spec.cluster.process, "this process's share is done; process 0 commits the run");
+        return Ok(share_done(&spec, &plan.run_id, counters));
+    }
+    let settled = gather_parts(&store, &spec, rt)?;
+    enforce_limit(spec.max_rejects, &settled.rejects, settled.read.records)?;
+    if settled.keys.is_empty() && settled.rejects.is_empty() && !committed.is_empty() {
+        tracing::info!(run = %plan.run_id, "nothing new to do: the input changed but holds no prompt the committed runs did not settle");
+        return up_to_date(&output, rt, &committed, &spec);
+    }
+    let facts = Launch {
+        spec: &spec,
+        ids: &ids,
+        run_id: &plan.run_id,
+        counters: &counters,
+        started,
+        progress: &progress,
+        incremental: json!({
+            "records_read": settled.read.records,
+            "prompts_in_input": settled.read.prompts,
+            "prompts_already_committed": settled.read.already_committed,
+            "prompts_new": settled.keys.len(),
+            "earlier_runs": after_runs,
+            "resumed_shards": resumed_shards,
+        }),
+    };
+    let (files, rejects_file, summary) = write_run(&output, rt, &models, &settled, facts)?;
+    let manifest = Manifest {
+        run_id: plan.run_id.clone(),
+        lineage,
+        writer: writer.clone(),
+        committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        input: redact_url(&spec.input),
+        input_identity,
+        prompts: settled.keys.clone(),
+        input_rejects: settled.input_reject_keys.clone(),
+        files: files.clone(),
+        rejects_file,
+        summary_file: format!("{RUNS}/{}/summary.json", plan.run_id),
+        counts: summary["counts"].clone(),
+    };
+    commit_and_publish(
+        &output,
+        rt,
+        &store,
+        &manifest,
+        &spec.description,
+        &settled.markers,
+    )?;
+    Ok(RunReport {
+        summary,
+        files,
+        counters,
+        rejects: settled.rejects,
+    })
+}
+
+/// Runs the graph over this process's workers; the work they did, merged.
+fn run_dataflow(
+    spec: &Arc<RunSpec>,
+    models: &Models,
+    files: Vec<crate::input::InputFile>,
+    state: RunState,
+    store: &Arc<RunStore>,
+    progress: &Progress,
+) -> Result<StageCounters, PipelineError> {
     // Timely waits forever for peers that never come; give up after the configured time.
     let on_timeout = spec.cluster.on_connect_timeout;
     let watch = crate::cluster::ConnectWatch::start(&spec.cluster, move |message| {
@@ -139,59 +211,78 @@ pub fn run_iterative_dpo(
         Arc::new(files),
         Arc::new(state),
         store.clone(),
-        &progress,
+        progress,
         watch.flag(),
     )?;
     let mut counters = StageCounters::default();
     for r in &results {
         counters.merge(&r.counters);
     }
-    if !spec.cluster.is_leader() {
-        tracing::info!(run = %plan.run_id, process = spec.cluster.process, "this process's share is done; process 0 commits the run");
-        return Ok(RunReport {
-            summary: json!({
-                "job": "iterative-dpo",
-                "run_id": plan.run_id,
-                "output": redact_url(&spec.output),
-                "process": spec.cluster.process,
-                "processes": spec.cluster.processes,
-                "committed_by": 0,
-                "tokens": {
-                    "prompt_tokens_prefilled": counters.prompt_tokens_prefilled,
-                    "tokens_decoded": counters.tokens_decoded,
-                    "tokens_scored": counters.tokens_scored,
-                    "prompts_sampled": counters.prompts_sampled,
-                },
-            }),
-            files: Vec::new(),
-            counters,
-            rejects: Vec::new(),
-        });
-    }
+    Ok(counters)
+}
 
-    // Every shard is committed now; the rest is a pure function of the parts.
+/// The account of a process other than 0: its share is done, process 0 commits.
+fn share_done(spec: &RunSpec, run_id: &str, counters: StageCounters) -> RunReport {
+    RunReport {
+        summary: json!({
+            "job": "iterative-dpo",
+            "run_id": run_id,
+            "output": redact_url(&spec.output),
+            "process": spec.cluster.process,
+            "processes": spec.cluster.processes,
+            "committed_by": 0,
+            "tokens": {
+                "prompt_tokens_prefilled": counters.prompt_tokens_prefilled,
+                "tokens_decoded": counters.tokens_decoded,
+                "tokens_scored": counters.tokens_scored,
+                "prompts_sampled": counters.prompts_sampled,
+            },
+        }),
+        files: Vec::new(),
+        counters,
+        rejects: Vec::new(),
+    }
+}
+
+/// Everything the winning parts of a run hold, in a fixed order.
+struct SettledRun {
+    markers: BTreeMap<usize, crate::commit::ShardMarker>,
+    parts: Vec<ShardPart>,
+    read: ReadStats,
+    /// Every prompt settled, sorted.
+    keys: Vec<PromptKey>,
+    input_reject_keys: Vec<String>,
+    /// Input and sampling rejects, sorted by file, record and reason.
+    rejects: Vec<Reject>,
+}
+
+/// Reads the winning part of every shard (all are committed once the graph is done).
+fn gather_parts(
+    store: &RunStore,
+    spec: &RunSpec,
+    rt: &tokio::runtime::Runtime,
+) -> Result<SettledRun, PipelineError> {
     let markers = rt.block_on(store.markers())?;
     if let Some(missing) = (0..spec.shards).find(|k| !markers.contains_key(k)) {
         return Err(PipelineError::Worker(format!(
             "shard {missing} of run {} has no marker after the graph finished",
-            plan.run_id
+            store.run_id
         )));
     }
     let parts = markers
         .values()
         .map(|m| rt.block_on(store.read_part(m)))
         .collect::<Result<Vec<_>, _>>()?;
-    let outcomes: Vec<&PromptOutcome> = parts.iter().flat_map(|p| &p.outcomes).collect();
     let mut read = ReadStats::default();
     for p in &parts {
         read.add(&p.read_stats);
     }
     let input_rejects: Vec<&Reject> = parts.iter().flat_map(|p| &p.input_rejects).collect();
-    let mut settled_keys: Vec<PromptKey> = parts
+    let mut keys: Vec<PromptKey> = parts
         .iter()
         .flat_map(|p| p.settled.iter().cloned())
         .collect();
-    settled_keys.sort();
+    keys.sort();
     let mut input_reject_keys: Vec<String> = input_rejects.iter().map(|r| r.key()).collect();
     input_reject_keys.sort();
     let mut rejects: Vec<Reject> = input_rejects.iter().map(|r| (*r).clone()).collect();
@@ -203,12 +294,38 @@ pub fn run_iterative_dpo(
             b.reason.as_str(),
         ))
     });
-    enforce_limit(spec.max_rejects, &rejects, read.records)?;
-    if settled_keys.is_empty() && rejects.is_empty() && !committed.is_empty() {
-        tracing::info!(run = %plan.run_id, "nothing new to do: the input changed but holds no prompt the committed runs did not settle");
-        return up_to_date(&output, rt, &committed, &spec);
-    }
+    Ok(SettledRun {
+        markers,
+        parts,
+        read,
+        keys,
+        input_reject_keys,
+        rejects,
+    })
+}
 
+/// What this launch knows beyond the parts, for the summary.
+struct Launch<'a> {
+    spec: &'a RunSpec,
+    ids: &'a ModelIds,
+    run_id: &'a str,
+    counters: &'a StageCounters,
+    started: Instant,
+    progress: &'a Progress,
+    incremental: serde_json::Value,
+}
+
+/// Writes the run's data files, rejects, summary and report from its parts (the same bytes
+/// however often the run was resumed); returns the files, the rejects file and the summary.
+fn write_run(
+    output: &Location,
+    rt: &tokio::runtime::Runtime,
+    models: &Models,
+    settled: &SettledRun,
+    launch: Launch<'_>,
+) -> Result<(Vec<ShardFile>, Option<String>, serde_json::Value), PipelineError> {
+    let (spec, run_id) = (launch.spec, launch.run_id);
+    let outcomes: Vec<&PromptOutcome> = settled.parts.iter().flat_map(|p| &p.outcomes).collect();
     let run_stats = NormStats::from_values(
         outcomes
             .iter()
@@ -217,99 +334,80 @@ pub fn run_iterative_dpo(
     let text = models.policy.model().text();
     let render = |messages: &[steerflow_operators::records::Message]| text.render(messages, true);
     let mut files = Vec::new();
-    for part in &parts {
+    for part in &settled.parts {
         let shard_outcomes: Vec<&PromptOutcome> = part.outcomes.iter().collect();
         files.extend(write_run_shard(
-            &output,
+            output,
             rt,
-            &spec,
-            &ids,
+            spec,
+            launch.ids,
             &shard_outcomes,
             run_stats.as_ref(),
             &render,
             Shard {
                 k: part.shard,
                 n: spec.shards,
-                run: Some(&plan.run_id),
+                run: Some(run_id),
             },
         )?);
         crate::faults::point("data-file");
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let rejects_file = (!rejects.is_empty()).then(|| format!("rejects/{}.jsonl", plan.run_id));
+    let rejects = &settled.rejects;
+    let rejects_file = (!rejects.is_empty()).then(|| format!("rejects/{run_id}.jsonl"));
     if let Some(path) = &rejects_file {
-        rt.block_on(output.put(path, crate::reject::rejects_jsonl(&rejects)))?;
+        rt.block_on(output.put(path, crate::reject::rejects_jsonl(rejects)))?;
     }
-
-    let counts = settled_counts(&outcomes, &rejects, &parts);
-    let elapsed = started.elapsed().as_secs_f64();
+    let counts = settled_counts(&outcomes, rejects, &settled.parts);
     let summary = run_summary(RunFacts {
-        spec: &spec,
-        ids: &ids,
-        run_id: &plan.run_id,
+        spec,
+        ids: launch.ids,
+        run_id,
         counts: &counts,
         run_stats,
-        counters: &counters,
-        elapsed,
+        counters: launch.counters,
+        elapsed: launch.started.elapsed().as_secs_f64(),
         files: &files,
-        incremental: json!({
-            "records_read": read.records,
-            "prompts_in_input": read.prompts,
-            "prompts_already_committed": read.already_committed,
-            "prompts_new": settled_keys.len(),
-            "earlier_runs": after_runs,
-            "resumed_shards": resumed_shards,
-        }),
-        timeline: progress.timeline(),
+        incremental: launch.incremental,
+        timeline: launch.progress.timeline(),
     });
-    let report = report_for(&spec, &ids, &outcomes, &summary);
-    let summary_file = format!("{RUNS}/{}/summary.json", plan.run_id);
+    let report = report_for(spec, launch.ids, &outcomes, &summary);
     rt.block_on(async {
         output
             .put(
-                &summary_file,
-                serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+                &format!("{RUNS}/{run_id}/summary.json"),
+                crate::commit::to_json(&summary, "summary.json")?,
             )
             .await?;
         output
-            .put(
-                &format!("{RUNS}/{}/report.html", plan.run_id),
-                report.into_bytes(),
-            )
+            .put(&format!("{RUNS}/{run_id}/report.html"), report.into_bytes())
             .await
     })?;
+    Ok((files, rejects_file, summary))
+}
 
-    let manifest = Manifest {
-        run_id: plan.run_id.clone(),
-        lineage,
-        writer: writer.clone(),
-        committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        input: redact_url(&spec.input),
-        input_identity,
-        prompts: settled_keys,
-        input_rejects: input_reject_keys,
-        files: files.clone(),
-        rejects_file,
-        summary_file,
-        counts: summary["counts"].clone(),
-    };
-    if rt.block_on(store.commit(&manifest))? {
-        tracing::info!(run = %plan.run_id, "run committed");
+/// Commits the manifest (the first launch to create it wins), rewrites the output's README,
+/// summary and report from every manifest, and deletes losing attempts' parts.
+fn commit_and_publish(
+    output: &Location,
+    rt: &tokio::runtime::Runtime,
+    store: &RunStore,
+    manifest: &Manifest,
+    description: &str,
+    markers: &BTreeMap<usize, crate::commit::ShardMarker>,
+) -> Result<(), PipelineError> {
+    if rt.block_on(store.commit(manifest))? {
+        tracing::info!(run = %manifest.run_id, "run committed");
     } else {
-        tracing::info!(run = %plan.run_id, "another launch of the same run committed it first; its commit stands");
+        tracing::info!(run = %manifest.run_id, "another launch of the same run committed it first; its commit stands");
     }
-    let all = rt.block_on(committed_manifests(&output))?;
-    publish(&output, rt, &all, &spec.description)?;
-    let swept = rt.block_on(store.sweep_parts(&markers))?;
+    let all = rt.block_on(committed_manifests(output))?;
+    publish(output, rt, &all, description)?;
+    let swept = rt.block_on(store.sweep_parts(markers))?;
     if !swept.is_empty() {
         tracing::info!(swept = swept.len(), "removed the parts of losing attempts");
     }
-    Ok(RunReport {
-        summary,
-        files,
-        counters,
-        rejects,
-    })
+    Ok(())
 }
 
 /// Nothing new in the input: make sure the output's README and top-level files reflect the
@@ -369,7 +467,7 @@ pub fn publish(
         output
             .put(
                 "summary.json",
-                serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+                crate::commit::to_json(&summary, "summary.json")?,
             )
             .await?;
         let mut readme = dataset_readme(&files, description, &summary);
@@ -385,157 +483,4 @@ pub fn publish(
         }
         output.put("README.md", readme.into_bytes()).await
     })
-}
-
-/// Counts that depend only on the run's parts and input: identical for a resumed run.
-fn settled_counts(
-    outcomes: &[&PromptOutcome],
-    rejects: &[Reject],
-    parts: &[ShardPart],
-) -> serde_json::Value {
-    let samples: Vec<_> = outcomes.iter().flat_map(|o| &o.samples).collect();
-    let mut finish_reasons = BTreeMap::<String, u64>::new();
-    let mut unscored_by_reason = BTreeMap::<String, u64>::new();
-    for s in &samples {
-        *finish_reasons
-            .entry(s.sample.finish.as_str().to_string())
-            .or_default() += 1;
-        if let Some(reason) = &s.unscored {
-            *unscored_by_reason.entry(reason.clone()).or_default() += 1;
-        }
-    }
-    let mut dropped = BTreeMap::<String, u64>::new();
-    for o in outcomes {
-        if let Some(reason) = o.dropped {
-            *dropped.entry(reason.as_str().to_string()).or_default() += 1;
-        }
-    }
-    let mut rejected_by_reason = BTreeMap::<String, u64>::new();
-    for r in rejects {
-        *rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
-    }
-    let scored = samples.iter().filter(|s| s.goodness.is_finite()).count();
-    let prompts_rejected_in_sampling: usize = parts.iter().map(|p| p.rejects.len()).sum();
-    json!({
-        "prompts": outcomes.len() + prompts_rejected_in_sampling,
-        "prompts_sampled": outcomes.len(),
-        "samples": samples.len(),
-        "samples_scored": scored,
-        "samples_unscored": samples.len() - scored,
-        "unscored_by_reason": unscored_by_reason,
-        "reward_overlength_skipped": unscored_by_reason.get("context_overflow").copied().unwrap_or(0),
-        "reward_overlength_truncated": samples.iter().filter(|s| s.dropped_turns > 0).count(),
-        "pairs": outcomes.iter().filter(|o| o.pair.is_some()).count(),
-        "dropped": dropped,
-        "rejected": rejects.len(),
-        "rejected_by_reason": rejected_by_reason,
-        "finish_reasons": finish_reasons,
-        "prompt_tokens": outcomes.iter().map(|o| o.samples.first().map(|s| s.sample.prompt_tokens as u64).unwrap_or(0)).sum::<u64>(),
-        "response_tokens": samples.iter().map(|s| s.sample.new_tokens as u64).sum::<u64>(),
-        "tokens_scored": samples.iter().map(|s| s.scored_tokens).sum::<u64>(),
-    })
-}
-
-struct RunFacts<'a> {
-    spec: &'a RunSpec,
-    ids: &'a ModelIds,
-    run_id: &'a str,
-    counts: &'a serde_json::Value,
-    run_stats: Option<NormStats>,
-    counters: &'a StageCounters,
-    elapsed: f64,
-    files: &'a [ShardFile],
-    incremental: serde_json::Value,
-    timeline: serde_json::Value,
-}
-
-/// `summary.json`: `counts` describe the run's rows (the same however often it was resumed);
-/// `tokens`, `timings` and `throughput` describe the work this launch did.
-fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
-    let (spec, c) = (f.spec, f.counters);
-    let sampling = &spec.generation.sampling;
-    json!({
-        "job": "iterative-dpo",
-        "run_id": f.run_id,
-        "input": redact_url(&spec.input),
-        "output": redact_url(&spec.output),
-        "policy": f.ids.policy,
-        "scorer": f.ids.scorer,
-        "attributes": f.ids.attribute_names,
-        "seed": spec.seed,
-        "workers": spec.workers,
-        "processes": spec.cluster.processes,
-        "sampling": {
-            "samples_per_prompt": spec.samples_per_prompt,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k,
-            "max_new_tokens": spec.generation.max_new_tokens,
-            "stop": spec.generation.stop,
-        },
-        "goodness": { "preset": spec.goodness_preset, "normalization": spec.normalization.name(), "run_stats": f.run_stats },
-        "pairs": { "min_margin": spec.min_margin },
-        "counts": f.counts,
-        "incremental": f.incremental,
-        "tokens": {
-            "prompt_tokens_prefilled": c.prompt_tokens_prefilled,
-            "tokens_decoded": c.tokens_decoded,
-            "tokens_scored": c.tokens_scored,
-            "prompts_sampled": c.prompts_sampled,
-        },
-        "timings": {
-            "total_seconds": f.elapsed,
-            "sampling_busy_seconds": c.sampling_seconds,
-            "prefill_busy_seconds": c.prefill_seconds,
-            "decode_busy_seconds": c.decode_seconds,
-            "scoring_busy_seconds": c.scoring_seconds,
-        },
-        "throughput": {
-            "sampling_tokens_per_second": per_second(c.tokens_decoded, c.sampling_seconds, spec.workers),
-            "prefill_tokens_per_second": per_second(c.prompt_tokens_prefilled, c.prefill_seconds, spec.workers),
-            "decode_tokens_per_second": per_second(c.tokens_decoded, c.decode_seconds, spec.workers),
-            "tokens_scored_per_second": per_second(c.tokens_scored, c.scoring_seconds, spec.workers),
-            "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, spec.workers),
-        },
-        "files": f.files,
-        "timeline": f.timeline,
-    })
-}
-
-/// The run's `report.html`.
-fn report_for(
-    spec: &RunSpec,
-    ids: &ModelIds,
-    outcomes: &[&PromptOutcome],
-    summary: &serde_json::Value,
-) -> String {
-    let responses: Vec<crate::report::ResponseStat> = outcomes
-        .iter()
-        .flat_map(|o| &o.samples)
-        .map(|s| crate::report::ResponseStat {
-            goodness: s.goodness,
-            attributes: s.attributes.clone(),
-            length_chars: s.sample.text.chars().count(),
-        })
-        .collect();
-    let margins: Vec<f64> = outcomes
-        .iter()
-        .filter_map(|o| o.pair.map(|(_, _, m)| m))
-        .collect();
-    let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
-    crate::report::report_html(
-        &format!("steerflow run: {}", redact_url(&spec.output)),
-        &ids.attribute_names,
-        &responses,
-        &margins,
-        &rejects_by_reason,
-        summary,
-    )
 }

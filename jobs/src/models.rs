@@ -1,0 +1,172 @@
+//! Models for a job: which devices, and the policy and reward model a config names, located
+//! (installed on first use for `default`) and loaded.
+
+use crate::config::sections::{Common, Device, RewardKind, RewardSection};
+use crate::error::{invalid, JobError};
+use std::sync::Arc;
+use steerflow_models::chat_template::named_template;
+use steerflow_models::hf::{HeadKind, HfModel};
+use steerflow_models::judge::{helpsteer2_attributes, Judge};
+use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::policy::Policy;
+use steerflow_models::registry::{locate_model, ModelLocation};
+use steerflow_models::reward::{NextTokenLogitReward, SequenceClassifierReward};
+use steerflow_models::TemplatedModel;
+use steerflow_models::{LanguageModel, RewardModel};
+use steerflow_operators::attributes::HELPSTEER2;
+use steerflow_operators::steerlm::steer_label;
+use steerflow_pipeline::spec::Models;
+
+/// The score names a reward section names; the judge rates the five HelpSteer2 attributes only.
+pub fn reward_names(reward: &RewardSection) -> Result<Vec<String>, JobError> {
+    let names = reward.attributes.names();
+    if reward.kind == RewardKind::Judge
+        && names != HELPSTEER2.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    {
+        return Err(invalid(
+            "the judge rates the five HelpSteer2 attributes (reward.attributes = \"helpsteer2\")",
+        ));
+    }
+    Ok(names)
+}
+
+/// `count` devices from `job.device`: the CPU, or GPUs N, N + 1, ... A build without the `cuda`
+/// feature says so.
+pub fn devices(spec: Device, count: usize) -> Result<Vec<candle_core::Device>, JobError> {
+    let first = match spec {
+        Device::Cpu => return Ok(vec![candle_core::Device::Cpu; count.max(1)]),
+        Device::Cuda(n) => n,
+    };
+    (first..first + count.max(1))
+        .map(|ordinal| {
+            candle_core::Device::new_cuda(ordinal).map_err(|e| {
+                invalid(format!(
+                    "job.device `{spec}`: GPU {ordinal} is not usable: {e} (a build with `--features cuda` and a CUDA driver are needed: docs/gpu.md)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Loads a model that generates text: a GGUF file or a causal-LM checkpoint, on `device`.
+pub fn load_language_model(
+    spec: &str,
+    device: &candle_core::Device,
+) -> Result<Arc<dyn LanguageModel>, JobError> {
+    Ok(match locate_model(spec)? {
+        ModelLocation::Gguf(path) => {
+            tracing::info!(model = %path.display(), "loading GGUF model");
+            Arc::new(GgufLlama::load(&path, device)?)
+        }
+        ModelLocation::HfDir(dir) => {
+            tracing::info!(model = %dir.display(), "loading checkpoint");
+            Arc::new(HfModel::load(&dir, HeadKind::CausalLm, device)?.into_language_model()?)
+        }
+    })
+}
+
+/// Loads the reward model a reward section describes (`policy` reuses `policy`).
+/// `device` is `job.device`; `reward.tensor_parallel` ranks start there.
+pub fn load_reward_model(
+    reward: &RewardSection,
+    policy: Option<&Arc<dyn LanguageModel>>,
+    device: Device,
+) -> Result<Arc<dyn RewardModel>, JobError> {
+    let names = reward_names(reward)?;
+    let ranks = reward.tensor_parallel;
+    if ranks == 0 {
+        return Err(invalid("reward.tensor_parallel must be at least 1"));
+    }
+    if ranks > 1 && reward.kind == RewardKind::Judge {
+        return Err(invalid(
+            "reward.tensor_parallel applies to checkpoint reward models (sequence-classification, next-token-logit), not to the judge",
+        ));
+    }
+    let devices = devices(device, ranks)?;
+    let checkpoint = |kind: HeadKind| -> Result<HfModel, JobError> {
+        let model = match locate_model(&reward.model)? {
+            ModelLocation::HfDir(dir) if ranks > 1 => {
+                tracing::info!(model = %dir.display(), ranks, "loading a tensor-parallel reward model");
+                HfModel::load_parallel(&dir, kind, &devices)?
+            }
+            ModelLocation::HfDir(dir) => HfModel::load(&dir, kind, &devices[0])?,
+            ModelLocation::Gguf(path) => {
+                return Err(invalid(format!(
+                    "reward.kind `{}` needs a Hugging Face checkpoint directory, not {}",
+                    reward.kind.as_str(),
+                    path.display()
+                )))
+            }
+        };
+        Ok(match reward.chat_template.as_str() {
+            "model" => model,
+            name => model.with_chat_template(&named_template(name)?)?,
+        })
+    };
+    Ok(match reward.kind {
+        RewardKind::Judge => {
+            let model = match (reward.model.as_str(), policy) {
+                ("policy", Some(p)) => p.clone(),
+                ("policy", None) => {
+                    return Err(invalid("reward.model = \"policy\" needs a policy model"))
+                }
+                (other, _) => load_language_model(other, &devices[0])?,
+            };
+            Arc::new(Judge::new(
+                with_chat_template(model, &reward.chat_template)?,
+                helpsteer2_attributes(),
+            )?)
+        }
+        RewardKind::SequenceClassification => Arc::new(SequenceClassifierReward::new(
+            checkpoint(HeadKind::SequenceClassification)?,
+            names,
+            reward.max_tokens,
+            reward.overlength.into(),
+        )?),
+        RewardKind::NextTokenLogit => Arc::new(NextTokenLogitReward::new(
+            checkpoint(HeadKind::CausalLm)?,
+            reward.logit_index,
+            reward.max_tokens,
+            reward.overlength.into(),
+        )?),
+    })
+}
+
+/// `model` with the chat template `policy.chat_template` names (`model` keeps its own).
+pub fn with_chat_template(
+    model: Arc<dyn LanguageModel>,
+    template: &str,
+) -> Result<Arc<dyn LanguageModel>, JobError> {
+    Ok(match template {
+        "model" => model,
+        name => Arc::new(TemplatedModel::new(model, &named_template(name)?)?),
+    })
+}
+
+/// Loads the models a config names: the policy, and the reward model (the judge may be the
+/// policy model itself).
+pub fn load_models(config: &Common) -> Result<Models, JobError> {
+    let device = devices(config.job.device, 1)?.remove(0);
+    let model = load_language_model(&config.policy.model, &device)?;
+    // A judge that is the policy model rates with the model's own template.
+    let reward = load_reward_model(&config.reward, Some(&model), config.job.device)?;
+    let policy_model = with_chat_template(model, &config.policy.chat_template)?;
+    let mut policy = Policy::new(policy_model);
+    if !config.sampling.steer.is_empty() {
+        let label = steer_label(&config.sampling.steer)
+            .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
+        policy = policy
+            .with_steer(&label)
+            .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
+    }
+    Ok(Models { policy, reward })
+}
+
+/// The reward model of a scoring-only job; `reward.model = "policy"` means `policy.model`.
+pub fn scoring_reward_model(config: &Common) -> Result<Arc<dyn RewardModel>, JobError> {
+    let mut reward_section = config.reward.clone();
+    if reward_section.model == "policy" {
+        reward_section.model = config.policy.model.clone();
+    }
+    load_reward_model(&reward_section, None, config.job.device)
+}

@@ -1,0 +1,167 @@
+//! The account of an iterative-DPO run: counts that depend only on its parts (the same however
+//! often it was resumed), `summary.json` and `report.html`.
+
+use crate::commit::ShardPart;
+use crate::formats::ShardFile;
+use crate::records::PromptOutcome;
+use crate::reject::Reject;
+use crate::sink::ModelIds;
+use crate::spec::RunSpec;
+use crate::storage::redact_url;
+use crate::summary::{per_second, StageCounters};
+use serde_json::json;
+use std::collections::BTreeMap;
+use steerflow_operators::normalize::NormStats;
+
+/// Counts that depend only on the run's parts and input: identical for a resumed run.
+pub(super) fn settled_counts(
+    outcomes: &[&PromptOutcome],
+    rejects: &[Reject],
+    parts: &[ShardPart],
+) -> serde_json::Value {
+    let samples: Vec<_> = outcomes.iter().flat_map(|o| &o.samples).collect();
+    let mut finish_reasons = BTreeMap::<String, u64>::new();
+    let mut unscored_by_reason = BTreeMap::<String, u64>::new();
+    for s in &samples {
+        *finish_reasons
+            .entry(s.sample.finish.as_str().to_string())
+            .or_default() += 1;
+        if let Some(reason) = &s.unscored {
+            *unscored_by_reason.entry(reason.clone()).or_default() += 1;
+        }
+    }
+    let mut dropped = BTreeMap::<String, u64>::new();
+    for o in outcomes {
+        if let Some(reason) = o.dropped {
+            *dropped.entry(reason.as_str().to_string()).or_default() += 1;
+        }
+    }
+    let mut rejected_by_reason = BTreeMap::<String, u64>::new();
+    for r in rejects {
+        *rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
+    }
+    let scored = samples.iter().filter(|s| s.goodness.is_finite()).count();
+    let prompts_rejected_in_sampling: usize = parts.iter().map(|p| p.rejects.len()).sum();
+    json!({
+        "prompts": outcomes.len() + prompts_rejected_in_sampling,
+        "prompts_sampled": outcomes.len(),
+        "samples": samples.len(),
+        "samples_scored": scored,
+        "samples_unscored": samples.len() - scored,
+        "unscored_by_reason": unscored_by_reason,
+        "reward_overlength_skipped": unscored_by_reason.get("context_overflow").copied().unwrap_or(0),
+        "reward_overlength_truncated": samples.iter().filter(|s| s.dropped_turns > 0).count(),
+        "pairs": outcomes.iter().filter(|o| o.pair.is_some()).count(),
+        "dropped": dropped,
+        "rejected": rejects.len(),
+        "rejected_by_reason": rejected_by_reason,
+        "finish_reasons": finish_reasons,
+        "prompt_tokens": outcomes.iter().map(|o| o.samples.first().map(|s| s.sample.prompt_tokens as u64).unwrap_or(0)).sum::<u64>(),
+        "response_tokens": samples.iter().map(|s| s.sample.new_tokens as u64).sum::<u64>(),
+        "tokens_scored": samples.iter().map(|s| s.scored_tokens).sum::<u64>(),
+    })
+}
+
+pub(super) struct RunFacts<'a> {
+    pub(super) spec: &'a RunSpec,
+    pub(super) ids: &'a ModelIds,
+    pub(super) run_id: &'a str,
+    pub(super) counts: &'a serde_json::Value,
+    pub(super) run_stats: Option<NormStats>,
+    pub(super) counters: &'a StageCounters,
+    pub(super) elapsed: f64,
+    pub(super) files: &'a [ShardFile],
+    pub(super) incremental: serde_json::Value,
+    pub(super) timeline: serde_json::Value,
+}
+
+/// `summary.json`: `counts` describe the run's rows (the same however often it was resumed);
+/// `tokens`, `timings` and `throughput` describe the work this launch did.
+pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
+    let (spec, c) = (f.spec, f.counters);
+    let sampling = &spec.generation.sampling;
+    json!({
+        "job": "iterative-dpo",
+        "run_id": f.run_id,
+        "input": redact_url(&spec.input),
+        "output": redact_url(&spec.output),
+        "policy": f.ids.policy,
+        "scorer": f.ids.scorer,
+        "attributes": f.ids.attribute_names,
+        "seed": spec.seed,
+        "workers": spec.workers,
+        "processes": spec.cluster.processes,
+        "sampling": {
+            "samples_per_prompt": spec.samples_per_prompt,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "max_new_tokens": spec.generation.max_new_tokens,
+            "stop": spec.generation.stop,
+        },
+        "goodness": { "preset": spec.goodness_preset, "normalization": spec.normalization.name(), "run_stats": f.run_stats },
+        "pairs": { "min_margin": spec.min_margin },
+        "counts": f.counts,
+        "incremental": f.incremental,
+        "tokens": {
+            "prompt_tokens_prefilled": c.prompt_tokens_prefilled,
+            "tokens_decoded": c.tokens_decoded,
+            "tokens_scored": c.tokens_scored,
+            "prompts_sampled": c.prompts_sampled,
+        },
+        "timings": {
+            "total_seconds": f.elapsed,
+            "sampling_busy_seconds": c.sampling_seconds,
+            "prefill_busy_seconds": c.prefill_seconds,
+            "decode_busy_seconds": c.decode_seconds,
+            "scoring_busy_seconds": c.scoring_seconds,
+        },
+        "throughput": {
+            "sampling_tokens_per_second": per_second(c.tokens_decoded, c.sampling_seconds, spec.workers),
+            "prefill_tokens_per_second": per_second(c.prompt_tokens_prefilled, c.prefill_seconds, spec.workers),
+            "decode_tokens_per_second": per_second(c.tokens_decoded, c.decode_seconds, spec.workers),
+            "tokens_scored_per_second": per_second(c.tokens_scored, c.scoring_seconds, spec.workers),
+            "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, spec.workers),
+        },
+        "files": f.files,
+        "timeline": f.timeline,
+    })
+}
+
+/// The run's `report.html`.
+pub(super) fn report_for(
+    spec: &RunSpec,
+    ids: &ModelIds,
+    outcomes: &[&PromptOutcome],
+    summary: &serde_json::Value,
+) -> String {
+    let responses: Vec<crate::report::ResponseStat> = outcomes
+        .iter()
+        .flat_map(|o| &o.samples)
+        .map(|s| crate::report::ResponseStat {
+            goodness: s.goodness,
+            attributes: s.attributes.clone(),
+            length_chars: s.sample.text.chars().count(),
+        })
+        .collect();
+    let margins: Vec<f64> = outcomes
+        .iter()
+        .filter_map(|o| o.pair.map(|(_, _, m)| m))
+        .collect();
+    let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::report::report_html(
+        &format!("steerflow run: {}", redact_url(&spec.output)),
+        &ids.attribute_names,
+        &responses,
+        &margins,
+        &rejects_by_reason,
+        summary,
+    )
+}
