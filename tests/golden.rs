@@ -25,6 +25,19 @@ fn job(case: &Path, out: &Path) -> steerflow::config::JobConfig {
     config
 }
 
+/// The path of the run's file whose path ends with `suffix` (the summary lists every file).
+fn run_file(out: &Path, summary: &Value, suffix: &str) -> std::path::PathBuf {
+    let listed = summary["files"]
+        .as_array()
+        .into_iter()
+        .chain(summary["other_files"].as_array())
+        .flatten()
+        .filter_map(|f| f["path"].as_str())
+        .find(|p| p.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no file ending in {suffix} in {summary}"));
+    out.join(listed)
+}
+
 fn compare(case: &Path, actual: Value) {
     let expected_path = case.join("expected.json");
     if regenerate() {
@@ -48,12 +61,13 @@ fn compare(case: &Path, actual: Value) {
 fn rm_eval_on_a_hand_built_preference_set() {
     let case = support::workspace_root().join("tests/golden/rm-eval");
     let out = tempfile::tempdir().unwrap();
-    steerflow::run_any(&job(&case, out.path())).unwrap();
-    let mut cases: Vec<Value> = std::fs::read_to_string(out.path().join("cases.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let summary = steerflow::run_any(&job(&case, out.path())).unwrap();
+    let mut cases: Vec<Value> =
+        std::fs::read_to_string(run_file(out.path(), &summary, "cases.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     cases.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     // Scores rounded to 1e-6 so the comparison is about behaviour, not the last float bit.
     for c in &mut cases {
@@ -86,7 +100,7 @@ fn steerlm_annotation_of_single_and_multi_turn_conversations() {
     let case = support::workspace_root().join("tests/golden/steerlm-annotate");
     let out = tempfile::tempdir().unwrap();
     let summary = steerflow::run_any(&job(&case, out.path())).unwrap();
-    let annotated: Vec<Value> = std::fs::read_to_string(out.path().join("annotated.jsonl"))
+    let annotated: Vec<Value> = std::fs::read_to_string(run_file(out.path(), &summary, ".jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -100,8 +114,7 @@ fn steerlm_annotation_of_single_and_multi_turn_conversations() {
             }
         }
     }
-    let rows_read =
-        support::read_parquet_with_pyarrow(&out.path().join("data/train-00000-of-00001.parquet"));
+    let rows_read = support::read_parquet_with_pyarrow(&run_file(out.path(), &summary, ".parquet"));
     let mut rows: Vec<Value> = rows_read;
     for row in &mut rows {
         if let Some(attrs) = row["attributes"].as_object_mut() {
@@ -119,7 +132,7 @@ fn steerlm_annotation_of_single_and_multi_turn_conversations() {
     });
     compare(
         &case,
-        serde_json::json!({ "summary": summary["turns_labelled"], "defaulted": summary["turns_defaulted"], "annotated": annotated, "turns": rows }),
+        serde_json::json!({ "summary": summary["counts"]["turns_labelled"], "defaulted": summary["counts"]["turns_defaulted"], "annotated": annotated, "turns": rows }),
     );
 }
 
@@ -129,15 +142,14 @@ fn helpsteer2_pairs_with_ties() {
     let out = tempfile::tempdir().unwrap();
     let summary = steerflow::run_any(&job(&case, out.path())).unwrap();
     // Known answers: 4 prompts; the tie and the single response are dropped.
-    assert_eq!(summary["pairs"], 2);
-    assert_eq!(summary["dropped"]["margin_too_small"], 1);
-    assert_eq!(summary["dropped"]["too_few_scored"], 1);
-    let rows_read =
-        support::read_parquet_with_pyarrow(&out.path().join("data/train-00000-of-00001.parquet"));
+    assert_eq!(summary["counts"]["pairs"], 2);
+    assert_eq!(summary["counts"]["dropped"]["margin_too_small"], 1);
+    assert_eq!(summary["counts"]["dropped"]["too_few_scored"], 1);
+    let rows_read = support::read_parquet_with_pyarrow(&run_file(out.path(), &summary, ".parquet"));
     let mut rows: Vec<Value> = rows_read;
     rows.sort_by(|a, b| a["prompt_id"].as_str().cmp(&b["prompt_id"].as_str()));
     // NeMo-Aligner DPO jsonl beside it, prompts rendered by the policy model's chat template.
-    let nemo = std::fs::read_to_string(out.path().join("nemo/train-00000-of-00001.jsonl")).unwrap();
+    let nemo = std::fs::read_to_string(run_file(out.path(), &summary, ".jsonl")).unwrap();
     let nemo: Vec<Value> = nemo
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -152,13 +164,15 @@ fn helpsteer2_pairs_with_ties() {
             line["chosen_reward"].as_f64().unwrap() > line["rejected_reward"].as_f64().unwrap()
         );
     }
-    assert!(out
-        .path()
-        .join("standard/train-00000-of-00001.parquet")
-        .exists());
+    assert!(run_file(out.path(), &summary, "00001.parquet").exists());
+    assert!(summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["format"] == "standard"));
     compare(
         &case,
-        serde_json::json!({ "summary": summary["dropped"], "rows": rows }),
+        serde_json::json!({ "summary": summary["counts"]["dropped"], "rows": rows }),
     );
 }
 
@@ -222,9 +236,8 @@ fn filter_rank_each_rule() {
             counts["rows"].as_u64().unwrap(),
             "{name}"
         );
-        let rows_read = support::read_parquet_with_pyarrow(
-            &out.path().join("data/train-00000-of-00001.parquet"),
-        );
+        let rows_read =
+            support::read_parquet_with_pyarrow(&run_file(out.path(), &summary, ".parquet"));
         let mut kept: Vec<Value> = rows_read
             .into_iter()
             .map(|r| serde_json::json!({ "id": r["id"], "rank": r["rank"], "response": r["response"] }))

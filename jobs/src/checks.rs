@@ -134,3 +134,17 @@ fn reject_limit(value: MaxRejects) -> Result<RejectLimit, JobError> {
         ))),
     }
 }
+
+/// Where a store-run kind reads and writes.
+pub fn store_spec(
+    config: &Common,
+    max_rejects: RejectLimit,
+) -> steerflow_pipeline::store_run::StoreSpec {
+    steerflow_pipeline::store_run::StoreSpec {
+        input: config.input.path.clone(),
+        input_format: config.input.format.as_str().to_string(),
+        output: config.output.path.clone(),
+        shards: config.output.shards,
+        max_rejects,
+    }
+}

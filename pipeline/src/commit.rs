@@ -93,13 +93,14 @@ impl RunPlan {
     }
 }
 
-/// Shard k's scored outcomes and the rejects of its prompts: what the expensive part of a run
-/// produced, kept so a rerun does not redo it.
+/// Shard k's outcomes and the rejects of its records: what the expensive part of a run
+/// produced, kept so a rerun does not redo it. `T` is the job kind's outcome (a prompt's scored
+/// samples and pair for iterative-DPO).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardPart {
+pub struct ShardPart<T = PromptOutcome> {
     pub shard: usize,
-    /// Sorted by prompt id.
-    pub outcomes: Vec<PromptOutcome>,
+    /// Sorted by record key.
+    pub outcomes: Vec<T>,
     /// Prompts of this shard that could not be sampled, sorted by prompt id.
     pub rejects: Vec<Reject>,
     /// Input records routed to this shard that are not usable prompts (bad records, duplicate
@@ -143,6 +144,21 @@ pub struct Manifest {
     pub rejects_file: Option<String>,
     pub summary_file: String,
     pub counts: serde_json::Value,
+    /// Files of the run that are not dataset shards (annotated jsonl, evaluation reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_files: Vec<OtherFile>,
+    /// Files under `_runs/<run>/` that are copied to the output's top level when this run is
+    /// the latest (beside `summary.json` and `report.html`), such as `eval.md`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_files: Vec<String>,
+}
+
+/// A file of a run that is not a dataset shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtherFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 /// A commit-protocol file as pretty JSON; a value that cannot be serialised is an error, never an
@@ -211,9 +227,9 @@ impl RunStore {
 
     /// Writes shard k's part under this launch's name, then creates its marker. Returns the
     /// winning marker: ours, or an earlier attempt's (ours is then an orphan).
-    pub async fn commit_shard(
+    pub async fn commit_shard<T: Serialize>(
         &self,
-        part: &ShardPart,
+        part: &ShardPart<T>,
         attempt: &str,
     ) -> Result<ShardMarker, PipelineError> {
         let bytes = bincode::serialize(part)
@@ -252,7 +268,10 @@ impl RunStore {
     }
 
     /// Reads the part a marker names and checks it against the marker.
-    pub async fn read_part(&self, marker: &ShardMarker) -> Result<ShardPart, PipelineError> {
+    pub async fn read_part<T: serde::de::DeserializeOwned>(
+        &self,
+        marker: &ShardMarker,
+    ) -> Result<ShardPart<T>, PipelineError> {
         let bytes = self.output.get(&marker.part).await?.ok_or_else(|| {
             PipelineError::RunConflict(format!(
                 "{} is named by shard marker {} but missing",
@@ -490,6 +509,8 @@ mod tests {
             rejects_file: None,
             summary_file: "s".into(),
             counts: serde_json::json!({}),
+            other_files: vec![],
+            top_files: vec![],
         };
         let a = RunStore::new(output.clone(), "r1", "a");
         let b = RunStore::new(output.clone(), "r1", "b");
@@ -512,7 +533,9 @@ mod tests {
         let marker = rt.block_on(store.commit_shard(&part(1), "a")).unwrap();
         rt.block_on(output.put(&marker.part, b"garbage".to_vec()))
             .unwrap();
-        let err = rt.block_on(store.read_part(&marker)).unwrap_err();
+        let err = rt
+            .block_on(store.read_part::<PromptOutcome>(&marker))
+            .unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 }

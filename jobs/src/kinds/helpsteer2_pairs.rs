@@ -2,40 +2,65 @@
 //! `pairs.by`, ties discarded), as HelpSteer2's DPO data was made; also reads `steerflow score`
 //! output (`configs/helpsteer2-pairs.toml`).
 
-use crate::checks::plan;
+use crate::checks::{plan, store_spec};
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::{load_language_model, with_chat_template};
-use serde::Serialize;
+use arrow::array::{ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use steerflow_operators::pairs::{select_pair, Candidate};
 use steerflow_operators::records::Message;
-use steerflow_pipeline::formats::ExportFormat;
+use steerflow_operators::seeding::prompt_id_from_messages;
+use steerflow_pipeline::formats::{ExportFormat, Shard};
+use steerflow_pipeline::input::InputFile;
+use steerflow_pipeline::publish::ReadmeText;
+use steerflow_pipeline::records::PromptKey;
+use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::sink::{
+    attributes_array, messages_array, write_parquet_shard, write_text_exports, PairText,
+    PromptRenderer,
+};
+use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::values::{read_values, record_id};
+use steerflow_pipeline::PipelineError;
 
 /// What a helpsteer2-pairs run did (`summary.json`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub job: &'static str,
-    pub output: String,
-    pub pairs: u64,
-    pub prompts: u64,
-    pub responses: u64,
-    pub dropped: BTreeMap<String, u64>,
-    pub rejected: u64,
-}
+#[serde(transparent)]
+pub struct Summary(pub Value);
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0["up_to_date"] == true {
+            return write!(
+                f,
+                "nothing new: every response of the input is committed in {}",
+                self.0["output"]
+            );
+        }
+        let c = &self.0["counts"];
         write!(
             f,
             "{} pairs from {} prompts ({} responses; dropped {}; {} records rejected) written to {}",
-            self.pairs,
-            self.prompts,
-            self.responses,
-            serde_json::to_string(&self.dropped).unwrap_or_default(),
-            self.rejected,
-            self.output
+            c["pairs"], c["prompts"], c["responses"], c["dropped"], c["rejected"], self.0["output"]
         )
     }
+}
+
+/// One labelled response, as kept in the run's parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledResponse {
+    pub id: String,
+    pub file: String,
+    pub record: u64,
+    pub prompt_id: String,
+    pub prompt: Vec<Message>,
+    pub response: String,
+    /// In the order of the configured attribute names; NaN where absent.
+    pub attributes: Vec<f64>,
 }
 
 /// Checks the job without loading a model: `pairs.by` must be one of `pairs.attributes`.
@@ -50,6 +75,281 @@ pub fn check(config: &Common) -> Result<Vec<String>, JobError> {
         )));
     }
     Ok(names)
+}
+
+fn number_in(row: &Value, name: &str) -> Option<f64> {
+    row.get(name)
+        .and_then(Value::as_f64)
+        .or_else(|| {
+            row.get("scores")
+                .and_then(|s| s.get(name))
+                .and_then(Value::as_f64)
+        })
+        .or_else(|| {
+            row.get("attributes")
+                .and_then(|s| s.get(name))
+                .and_then(Value::as_f64)
+        })
+}
+
+/// Reads one row; `names` are the attributes to carry, `by` must be among them.
+pub fn labelled_from(
+    row: &Value,
+    names: &[String],
+) -> Result<LabelledResponse, (Option<&'static str>, String)> {
+    let prompt = match (row.get("prompt"), row.get("messages")) {
+        (Some(Value::String(p)), _) => vec![Message::new("user", p.clone())],
+        (_, Some(m)) => serde_json::from_value::<Vec<Message>>(m.clone()).map_err(|_| {
+            (
+                Some("messages"),
+                "`messages` must be a list of {role, content}".to_string(),
+            )
+        })?,
+        _ => {
+            return Err((
+                Some("prompt"),
+                "`prompt` (string) or `messages` is required".into(),
+            ))
+        }
+    };
+    let response = row
+        .get("response")
+        .and_then(Value::as_str)
+        .ok_or((Some("response"), "`response` must be a string".to_string()))?
+        .to_string();
+    let attributes: Vec<f64> = names
+        .iter()
+        .map(|n| number_in(row, n).unwrap_or(f64::NAN))
+        .collect();
+    let prompt_id = match row.get("prompt_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => prompt_id_from_messages(&prompt),
+    };
+    Ok(LabelledResponse {
+        id: String::new(),
+        file: String::new(),
+        record: 0,
+        prompt_id,
+        prompt,
+        response,
+        attributes,
+    })
+}
+
+/// Pairs from labelled responses on the run store: reading is the whole work, pairs are chosen
+/// per prompt over the run when it is finished.
+struct LabelledPairs<'a> {
+    names: Vec<String>,
+    by_index: usize,
+    formats: Vec<ExportFormat>,
+    render: PromptRenderer<'a>,
+    lineage: Value,
+    output: &'a str,
+    by: &'a str,
+}
+
+impl StoreJob for LabelledPairs<'_> {
+    type Item = LabelledResponse;
+    type Outcome = LabelledResponse;
+
+    fn lineage(&self) -> Value {
+        self.lineage.clone()
+    }
+
+    fn read(&self, file: &InputFile) -> Result<Parsed<LabelledResponse>, PipelineError> {
+        let values = read_values(file)?;
+        let mut parsed = Parsed {
+            rejects: values.rejects,
+            records: values.count,
+            ..Parsed::default()
+        };
+        for (position, value) in values.records {
+            let id = record_id(&value, position, file.parquet);
+            match labelled_from(&value, &self.names) {
+                Ok(mut r) => {
+                    (r.id, r.file, r.record) = (id.clone(), file.spec.clone(), position);
+                    let digest = steerflow_pipeline::digest::digest(value.to_string().as_bytes());
+                    parsed.items.push(Keyed {
+                        key: PromptKey { id, digest },
+                        route: r.prompt_id.clone(),
+                        file: file.spec.clone(),
+                        record: position,
+                        item: r,
+                    })
+                }
+                Err((field, detail)) => {
+                    let mut r = Reject::new(&file.spec, position, field, "bad_record", detail);
+                    r.prompt_id = Some(id);
+                    parsed.rejects.push(r)
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn process(
+        &self,
+        items: Vec<Keyed<LabelledResponse>>,
+    ) -> Result<Vec<LabelledResponse>, PipelineError> {
+        Ok(items.into_iter().map(|k| k.item).collect())
+    }
+
+    fn finish(
+        &self,
+        run: &FinishRun<'_>,
+        responses: Vec<LabelledResponse>,
+        rejects: &[Reject],
+    ) -> Result<Finished, PipelineError> {
+        let mut groups: BTreeMap<String, Vec<LabelledResponse>> = BTreeMap::new();
+        for r in responses {
+            groups.entry(r.prompt_id.clone()).or_default().push(r);
+        }
+        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+        let mut pairs: Vec<LabelledPair<'_>> = Vec::new();
+        for group in groups.values_mut() {
+            // Ties are broken by input order.
+            group.sort_by(|a, b| (a.file.as_str(), a.record).cmp(&(b.file.as_str(), b.record)));
+        }
+        for group in groups.values() {
+            let candidates: Vec<Candidate<'_>> = group
+                .iter()
+                .enumerate()
+                .map(|(k, r)| Candidate {
+                    sample_index: k as u32,
+                    goodness: r.attributes[self.by_index],
+                    text: &r.response,
+                })
+                .collect();
+            match select_pair(&candidates, 0.0).decision {
+                Ok(p) => pairs.push((&group[p.chosen], &group[p.rejected], p.margin, group.len())),
+                Err(reason) => *dropped.entry(reason.as_str().to_string()).or_default() += 1,
+            }
+        }
+        let shard = Shard {
+            k: 0,
+            n: 1,
+            run: Some(run.run_id),
+        };
+        let mut files = Vec::new();
+        if self.formats.contains(&ExportFormat::Conversational) {
+            let batch = pairs_batch(&pairs, &self.names, self.by_index)?;
+            files.push(write_parquet_shard(
+                run.output,
+                run.rt,
+                &batch,
+                ExportFormat::Conversational,
+                shard,
+            )?);
+        }
+        let texts: Vec<PairText<'_>> = pairs
+            .iter()
+            .map(|(c, r, _, _)| PairText {
+                prompt_id: &c.prompt_id,
+                prompt: &c.prompt,
+                chosen: &c.response,
+                rejected: &r.response,
+                chosen_score: c.attributes[self.by_index],
+                rejected_score: r.attributes[self.by_index],
+            })
+            .collect();
+        files.extend(write_text_exports(
+            run.output,
+            run.rt,
+            &self.formats,
+            &texts,
+            self.render,
+            shard,
+        )?);
+        let summary = json!({
+            "job": "helpsteer2-pairs", "output": self.output, "by": self.by,
+            "counts": {
+                "responses": groups.values().map(Vec::len).sum::<usize>(), "prompts": groups.len(),
+                "pairs": pairs.len(), "dropped": dropped, "rejected": rejects.len(),
+            },
+        });
+        Ok(Finished {
+            files,
+            summary,
+            ..Finished::default()
+        })
+    }
+
+    fn readme(&self) -> ReadmeText<'_> {
+        ReadmeText {
+            description: "HelpSteer2-style pairs from labelled responses: chosen = the higher attribute, equal values discarded.",
+            ..ReadmeText::pairs()
+        }
+    }
+}
+
+/// A chosen response, the rejected one, the margin and how many responses the prompt had.
+type LabelledPair<'a> = (&'a LabelledResponse, &'a LabelledResponse, f64, usize);
+
+/// The pairs as the conversational parquet's record batch.
+fn pairs_batch(
+    pairs: &[LabelledPair<'_>],
+    names: &[String],
+    by_index: usize,
+) -> Result<RecordBatch, PipelineError> {
+    let prompts: Vec<Vec<Message>> = pairs.iter().map(|(c, _, _, _)| c.prompt.clone()).collect();
+    let chosen: Vec<Vec<Message>> = pairs
+        .iter()
+        .map(|(c, _, _, _)| vec![Message::new("assistant", c.response.clone())])
+        .collect();
+    let rejected: Vec<Vec<Message>> = pairs
+        .iter()
+        .map(|(_, r, _, _)| vec![Message::new("assistant", r.response.clone())])
+        .collect();
+    let chosen_attrs: Vec<&[f64]> = pairs
+        .iter()
+        .map(|(c, _, _, _)| c.attributes.as_slice())
+        .collect();
+    let rejected_attrs: Vec<&[f64]> = pairs
+        .iter()
+        .map(|(_, r, _, _)| r.attributes.as_slice())
+        .collect();
+    Ok(RecordBatch::try_from_iter([
+        (
+            "prompt_id",
+            Arc::new(StringArray::from_iter_values(
+                pairs.iter().map(|p| p.0.prompt_id.as_str()),
+            )) as ArrayRef,
+        ),
+        ("prompt", Arc::new(messages_array(&prompts)) as ArrayRef),
+        ("chosen", Arc::new(messages_array(&chosen)) as ArrayRef),
+        ("rejected", Arc::new(messages_array(&rejected)) as ArrayRef),
+        (
+            "chosen_score",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.0.attributes[by_index]),
+            )) as ArrayRef,
+        ),
+        (
+            "rejected_score",
+            Arc::new(Float64Array::from_iter_values(
+                pairs.iter().map(|p| p.1.attributes[by_index]),
+            )) as ArrayRef,
+        ),
+        (
+            "margin",
+            Arc::new(Float64Array::from_iter_values(pairs.iter().map(|p| p.2))) as ArrayRef,
+        ),
+        (
+            "chosen_attributes",
+            Arc::new(attributes_array(names, &chosen_attrs)) as ArrayRef,
+        ),
+        (
+            "rejected_attributes",
+            Arc::new(attributes_array(names, &rejected_attrs)) as ArrayRef,
+        ),
+        (
+            "n_responses",
+            Arc::new(Int32Array::from_iter_values(
+                pairs.iter().map(|p| p.3 as i32),
+            )) as ArrayRef,
+        ),
+    ])?)
 }
 
 pub fn run(config: &Common) -> Result<Summary, JobError> {
@@ -74,23 +374,51 @@ pub fn run(config: &Common) -> Result<Summary, JobError> {
             "no template model".into(),
         )),
     };
-    let report = steerflow_pipeline::labelled_pairs::run_labelled_pairs(
-        &config.input.path,
-        plan.input_format,
-        &config.output.path,
-        &names,
-        &config.pairs.by,
-        plan.max_rejects,
-        &plan.formats,
-        &render,
-    )?;
-    Ok(Summary {
-        job: "helpsteer2-pairs",
-        output: config.output.path.clone(),
-        pairs: report.pairs,
-        prompts: report.prompts,
-        responses: report.responses,
-        dropped: report.dropped,
-        rejected: report.rejected,
-    })
+    let by_index = names
+        .iter()
+        .position(|n| *n == config.pairs.by)
+        .unwrap_or(0);
+    let job = LabelledPairs {
+        lineage: json!({
+            "job": "helpsteer2-pairs", "attributes": names, "by": config.pairs.by,
+            "formats": plan.formats, "template_model": template_model.as_ref().map(|m| m.id().to_string()),
+            "shards": config.output.shards,
+        }),
+        names,
+        by_index,
+        formats: plan.formats.clone(),
+        render: &render,
+        output: &config.output.path,
+        by: &config.pairs.by,
+    };
+    Ok(Summary(
+        run_on_store(&job, &store_spec(config, plan.max_rejects))?.summary,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_at_top_level_or_nested() {
+        let names: Vec<String> = ["helpfulness", "verbosity"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = labelled_from(
+            &json!({"prompt": "Q", "response": "A", "helpfulness": 3, "verbosity": 1}),
+            &names,
+        )
+        .unwrap();
+        assert_eq!(r.attributes, vec![3.0, 1.0]);
+        let r = labelled_from(
+            &json!({"prompt": "Q", "response": "A", "scores": {"helpfulness": 2.5}}),
+            &names,
+        )
+        .unwrap();
+        assert_eq!(r.attributes[0], 2.5);
+        assert!(r.attributes[1].is_nan());
+        assert!(labelled_from(&json!({"prompt": "Q"}), &names).is_err());
+    }
 }

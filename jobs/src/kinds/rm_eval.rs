@@ -1,13 +1,24 @@
 //! `rm-eval`: reward-model accuracy on a preference set, per subset and RewardBench category
 //! (`eval.json`, `eval.md`, `cases.jsonl`; `configs/rm-eval.toml`).
 
-use crate::checks::plan;
+use crate::checks::{plan, store_spec};
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use steerflow_operators::evaluation::EvalReport;
+use steerflow_models::RewardModel;
+use steerflow_operators::evaluation::{evaluate, markdown_table, ScoredCase};
+use steerflow_operators::goodness::BoundGoodness;
+use steerflow_operators::records::Message;
+use steerflow_pipeline::input::InputFile;
+use steerflow_pipeline::publish::ReadmeText;
+use steerflow_pipeline::records::PromptKey;
+use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::values::{read_values, record_id};
+use steerflow_pipeline::PipelineError;
 
 /// `[eval]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -52,23 +63,239 @@ impl Categories {
 
 /// What an evaluation run did (`summary.json`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub job: &'static str,
-    pub scorer: String,
-    pub output: String,
-    pub report: EvalReport,
-}
+#[serde(transparent)]
+pub struct Summary(pub Value);
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let overall = serde_json::to_value(&self.report)
-            .map(|r| r["overall"].to_string())
-            .unwrap_or_default();
+        if self.0["up_to_date"] == true {
+            return write!(
+                f,
+                "nothing new: every case of the input is committed in {}",
+                self.0["output"]
+            );
+        }
         write!(
             f,
-            "reward-model evaluation written to {}: overall {overall}",
-            self.output
+            "reward-model evaluation of {} cases written to {}: overall {}",
+            self.0["counts"]["cases"], self.0["output"], self.0["report"]["overall"]
         )
+    }
+}
+
+/// One preference case.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreferenceCase {
+    pub conversation: Vec<Message>,
+    pub chosen: String,
+    pub rejected: String,
+    pub subset: String,
+}
+
+/// A case of a jsonl record: `prompt` (string) or `messages` (the conversation before the
+/// response), `chosen` and `rejected` (strings), `subset` (default `default`).
+pub fn preference_case(
+    value: &Value,
+) -> Result<PreferenceCase, (&'static str, &'static str, String)> {
+    let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+    let conversation = match (text("prompt"), value.get("messages")) {
+        (Some(p), None) => vec![Message::new("user", p)],
+        (None, Some(m)) => match serde_json::from_value::<Vec<Message>>(m.clone()) {
+            Ok(m) if m.last().is_some_and(|m| m.role == "user") => m,
+            _ => {
+                return Err((
+                    "messages",
+                    "wrong_type",
+                    "`messages` must be a list of {role, content} ending with a user turn".into(),
+                ))
+            }
+        },
+        _ => {
+            return Err((
+                "prompt",
+                "missing_field",
+                "exactly one of `prompt` (string) or `messages` is needed".into(),
+            ))
+        }
+    };
+    let (Some(chosen), Some(rejected)) = (text("chosen"), text("rejected")) else {
+        let field = if text("chosen").is_none() {
+            "chosen"
+        } else {
+            "rejected"
+        };
+        return Err((
+            field,
+            "missing_field",
+            format!("`{field}` must be a string"),
+        ));
+    };
+    Ok(PreferenceCase {
+        conversation,
+        chosen,
+        rejected,
+        subset: text("subset").unwrap_or_else(|| "default".into()),
+    })
+}
+
+/// A scored case, as kept in the run's parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseOutcome {
+    pub id: String,
+    pub subset: String,
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+}
+
+/// One number per response: the single output of a scalar model, else goodness.
+fn scalar_score(attributes: &[f64], goodness: &BoundGoodness) -> f64 {
+    if attributes.len() == 1 {
+        attributes[0]
+    } else {
+        goodness.goodness(attributes)
+    }
+}
+
+/// The evaluation on the run store.
+struct RmEval<'a> {
+    reward: &'a dyn RewardModel,
+    goodness: BoundGoodness,
+    categories: BTreeMap<String, String>,
+    lineage: Value,
+    output: &'a str,
+}
+
+impl StoreJob for RmEval<'_> {
+    type Item = PreferenceCase;
+    type Outcome = CaseOutcome;
+
+    fn lineage(&self) -> Value {
+        self.lineage.clone()
+    }
+
+    fn read(&self, file: &InputFile) -> Result<Parsed<PreferenceCase>, PipelineError> {
+        let values = read_values(file)?;
+        let mut parsed = Parsed {
+            rejects: values.rejects,
+            records: values.count,
+            ..Parsed::default()
+        };
+        for (position, value) in values.records {
+            let id = record_id(&value, position, file.parquet);
+            match preference_case(&value) {
+                Ok(case) => parsed.items.push(Keyed {
+                    key: PromptKey {
+                        id: id.clone(),
+                        digest: steerflow_pipeline::digest::digest(
+                            json!(case).to_string().as_bytes(),
+                        ),
+                    },
+                    route: id,
+                    file: file.spec.clone(),
+                    record: position,
+                    item: case,
+                }),
+                Err((field, reason, detail)) => {
+                    let mut r = Reject::new(&file.spec, position, Some(field), reason, detail);
+                    r.prompt_id = Some(id);
+                    parsed.rejects.push(r)
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn process(
+        &self,
+        cases: Vec<Keyed<PreferenceCase>>,
+    ) -> Result<Vec<CaseOutcome>, PipelineError> {
+        // Chosen and rejected of a case side by side: they share the conversation's prefill.
+        let items: Vec<(&[Message], &str)> = cases
+            .iter()
+            .flat_map(|c| {
+                [
+                    (c.item.conversation.as_slice(), c.item.chosen.as_str()),
+                    (c.item.conversation.as_slice(), c.item.rejected.as_str()),
+                ]
+            })
+            .collect();
+        let scores: Vec<f64> = self
+            .reward
+            .score_batch(&items)
+            .into_iter()
+            .map(|r| {
+                r.map(|s| scalar_score(&s.attributes, &self.goodness))
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        Ok(cases
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| CaseOutcome {
+                id: c.key.id,
+                subset: c.item.subset,
+                chosen_score: scores[2 * k],
+                rejected_score: scores[2 * k + 1],
+            })
+            .collect())
+    }
+
+    fn finish(
+        &self,
+        run: &FinishRun<'_>,
+        cases: Vec<CaseOutcome>,
+        rejects: &[Reject],
+    ) -> Result<Finished, PipelineError> {
+        let scored: Vec<ScoredCase> = cases
+            .iter()
+            .map(|c| ScoredCase {
+                subset: c.subset.clone(),
+                chosen: c.chosen_score,
+                rejected: c.rejected_score,
+            })
+            .collect();
+        let report = evaluate(&scored, &self.categories);
+        let mut lines = String::new();
+        for c in &cases {
+            let correct = c.chosen_score.is_finite()
+                && c.rejected_score.is_finite()
+                && c.chosen_score > c.rejected_score;
+            let row = json!({
+                "id": c.id, "subset": c.subset, "chosen_score": c.chosen_score,
+                "rejected_score": c.rejected_score, "correct": correct,
+            });
+            lines.push_str(&row.to_string());
+            lines.push('\n');
+        }
+        let cases_file = run.put_other(
+            run.path("eval", "cases.jsonl"),
+            lines.into_bytes(),
+            cases.len() as u64,
+        )?;
+        let summary = json!({
+            "job": "rm-eval", "scorer": self.reward.id(), "output": self.output,
+            "counts": { "cases": cases.len(), "rejected": rejects.len() }, "report": report,
+        });
+        run.put_top("eval.md", markdown_table(&report).into_bytes())?;
+        run.put_top(
+            "eval.json",
+            steerflow_pipeline::commit::to_json(&summary, "eval.json")?,
+        )?;
+        Ok(Finished {
+            other_files: vec![cases_file],
+            top_files: vec!["eval.md".into(), "eval.json".into()],
+            summary,
+            ..Finished::default()
+        })
+    }
+
+    fn readme(&self) -> ReadmeText<'_> {
+        ReadmeText {
+            title: "Reward-model evaluation by steerflow",
+            description: "A preference set scored by a reward model: accuracy per subset and category.",
+            formats_note: "`eval.md` and `eval.json` hold the latest run's accuracy; `eval/<run>/cases.jsonl` every case with its two scores.",
+            count: "cases",
+        }
     }
 }
 
@@ -79,18 +306,46 @@ pub fn run(config: &Common, eval: &EvalSection) -> Result<Summary, JobError> {
         .weights
         .bind(&reward.attribute_names())
         .map_err(|e| invalid(format!("goodness: {e}")))?;
-    let report = steerflow_pipeline::rm_eval::run_rm_eval(
-        &config.input.path,
-        &config.output.path,
-        reward.as_ref(),
-        &goodness,
-        &eval.categories.map(),
-        plan.max_rejects,
-    )?;
-    Ok(Summary {
-        job: "rm-eval",
-        scorer: reward.id(),
-        output: config.output.path.clone(),
-        report,
-    })
+    let job = RmEval {
+        reward: reward.as_ref(),
+        goodness,
+        categories: eval.categories.map(),
+        lineage: json!({
+            "job": "rm-eval", "scorer": reward.id(), "attributes": reward.attribute_names(),
+            "goodness": config.goodness.preset.as_str(), "weights": config.goodness.weights,
+            "categories": eval.categories.map(), "shards": config.output.shards,
+        }),
+        output: &config.output.path,
+    };
+    let outcome = run_on_store(&job, &store_spec(config, plan.max_rejects))?;
+    Ok(Summary(outcome.summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preference_records_and_rejects() {
+        let input =
+            br#"{"id": 1, "prompt": "Q", "chosen": "A", "rejected": "B", "subset": "hep-go"}
+{"messages": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}
+{"prompt": "Q", "chosen": "A"}
+nope
+"#;
+        let values = steerflow_pipeline::values::jsonl_values("p.jsonl", input);
+        assert_eq!(values.count, 4);
+        let cases: Vec<_> = values
+            .records
+            .iter()
+            .map(|(_, v)| preference_case(v))
+            .collect();
+        let first = cases[0].as_ref().unwrap();
+        assert_eq!(first.subset, "hep-go");
+        assert_eq!(record_id(&values.records[0].1, 1, false), "1");
+        assert_eq!(cases[1].as_ref().unwrap().subset, "default");
+        assert_eq!(record_id(&values.records[1].1, 2, false), "line-2");
+        assert_eq!(cases[2].as_ref().unwrap_err().0, "rejected");
+        assert_eq!(values.rejects[0].record, 4);
+    }
 }

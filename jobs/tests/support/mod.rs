@@ -2,6 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod runs;
 pub mod servers;
 
 use std::net::TcpListener;

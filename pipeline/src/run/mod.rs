@@ -14,9 +14,10 @@ use crate::commit::{
 use crate::dataflow::run_graph;
 use crate::formats::{Shard, ShardFile};
 use crate::progress::Progress;
+use crate::publish::{publish, ReadmeText};
 use crate::records::{PromptKey, PromptOutcome, ReadStats, RunState};
 use crate::reject::{enforce_limit, Reject};
-use crate::sink::{dataset_readme, write_run_shard, ModelIds};
+use crate::sink::{write_run_shard, ModelIds};
 use crate::spec::{Models, RunSpec};
 use crate::storage::{io_runtime, redact_url, Location};
 use crate::summary::StageCounters;
@@ -170,6 +171,8 @@ pub fn run_iterative_dpo(
         rejects_file,
         summary_file: format!("{RUNS}/{}/summary.json", plan.run_id),
         counts: summary["counts"].clone(),
+        other_files: Vec::new(),
+        top_files: Vec::new(),
     };
     commit_and_publish(
         &output,
@@ -402,7 +405,7 @@ fn commit_and_publish(
         tracing::info!(run = %manifest.run_id, "another launch of the same run committed it first; its commit stands");
     }
     let all = rt.block_on(committed_manifests(output))?;
-    publish(output, rt, &all, description)?;
+    publish(output, rt, &all, &readme_text(description))?;
     let swept = rt.block_on(store.sweep_parts(markers))?;
     if !swept.is_empty() {
         tracing::info!(swept = swept.len(), "removed the parts of losing attempts");
@@ -418,7 +421,7 @@ fn up_to_date(
     committed: &[Manifest],
     spec: &RunSpec,
 ) -> Result<RunReport, PipelineError> {
-    publish(output, rt, committed, &spec.description)?;
+    publish(output, rt, committed, &readme_text(&spec.description))?;
     let latest = committed
         .last()
         .ok_or_else(|| PipelineError::Worker("up_to_date called with no committed run".into()))?;
@@ -435,52 +438,10 @@ fn up_to_date(
     })
 }
 
-/// Rewrites `README.md` (every committed run's files) and the top-level `summary.json` and
-/// `report.html` (the latest committed run's) from the manifests. Idempotent.
-pub fn publish(
-    output: &Location,
-    rt: &tokio::runtime::Runtime,
-    committed: &[Manifest],
-    description: &str,
-) -> Result<(), PipelineError> {
-    let Some(latest) = committed.last() else {
-        return Ok(());
-    };
-    let files: Vec<ShardFile> = committed.iter().flat_map(|m| m.files.clone()).collect();
-    rt.block_on(async {
-        let summary = output.get(&latest.summary_file).await?;
-        let mut summary: serde_json::Value = summary
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| json!({}));
-        summary["runs"] = json!(committed
-            .iter()
-            .map(
-                |m| json!({"run_id": m.run_id, "committed_at": m.committed_at, "counts": m.counts})
-            )
-            .collect::<Vec<_>>());
-        let report = output
-            .get(&format!("{RUNS}/{}/report.html", latest.run_id))
-            .await?;
-        if let Some(report) = report {
-            output.put("report.html", report.to_vec()).await?;
-        }
-        output
-            .put(
-                "summary.json",
-                crate::commit::to_json(&summary, "summary.json")?,
-            )
-            .await?;
-        let mut readme = dataset_readme(&files, description, &summary);
-        readme.push_str("\n## Runs\n\n| run | committed | prompts | pairs |\n|---|---|---|---|\n");
-        for m in committed {
-            readme.push_str(&format!(
-                "| `{}` | {} | {} | {} |\n",
-                m.run_id,
-                m.committed_at,
-                m.prompts.len(),
-                m.counts["pairs"]
-            ));
-        }
-        output.put("README.md", readme.into_bytes()).await
-    })
+/// The README's words for preference pairs.
+fn readme_text(description: &str) -> ReadmeText<'_> {
+    ReadmeText {
+        description,
+        ..ReadmeText::pairs()
+    }
 }
