@@ -440,77 +440,9 @@ pub fn write_parquet_shard(
     })
 }
 
-/// The dataset card: YAML `configs` listing exactly `files`, then a description.
-pub fn dataset_readme(
-    files: &[ShardFile],
-    text: &crate::publish::ReadmeText<'_>,
-    summary: &serde_json::Value,
-) -> String {
-    let mut out = String::from("---\nconfigs:\n");
-    for (name, format) in [
-        ("default", ExportFormat::Conversational),
-        ("standard", ExportFormat::Standard),
-    ] {
-        let paths: Vec<&str> = files
-            .iter()
-            .filter(|f| f.format == format)
-            .map(|f| f.path.as_str())
-            .collect();
-        if paths.is_empty() {
-            continue;
-        }
-        out.push_str(&format!(
-            "- config_name: {name}\n  data_files:\n  - split: train\n    path:\n"
-        ));
-        for p in paths {
-            out.push_str(&format!("    - {p}\n"));
-        }
-    }
-    out.push_str(&format!("---\n\n# {}\n\n", text.title));
-    out.push_str(text.description);
-    out.push_str("\n\n");
-    out.push_str(text.formats_note);
-    out.push_str("\n\n");
-    out.push_str("## Files\n\n| file | rows |\n|---|---|\n");
-    for f in files {
-        out.push_str(&format!("| `{}` | {} |\n", f.path, f.rows));
-    }
-    out.push_str("\n## Summary\n\n```json\n");
-    out.push_str(&serde_json::to_string_pretty(summary).unwrap_or_default());
-    out.push_str("\n```\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readme_lists_exactly_the_files() {
-        let file = |k: usize, format: ExportFormat| ShardFile {
-            path: format.shard_path(k, 2),
-            rows: 3,
-            bytes: 10,
-            format,
-        };
-        let files = vec![
-            file(0, ExportFormat::Conversational),
-            file(1, ExportFormat::Conversational),
-            file(0, ExportFormat::Nemo),
-            file(0, ExportFormat::Standard),
-        ];
-        let text = crate::publish::ReadmeText {
-            description: "demo",
-            ..crate::publish::ReadmeText::pairs()
-        };
-        let readme = dataset_readme(&files, &text, &serde_json::json!({"pairs": 7}));
-        let header = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n    \
-                      - data/train-00000-of-00002.parquet\n    - data/train-00001-of-00002.parquet\n\
-                      - config_name: standard\n  data_files:\n  - split: train\n    path:\n    \
-                      - standard/train-00000-of-00002.parquet\n---\n";
-        assert!(readme.starts_with(header), "{readme}");
-        assert!(readme.contains("nemo/train-00000-of-00002.jsonl"));
-    }
 
     #[test]
     fn normalisation_modes() {

@@ -126,10 +126,9 @@ pub fn run_iterative_dpo(
         resumed: markers.keys().copied().collect(),
     };
     let resumed_shards = markers.len();
-    tracing::info!(run = %plan.run_id, resumed_shards, earlier_runs = committed.len(), "plan");
+    tracing::info!(run = %plan.run_id, resumed_shards, "plan");
 
-    let spec = Arc::new(spec);
-    let progress = Progress::new();
+    let (spec, progress) = (Arc::new(spec), Progress::new());
     let counters = run_dataflow(&spec, &models, files, state, &store, &progress)?;
     if !spec.cluster.is_leader() {
         tracing::info!(run = %plan.run_id, process = spec.cluster.process, "this process's share is done; process 0 commits the run");
