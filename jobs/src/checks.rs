@@ -148,3 +148,19 @@ pub fn store_spec(
         max_rejects,
     }
 }
+
+/// What a kind's run and dry run look at.
+#[derive(Debug, Clone, Copy)]
+pub struct DryRunShape {
+    /// The policy model is loaded.
+    pub uses_policy: bool,
+    /// The reward model is loaded.
+    pub uses_reward: bool,
+    /// Records are read as prompts (iterative-dpo) or as prompt + response (filter-rank) by the
+    /// dry run; the other kinds' records are checked when the job reads them.
+    pub records: Option<steerflow_pipeline::source::RecordShape>,
+    /// The dry run estimates sampling work and what committed runs settled.
+    pub samples: bool,
+    /// The kind runs over a cluster of processes (the others run on one).
+    pub cluster: bool,
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod job_kind;
 pub mod kinds;
 pub mod models;
+pub mod summary;
 
 pub use error::{exit_code, invalid, JobError};
 

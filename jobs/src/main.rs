@@ -444,7 +444,7 @@ fn runs(
     let location = steerflow_pipeline::storage::Location::parse(output, false)?;
     let rt = steerflow_pipeline::storage::io_runtime()?;
     let runs = rt.block_on(steerflow_pipeline::commit::list_runs(&location))?;
-    println!("run_id\tstate\tcommitted_at\tprompts\tpairs\tfiles");
+    println!("run_id\tstate\tcommitted_at\trecords\tfiles\tcounts");
     for run in &runs {
         match &run.manifest {
             Some(m) => println!(
@@ -452,8 +452,8 @@ fn runs(
                 m.run_id,
                 m.committed_at,
                 m.prompts.len(),
-                m.counts["pairs"],
-                m.files.len()
+                m.files.len() + m.other_files.len(),
+                top_level_counts(&m.counts)
             ),
             None => println!(
                 "{}\tincomplete ({} of {} shards)\t-\t-\t-\t-",
@@ -472,6 +472,20 @@ fn runs(
         }
     }
     Ok(())
+}
+
+/// The numbers at the top of a run's counts, as `name=value` pairs (`pairs=16 prompts=16 ...`).
+fn top_level_counts(counts: &serde_json::Value) -> String {
+    counts
+        .as_object()
+        .map(|c| {
+            c.iter()
+                .filter(|(_, v)| v.is_number())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// `steerflow run`: any job kind, with a one-line account on stderr.

@@ -56,14 +56,22 @@ pub fn inspect(spec: &str) -> Result<String, PipelineError> {
         for run in &runs {
             match &run.manifest {
                 Some(m) => {
+                    let counts: Vec<String> = m
+                        .counts
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, v)| v.is_number())
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
                     let _ = writeln!(
                         out,
-                        "- {}: committed {}, {} prompts, {} pairs, {} files",
+                        "- {}: committed {}, {} records, {} files ({})",
                         m.run_id,
                         m.committed_at,
                         m.prompts.len(),
-                        m.counts["pairs"],
-                        m.files.len()
+                        m.files.len() + m.other_files.len(),
+                        counts.join(", ")
                     );
                 }
                 None => {

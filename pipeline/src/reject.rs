@@ -3,6 +3,83 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Why a record was rejected: one vocabulary for every reader and stage, written as the
+/// snake_case names in `rejects/*.jsonl` and the summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The line is not UTF-8.
+    InvalidUtf8,
+    /// The line is not JSON.
+    InvalidJson,
+    /// The file's last line is cut off.
+    TruncatedLine,
+    /// The record is JSON but not an object.
+    NotAnObject,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or form.
+    WrongType,
+    /// Two fields that exclude each other are both present (`prompt` and `messages`).
+    Ambiguous,
+    /// A message's role is not system, user or assistant.
+    UnknownRole,
+    /// The conversation or prompt is empty.
+    Empty,
+    /// The conversation does not end as the job needs (a user turn to answer, an assistant turn
+    /// to score).
+    BadConversationEnd,
+    /// A conversation to annotate has no assistant turn.
+    NoAssistantTurn,
+    /// A record id that appeared before in the input (the first is kept).
+    DuplicateId,
+    /// A record whose content changed under an id a committed run settled.
+    ChangedSinceCommitted,
+    /// The policy cannot take the prompt (its template refuses it, or it is too long).
+    PolicyPrompt,
+    /// The policy failed on the prompt.
+    PolicyError,
+    /// Generation failed.
+    GenerationFailed,
+}
+
+impl RejectReason {
+    /// The name written in rejects files and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidJson => "invalid_json",
+            Self::TruncatedLine => "truncated_line",
+            Self::NotAnObject => "not_an_object",
+            Self::MissingField => "missing_field",
+            Self::WrongType => "wrong_type",
+            Self::Ambiguous => "ambiguous",
+            Self::UnknownRole => "unknown_role",
+            Self::Empty => "empty",
+            Self::BadConversationEnd => "bad_conversation_end",
+            Self::NoAssistantTurn => "no_assistant_turn",
+            Self::DuplicateId => "duplicate_id",
+            Self::ChangedSinceCommitted => "changed_since_committed",
+            Self::PolicyPrompt => "policy_prompt",
+            Self::PolicyError => "policy_error",
+            Self::GenerationFailed => "generation_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RejectReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
     /// The input file.
@@ -13,8 +90,8 @@ pub struct Reject {
     pub field: Option<String>,
     /// The prompt id, when it was known.
     pub prompt_id: Option<String>,
-    /// Machine-readable reason (`invalid_json`, `missing_field`, `context_overflow`...).
-    pub reason: String,
+    /// Machine-readable reason.
+    pub reason: RejectReason,
     /// Human-readable detail.
     pub detail: String,
 }
@@ -24,7 +101,7 @@ impl Reject {
         file: &str,
         record: u64,
         field: Option<&str>,
-        reason: &str,
+        reason: RejectReason,
         detail: impl Into<String>,
     ) -> Self {
         Self {
@@ -32,7 +109,7 @@ impl Reject {
             record,
             field: field.map(str::to_string),
             prompt_id: None,
-            reason: reason.to_string(),
+            reason,
             detail: detail.into(),
         }
     }

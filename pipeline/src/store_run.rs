@@ -17,7 +17,7 @@ use crate::formats::ShardFile;
 use crate::input::InputFile;
 use crate::publish::{publish, ReadmeText};
 use crate::records::{PromptKey, ReadStats};
-use crate::reject::{enforce_limit, Reject, RejectLimit};
+use crate::reject::{enforce_limit, Reject, RejectLimit, RejectReason};
 use crate::storage::{io_runtime, redact_url, Location};
 use crate::PipelineError;
 use serde::de::DeserializeOwned;
@@ -268,7 +268,7 @@ fn read_new<J: StoreJob>(
         rejects.extend(parsed.rejects);
         for item in parsed.items {
             stats.prompts += 1;
-            let reject = |reason: &str, field: &str, detail: String| {
+            let reject = |reason: RejectReason, field: &str, detail: String| {
                 let mut r = Reject::new(&item.file, item.record, Some(field), reason, detail);
                 r.prompt_id = Some(item.key.id.clone());
                 r
@@ -278,7 +278,7 @@ fn read_new<J: StoreJob>(
                     "id `{}` appeared before ({file}:{record}); the first is kept",
                     item.key.id
                 );
-                rejects.push(reject("duplicate_id", "id", detail));
+                rejects.push(reject(RejectReason::DuplicateId, "id", detail));
                 continue;
             }
             first.insert(item.key.id.clone(), (item.file.clone(), item.record));
@@ -290,7 +290,7 @@ fn read_new<J: StoreJob>(
                         "record `{}` was committed by an earlier run with different content; give the new record a new id",
                         item.key.id
                     );
-                    rejects.push(reject("changed_since_committed", "id", detail));
+                    rejects.push(reject(RejectReason::ChangedSinceCommitted, "id", detail));
                 }
             }
         }

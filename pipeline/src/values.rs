@@ -5,7 +5,7 @@
 //! conversations) is the caller's to check.
 
 use crate::input::InputFile;
-use crate::reject::Reject;
+use crate::reject::{Reject, RejectReason};
 use crate::storage::read_file;
 use crate::PipelineError;
 use serde_json::Value;
@@ -47,7 +47,7 @@ pub fn jsonl_values(file: &str, bytes: &[u8]) -> Values {
             Err(e) => {
                 let detail = format!("invalid UTF-8: {e}");
                 out.rejects
-                    .push(Reject::new(file, line, None, "invalid_utf8", detail));
+                    .push(Reject::new(file, line, None, RejectReason::InvalidUtf8, detail));
                 continue;
             }
         };
@@ -55,9 +55,9 @@ pub fn jsonl_values(file: &str, bytes: &[u8]) -> Values {
             Ok(v) => out.records.push((line, v)),
             Err(e) => {
                 let (reason, detail) = if i == last && e.is_eof() {
-                    ("truncated_line", format!("the last line is cut off: {e}"))
+                    (RejectReason::TruncatedLine, format!("the last line is cut off: {e}"))
                 } else {
-                    ("invalid_json", format!("invalid JSON: {e}"))
+                    (RejectReason::InvalidJson, format!("invalid JSON: {e}"))
                 };
                 out.rejects
                     .push(Reject::new(file, line, None, reason, detail));

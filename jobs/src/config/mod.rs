@@ -87,7 +87,7 @@ pub fn parse_config(
     // refused): serde cannot refuse unknown keys across a flattened struct.
     let mut own = toml::Table::new();
     for name in KindSections::NAMES {
-        if let Some(section) = table.remove(name) {
+        if let Some(section) = table.remove(*name) {
             own.insert(name.to_string(), section);
         }
     }
@@ -216,5 +216,46 @@ mod tests {
         assert_eq!(c.sampling.stop, vec!["\n\n".to_string()]);
         assert!(parse_config("", "t.toml", &["sampling.temperature=hot".into()]).is_err());
         assert!(parse_config("", "t.toml", &["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn a_value_out_of_a_set_is_an_error_naming_the_file_the_key_and_the_choices() {
+        let err = parse_config("[goodness]\nnormalization = \"bogus\"\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml") && err.contains("normalization") && err.contains("per-prompt"),
+            "{err}"
+        );
+        let err = parse_config("[job]\ndevice = \"tpu\"\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("device") && err.contains("cuda:N"), "{err}");
+        let err = parse_config("[job]\nkind = \"dpo\"\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind") && err.contains("iterative-dpo"), "{err}");
+        let err = parse_config("[filter]\ntop_kk = 1\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("top_kk") && err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn kind_sections_and_enums_are_typed() {
+        let c = parse_config(
+            "[job]\nkind = \"rm-eval\"\ndevice = \"cuda:1\"\n[eval]\ncategories = { a = \"Chat\" }\n[input]\nmax_rejects = 0.25\n",
+            "t.toml",
+            &["output.formats=[\"nemo\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(c.job.kind, crate::job_kind::JobKind::RmEval);
+        assert_eq!(c.job.device, sections::Device::Cuda(1));
+        assert_eq!(c.input.max_rejects, sections::MaxRejects::Fraction(0.25));
+        assert_eq!(c.output.formats, vec![steerflow_pipeline::formats::ExportFormat::Nemo]);
+        assert_eq!(
+            c.sections.eval.categories.map(),
+            [("a".to_string(), "Chat".to_string())].into()
+        );
     }
 }

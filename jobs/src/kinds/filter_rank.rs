@@ -1,7 +1,8 @@
 //! `filter-rank`: a scored corpus filtered by thresholds on any score, top-k per prompt and a run
 //! quantile, and ranked; kept rows carry their scores and rank (`configs/filter-rank.toml`).
 
-use crate::checks::{plan, store_spec};
+use crate::checks::{plan, store_spec, DryRunShape};
+use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -42,31 +43,46 @@ pub struct FilterSection {
     pub quantile: Option<f64>,
 }
 
+/// What a filter-rank run counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub rows: u64,
+    pub prompts: u64,
+    pub kept: u64,
+    /// Rows removed, by rule (`unscored`, `min.helpfulness`, `top_k`, `quantile`...).
+    pub removed_by: BTreeMap<String, u64>,
+    pub rejected: u64,
+}
+
 /// What a filter-rank run did (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct Summary(pub Value);
+pub type Summary = crate::summary::StoreSummary<Counts>;
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0["up_to_date"] == true {
-            return write!(
-                f,
-                "nothing new: every row of the input is committed in {}",
-                self.0["output"]
-            );
+        if self.up_to_date {
+            return f.write_str(&self.up_to_date_line("row"));
         }
-        let counts = &self.0["counts"];
+        let c = &self.counts;
         write!(
             f,
             "{} of {} rows kept (removed by rule: {}) written to {}",
-            counts["kept"],
-            counts["rows"],
-            counts["removed_by"],
-            self.0["output"].as_str().unwrap_or_default()
+            c.kept,
+            c.rows,
+            serde_json::to_string(&c.removed_by).unwrap_or_default(),
+            self.output
         )
     }
 }
+
+pub type Section = FilterSection;
+
+pub const SHAPE: DryRunShape = DryRunShape {
+    uses_policy: false,
+    uses_reward: true,
+    records: Some(steerflow_pipeline::source::RecordShape::Response),
+    samples: false,
+    cluster: false,
+};
 
 /// Checks the section without loading a model.
 pub fn check(config: &Common, filter: &FilterSection) -> Result<(), JobError> {
@@ -235,12 +251,12 @@ impl StoreJob for FilterRank<'_> {
             "output": self.output,
             "scorer": self.reward.id(),
             "normalization": self.normalization.name(),
-            "counts": {
-                "rows": rows.len(),
-                "prompts": per_prompt.len(),
-                "kept": keep.len(),
-                "removed_by": outcome.removed_by,
-                "rejected": rejects.len(),
+            "counts": Counts {
+                rows: rows.len() as u64,
+                prompts: per_prompt.len() as u64,
+                kept: keep.len() as u64,
+                removed_by: outcome.removed_by,
+                rejected: rejects.len() as u64,
             },
             "quantile_threshold": outcome.quantile_threshold,
         });
@@ -263,7 +279,7 @@ impl StoreJob for FilterRank<'_> {
     }
 }
 
-pub fn run(config: &Common, filter: &FilterSection) -> Result<Summary, JobError> {
+pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<Summary, JobError> {
     check(config, filter)?;
     let plan = plan(config)?;
     let reward = scoring_reward_model(config)?;

@@ -2,7 +2,8 @@
 //! `pairs.by`, ties discarded), as HelpSteer2's DPO data was made; also reads `steerflow score`
 //! output (`configs/helpsteer2-pairs.toml`).
 
-use crate::checks::{plan, store_spec};
+use crate::checks::{plan, store_spec, DryRunShape};
+use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::{load_language_model, with_chat_template};
@@ -18,7 +19,8 @@ use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::records::PromptKey;
-use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::reject::{Reject, RejectReason};
+use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
 use steerflow_pipeline::sink::{
     attributes_array, messages_array, write_parquet_shard, write_text_exports, PairText,
     PromptRenderer,
@@ -27,25 +29,35 @@ use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Pa
 use steerflow_pipeline::values::{read_values, record_id};
 use steerflow_pipeline::PipelineError;
 
+/// What a helpsteer2-pairs run counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub responses: u64,
+    pub prompts: u64,
+    pub pairs: u64,
+    /// Prompts without a pair, by reason (`margin_too_small`, `too_few_scored`).
+    pub dropped: BTreeMap<String, u64>,
+    pub rejected: u64,
+}
+
 /// What a helpsteer2-pairs run did (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct Summary(pub Value);
+pub type Summary = crate::summary::StoreSummary<Counts>;
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0["up_to_date"] == true {
-            return write!(
-                f,
-                "nothing new: every response of the input is committed in {}",
-                self.0["output"]
-            );
+        if self.up_to_date {
+            return f.write_str(&self.up_to_date_line("response"));
         }
-        let c = &self.0["counts"];
+        let c = &self.counts;
         write!(
             f,
             "{} pairs from {} prompts ({} responses; dropped {}; {} records rejected) written to {}",
-            c["pairs"], c["prompts"], c["responses"], c["dropped"], c["rejected"], self.0["output"]
+            c.pairs,
+            c.prompts,
+            c.responses,
+            serde_json::to_string(&c.dropped).unwrap_or_default(),
+            c.rejected,
+            self.output
         )
     }
 }
@@ -63,8 +75,24 @@ pub struct LabelledResponse {
     pub attributes: Vec<f64>,
 }
 
+/// helpsteer2-pairs has no section of its own (`[pairs]` is shared).
+pub type Section = ();
+
+pub const SHAPE: DryRunShape = DryRunShape {
+    uses_policy: false,
+    uses_reward: false,
+    records: None,
+    samples: false,
+    cluster: false,
+};
+
 /// Checks the job without loading a model: `pairs.by` must be one of `pairs.attributes`.
-pub fn check(config: &Common) -> Result<Vec<String>, JobError> {
+pub fn check(config: &Common, _: &Section) -> Result<(), JobError> {
+    attribute_names(config).map(|_| ())
+}
+
+/// `pairs.attributes`, with `pairs.by` among them.
+fn attribute_names(config: &Common) -> Result<Vec<String>, JobError> {
     plan(config)?;
     let names = config.pairs.attributes.names();
     if !names.contains(&config.pairs.by) {
@@ -92,31 +120,19 @@ fn number_in(row: &Value, name: &str) -> Option<f64> {
         })
 }
 
-/// Reads one row; `names` are the attributes to carry, `by` must be among them.
-pub fn labelled_from(
-    row: &Value,
-    names: &[String],
-) -> Result<LabelledResponse, (Option<&'static str>, String)> {
-    let prompt = match (row.get("prompt"), row.get("messages")) {
-        (Some(Value::String(p)), _) => vec![Message::new("user", p.clone())],
-        (_, Some(m)) => serde_json::from_value::<Vec<Message>>(m.clone()).map_err(|_| {
-            (
-                Some("messages"),
-                "`messages` must be a list of {role, content}".to_string(),
-            )
-        })?,
-        _ => {
-            return Err((
-                Some("prompt"),
-                "`prompt` (string) or `messages` is required".into(),
-            ))
+/// Reads one row: the conversation before the response (`prompt` or `messages`, read as every
+/// prompt is), `response`, and the attributes `names` (NaN where absent).
+pub fn labelled_from(row: &Value, names: &[String]) -> Result<LabelledResponse, FieldError> {
+    let (_, prompt) = conversation(row, RecordShape::Prompt)?;
+    let response = match row.get("response") {
+        Some(Value::String(r)) => r.clone(),
+        None | Some(Value::Null) => {
+            return Err((Some("response"), RejectReason::MissingField, "`response` is required".into()))
+        }
+        Some(_) => {
+            return Err((Some("response"), RejectReason::WrongType, "`response` must be a string".into()))
         }
     };
-    let response = row
-        .get("response")
-        .and_then(Value::as_str)
-        .ok_or((Some("response"), "`response` must be a string".to_string()))?
-        .to_string();
     let attributes: Vec<f64> = names
         .iter()
         .map(|n| number_in(row, n).unwrap_or(f64::NAN))
@@ -178,8 +194,8 @@ impl StoreJob for LabelledPairs<'_> {
                         item: r,
                     })
                 }
-                Err((field, detail)) => {
-                    let mut r = Reject::new(&file.spec, position, field, "bad_record", detail);
+                Err((field, reason, detail)) => {
+                    let mut r = Reject::new(&file.spec, position, field, reason, detail);
                     r.prompt_id = Some(id);
                     parsed.rejects.push(r)
                 }
@@ -263,9 +279,12 @@ impl StoreJob for LabelledPairs<'_> {
         )?);
         let summary = json!({
             "job": "helpsteer2-pairs", "output": self.output, "by": self.by,
-            "counts": {
-                "responses": groups.values().map(Vec::len).sum::<usize>(), "prompts": groups.len(),
-                "pairs": pairs.len(), "dropped": dropped, "rejected": rejects.len(),
+            "counts": Counts {
+                responses: groups.values().map(Vec::len).sum::<usize>() as u64,
+                prompts: groups.len() as u64,
+                pairs: pairs.len() as u64,
+                dropped,
+                rejected: rejects.len() as u64,
             },
         });
         Ok(Finished {
@@ -352,8 +371,8 @@ fn pairs_batch(
     ])?)
 }
 
-pub fn run(config: &Common) -> Result<Summary, JobError> {
-    let names = check(config)?;
+pub fn run(config: &Common, _: &Section, _: &ClusterSpec) -> Result<Summary, JobError> {
+    let names = attribute_names(config)?;
     let plan = plan(config)?;
     // The string exports render prompts with the template of the model to be trained.
     let template_model = if plan

@@ -3,7 +3,7 @@
 //! attribute-conditioned sampling (`configs/iterative-dpo.toml`, `demo.toml`,
 //! `steerlm2-sampling.toml`). The dataflow is `steerflow_pipeline::dataflow`.
 
-use crate::checks::plan;
+use crate::checks::{plan, DryRunShape};
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::load_models;
@@ -94,12 +94,23 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// iterative-dpo has no section of its own.
+pub type Section = ();
+
+pub const SHAPE: DryRunShape = DryRunShape {
+    uses_policy: true,
+    uses_reward: true,
+    records: Some(steerflow_pipeline::source::RecordShape::Prompt),
+    samples: true,
+    cluster: true,
+};
+
 /// Checks the job without loading a model.
-pub fn check(config: &Common) -> Result<(), JobError> {
+pub fn check(config: &Common, _: &Section) -> Result<(), JobError> {
     plan(config).map(|_| ())
 }
 
-pub fn run(config: &Common, cluster: &ClusterSpec) -> Result<Summary, JobError> {
+pub fn run(config: &Common, _: &Section, cluster: &ClusterSpec) -> Result<Summary, JobError> {
     Ok(Summary::from_json(
         run_report(config, cluster.clone())?.summary,
     ))

@@ -1,7 +1,8 @@
 //! `rm-eval`: reward-model accuracy on a preference set, per subset and RewardBench category
 //! (`eval.json`, `eval.md`, `cases.jsonl`; `configs/rm-eval.toml`).
 
-use crate::checks::{plan, store_spec};
+use crate::checks::{plan, store_spec, DryRunShape};
+use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -15,7 +16,8 @@ use steerflow_operators::records::Message;
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::records::PromptKey;
-use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::reject::{Reject, RejectReason};
+use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
 use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::values::{read_values, record_id};
 use steerflow_pipeline::PipelineError;
@@ -61,24 +63,25 @@ impl Categories {
     }
 }
 
-/// What an evaluation run did (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct Summary(pub Value);
+/// What an evaluation run counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub cases: u64,
+    pub rejected: u64,
+}
+
+/// What an evaluation run did (`summary.json`, also the run's `eval.json`).
+pub type Summary = crate::summary::StoreSummary<Counts>;
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0["up_to_date"] == true {
-            return write!(
-                f,
-                "nothing new: every case of the input is committed in {}",
-                self.0["output"]
-            );
+        if self.up_to_date {
+            return f.write_str(&self.up_to_date_line("case"));
         }
         write!(
             f,
             "reward-model evaluation of {} cases written to {}: overall {}",
-            self.0["counts"]["cases"], self.0["output"], self.0["report"]["overall"]
+            self.counts.cases, self.output, self.json["report"]["overall"]
         )
     }
 }
@@ -92,43 +95,18 @@ pub struct PreferenceCase {
     pub subset: String,
 }
 
-/// A case of a jsonl record: `prompt` (string) or `messages` (the conversation before the
-/// response), `chosen` and `rejected` (strings), `subset` (default `default`).
-pub fn preference_case(
-    value: &Value,
-) -> Result<PreferenceCase, (&'static str, &'static str, String)> {
+/// A case of a record: `prompt` (string) or `messages` (the conversation before the responses,
+/// read as every prompt is), `chosen` and `rejected` (strings), `subset` (default `default`).
+pub fn preference_case(value: &Value) -> Result<PreferenceCase, FieldError> {
+    let (_, conversation) = conversation(value, RecordShape::Prompt)?;
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
-    let conversation = match (text("prompt"), value.get("messages")) {
-        (Some(p), None) => vec![Message::new("user", p)],
-        (None, Some(m)) => match serde_json::from_value::<Vec<Message>>(m.clone()) {
-            Ok(m) if m.last().is_some_and(|m| m.role == "user") => m,
-            _ => {
-                return Err((
-                    "messages",
-                    "wrong_type",
-                    "`messages` must be a list of {role, content} ending with a user turn".into(),
-                ))
-            }
-        },
-        _ => {
-            return Err((
-                "prompt",
-                "missing_field",
-                "exactly one of `prompt` (string) or `messages` is needed".into(),
-            ))
-        }
-    };
     let (Some(chosen), Some(rejected)) = (text("chosen"), text("rejected")) else {
-        let field = if text("chosen").is_none() {
-            "chosen"
-        } else {
-            "rejected"
+        let field = if text("chosen").is_none() { "chosen" } else { "rejected" };
+        let reason = match value.get(field) {
+            None | Some(Value::Null) => RejectReason::MissingField,
+            Some(_) => RejectReason::WrongType,
         };
-        return Err((
-            field,
-            "missing_field",
-            format!("`{field}` must be a string"),
-        ));
+        return Err((Some(field), reason, format!("`{field}` must be a string")));
     };
     Ok(PreferenceCase {
         conversation,
@@ -196,7 +174,7 @@ impl StoreJob for RmEval<'_> {
                     item: case,
                 }),
                 Err((field, reason, detail)) => {
-                    let mut r = Reject::new(&file.spec, position, Some(field), reason, detail);
+                    let mut r = Reject::new(&file.spec, position, field, reason, detail);
                     r.prompt_id = Some(id);
                     parsed.rejects.push(r)
                 }
@@ -274,7 +252,8 @@ impl StoreJob for RmEval<'_> {
         )?;
         let summary = json!({
             "job": "rm-eval", "scorer": self.reward.id(), "output": self.output,
-            "counts": { "cases": cases.len(), "rejected": rejects.len() }, "report": report,
+            "counts": Counts { cases: cases.len() as u64, rejected: rejects.len() as u64 },
+            "report": report,
         });
         run.put_top("eval.md", markdown_table(&report).into_bytes())?;
         run.put_top(
@@ -299,7 +278,22 @@ impl StoreJob for RmEval<'_> {
     }
 }
 
-pub fn run(config: &Common, eval: &EvalSection) -> Result<Summary, JobError> {
+pub type Section = EvalSection;
+
+pub const SHAPE: DryRunShape = DryRunShape {
+    uses_policy: false,
+    uses_reward: true,
+    records: None,
+    samples: false,
+    cluster: false,
+};
+
+/// Checks the job without loading a model.
+pub fn check(config: &Common, _: &Section) -> Result<(), JobError> {
+    plan(config).map(|_| ())
+}
+
+pub fn run(config: &Common, eval: &EvalSection, _: &ClusterSpec) -> Result<Summary, JobError> {
     let plan = plan(config)?;
     let reward = scoring_reward_model(config)?;
     let goodness = plan
@@ -317,8 +311,7 @@ pub fn run(config: &Common, eval: &EvalSection) -> Result<Summary, JobError> {
         }),
         output: &config.output.path,
     };
-    let outcome = run_on_store(&job, &store_spec(config, plan.max_rejects))?;
-    Ok(Summary(outcome.summary))
+    Summary::from_outcome(run_on_store(&job, &store_spec(config, plan.max_rejects))?)
 }
 
 #[cfg(test)]
@@ -345,7 +338,7 @@ nope
         assert_eq!(record_id(&values.records[0].1, 1, false), "1");
         assert_eq!(cases[1].as_ref().unwrap().subset, "default");
         assert_eq!(record_id(&values.records[1].1, 2, false), "line-2");
-        assert_eq!(cases[2].as_ref().unwrap_err().0, "rejected");
+        assert_eq!(cases[2].as_ref().unwrap_err().0, Some("rejected"));
         assert_eq!(values.rejects[0].record, 4);
     }
 }

@@ -2,7 +2,8 @@
 //! assistant turn of NeMo conversations, as the NeMo-Aligner jsonl plus the raw floats in
 //! parquet (`configs/steerlm-annotate.toml`).
 
-use crate::checks::{plan, store_spec};
+use crate::checks::{plan, store_spec, DryRunShape};
+use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -20,7 +21,7 @@ use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::records::PromptKey;
-use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::values::{read_values, record_id};
 use steerflow_pipeline::PipelineError;
@@ -41,29 +42,44 @@ impl Default for AnnotateSection {
     }
 }
 
+/// What an annotation run counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub conversations: u64,
+    pub turns_labelled: u64,
+    /// Turns that could not be scored and got `annotate.default_label`.
+    pub turns_defaulted: u64,
+    pub rejected: u64,
+}
+
 /// What an annotation run did (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct Summary(pub Value);
+pub type Summary = crate::summary::StoreSummary<Counts>;
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.0["counts"];
-        if self.0["up_to_date"] == true {
-            return write!(
-                f,
-                "nothing new: every conversation of the input is committed in {}",
-                self.0["output"]
-            );
+        if self.up_to_date {
+            return f.write_str(&self.up_to_date_line("conversation"));
         }
+        let c = &self.counts;
         write!(
             f,
             "{} conversations annotated ({} turns labelled, {} given the default label, {} records rejected) into {}",
-            c["conversations"], c["turns_labelled"], c["turns_defaulted"], c["rejected"], self.0["output"]
+            c.conversations, c.turns_labelled, c.turns_defaulted, c.rejected, self.output
         )
     }
 }
 
+pub type Section = AnnotateSection;
+
+pub const SHAPE: DryRunShape = DryRunShape {
+    uses_policy: false,
+    uses_reward: true,
+    records: None,
+    samples: false,
+    cluster: false,
+};
+
+/// Checks the section without loading a model.
 pub fn check(config: &Common, annotate: &AnnotateSection) -> Result<(), JobError> {
     plan(config)?;
     if annotate.default_label.trim().is_empty() {
@@ -219,7 +235,7 @@ impl StoreJob for Annotate<'_> {
         for (position, value) in values.records {
             let id = record_id(&value, position, file.parquet);
             let digest = steerflow_pipeline::digest::digest(value.to_string().as_bytes());
-            let reject = |field: &str, reason: &str, detail: String| {
+            let reject = |field: &str, reason: RejectReason, detail: String| {
                 let mut r = Reject::new(&file.spec, position, Some(field), reason, detail);
                 r.prompt_id = Some(id.clone());
                 r
@@ -239,12 +255,12 @@ impl StoreJob for Annotate<'_> {
                 }
                 Ok(_) => parsed.rejects.push(reject(
                     "conversations",
-                    "no_assistant_turn",
+                    RejectReason::NoAssistantTurn,
                     "nothing to annotate".into(),
                 )),
                 Err((field, detail)) => parsed.rejects.push(reject(
                     field.unwrap_or("conversations"),
-                    "wrong_type",
+                    RejectReason::WrongType,
                     detail,
                 )),
             }
@@ -352,9 +368,11 @@ impl StoreJob for Annotate<'_> {
         let defaulted = all.iter().filter(|t| t.defaulted).count();
         let summary = json!({
             "job": "steerlm-annotate", "scorer": self.reward.id(), "output": self.output,
-            "counts": {
-                "conversations": annotated.len(), "turns_labelled": all.len() - defaulted,
-                "turns_defaulted": defaulted, "rejected": rejects.len(),
+            "counts": Counts {
+                conversations: annotated.len() as u64,
+                turns_labelled: (all.len() - defaulted) as u64,
+                turns_defaulted: defaulted as u64,
+                rejected: rejects.len() as u64,
             },
         });
         Ok(Finished {
@@ -435,7 +453,7 @@ fn turns_batch(
     ])?)
 }
 
-pub fn run(config: &Common, annotate: &AnnotateSection) -> Result<Summary, JobError> {
+pub fn run(config: &Common, annotate: &AnnotateSection, _: &ClusterSpec) -> Result<Summary, JobError> {
     check(config, annotate)?;
     let plan = plan(config)?;
     let reward = scoring_reward_model(config)?;

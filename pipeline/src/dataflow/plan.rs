@@ -10,7 +10,7 @@
 
 use super::worker::Worker;
 use crate::records::{read_totals, PromptKey, ReadItem, ReadStats, RunState, Settled};
-use crate::reject::Reject;
+use crate::reject::{Reject, RejectReason};
 use crate::source::SourceOutput;
 use crate::PipelineError;
 use std::collections::{HashMap, HashSet};
@@ -52,7 +52,7 @@ pub fn filter_share(share: SourceOutput, state: &RunState, planners: usize) -> V
                     &prompt.source.file,
                     prompt.source.record,
                     Some("messages"),
-                    "changed_since_committed",
+                    RejectReason::ChangedSinceCommitted,
                     format!(
                         "prompt `{}` was committed by an earlier run with different messages; \
                          give the new prompt a new id",
@@ -118,7 +118,7 @@ pub fn plan_items(
                 &p.source.file,
                 p.source.record,
                 Some("id"),
-                "duplicate_id",
+                RejectReason::DuplicateId,
                 format!(
                     "prompt id `{}` appeared before ({}:{}); the first is kept",
                     p.id, first.source.file, first.source.record

@@ -10,7 +10,7 @@
 
 use super::worker::Worker;
 use crate::records::PromptKey;
-use crate::reject::Reject;
+use crate::reject::{Reject, RejectReason};
 use std::collections::VecDeque;
 use std::time::Instant;
 use steerflow_models::engine::GenerationRequest;
@@ -35,7 +35,7 @@ fn sample_prompts(
 ) -> Vec<Result<Sample, (Reject, PromptKey)>> {
     let started = Instant::now();
     let (spec, models, counters) = (&worker.spec, &worker.models, &worker.counters);
-    let reject = |prompt: &Prompt, reason: &str, detail: String| {
+    let reject = |prompt: &Prompt, reason: RejectReason, detail: String| {
         let mut r = Reject::new(
             &prompt.source.file,
             prompt.source.record,
@@ -64,9 +64,9 @@ fn sample_prompts(
             }
             Err(e) => {
                 let reason = if e.is_record_error() {
-                    "policy_prompt"
+                    RejectReason::PolicyPrompt
                 } else {
-                    "policy_error"
+                    RejectReason::PolicyError
                 };
                 out.push(reject(&prompt, reason, e.to_string()));
                 progress();
@@ -84,7 +84,7 @@ fn sample_prompts(
         |i, result| {
             let prompt = &accepted[i];
             match result {
-                Err(e) => out.push(reject(prompt, "generation_failed", e.to_string())),
+                Err(e) => out.push(reject(prompt, RejectReason::GenerationFailed, e.to_string())),
                 Ok((generations, work)) => {
                     let mut c = counters.borrow_mut();
                     c.prompts_sampled += 1;

@@ -4,7 +4,7 @@
 //! `id` (string or integer; else a hash of the messages). Other fields are ignored. A record that
 //! cannot be used becomes a [`Reject`] naming the file, line or row, field and reason; the rest go on.
 
-use crate::reject::Reject;
+use crate::reject::{Reject, RejectReason};
 use crate::PipelineError;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
@@ -147,7 +147,7 @@ impl JsonlParser {
                     file,
                     line_no,
                     None,
-                    "invalid_utf8",
+                    RejectReason::InvalidUtf8,
                     format!("invalid UTF-8: {e}"),
                 ));
                 return;
@@ -157,9 +157,9 @@ impl JsonlParser {
             Ok(v) => v,
             Err(e) => {
                 let (reason, detail) = if unterminated && e.is_eof() {
-                    ("truncated_line", format!("the last line is cut off: {e}"))
+                    (RejectReason::TruncatedLine, format!("the last line is cut off: {e}"))
                 } else {
-                    ("invalid_json", format!("invalid JSON: {e}"))
+                    (RejectReason::InvalidJson, format!("invalid JSON: {e}"))
                 };
                 out.rejects
                     .push(Reject::new(file, line_no, None, reason, detail));
@@ -198,16 +198,20 @@ pub(crate) fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutpu
     Ok(parser.finish())
 }
 
-type FieldError = (Option<&'static str>, &'static str, String);
+/// A record's fault: the field, why, and a sentence for people.
+pub type FieldError = (Option<&'static str>, RejectReason, String);
 
-fn prompt_from_json(
+/// The prompt of a record from a JSON value: an optional id, and the conversation from `prompt`
+/// (a string) or `messages` (a list of `{role, content}`), with `response` appended for the
+/// response shape; checked as [`RecordShape`] says. Every reader of prompts, responses,
+/// preference pairs and labelled responses goes through it.
+pub fn conversation(
     value: &Value,
-    source: SourcePosition,
     shape: RecordShape,
-) -> Result<Prompt, FieldError> {
+) -> Result<(Option<String>, Vec<Message>), FieldError> {
     let obj = value.as_object().ok_or((
         None,
-        "not_an_object",
+        RejectReason::NotAnObject,
         "a record must be a JSON object".to_string(),
     ))?;
     let id = match obj.get("id") {
@@ -217,7 +221,7 @@ fn prompt_from_json(
         Some(other) => {
             return Err((
                 Some("id"),
-                "wrong_type",
+                RejectReason::WrongType,
                 format!("`id` must be a non-empty string or an integer, got {other}"),
             ))
         }
@@ -226,7 +230,7 @@ fn prompt_from_json(
         (Some(_), Some(_)) => {
             return Err((
                 Some("prompt"),
-                "ambiguous",
+                RejectReason::Ambiguous,
                 "a record has either `prompt` or `messages`, not both".into(),
             ))
         }
@@ -234,7 +238,7 @@ fn prompt_from_json(
         (Some(other), None) => {
             return Err((
                 Some("prompt"),
-                "wrong_type",
+                RejectReason::WrongType,
                 format!("`prompt` must be a string, got {}", type_name(other)),
             ))
         }
@@ -248,7 +252,7 @@ fn prompt_from_json(
                     _ => {
                         return Err((
                             Some("messages"),
-                            "wrong_type",
+                            RejectReason::WrongType,
                             format!(
                                 "messages[{k}] must be an object with string `role` and `content`"
                             ),
@@ -261,14 +265,14 @@ fn prompt_from_json(
         (None, Some(other)) => {
             return Err((
                 Some("messages"),
-                "wrong_type",
+                RejectReason::WrongType,
                 format!("`messages` must be a list, got {}", type_name(other)),
             ))
         }
         (None, None) => {
             return Err((
                 Some("prompt"),
-                "missing_field",
+                RejectReason::MissingField,
                 "neither `prompt` nor `messages` is present".into(),
             ))
         }
@@ -283,20 +287,29 @@ fn prompt_from_json(
             Some(Value::String(_)) => {
                 return Err((
                     Some("response"),
-                    "ambiguous",
+                    RejectReason::Ambiguous,
                     "`response` goes with `prompt`, not with `messages`".into(),
                 ))
             }
             Some(other) => {
                 return Err((
                     Some("response"),
-                    "wrong_type",
+                    RejectReason::WrongType,
                     format!("`response` must be a string, got {}", type_name(other)),
                 ))
             }
         }
     }
     validate_messages(&messages, shape)?;
+    Ok((id, messages))
+}
+
+fn prompt_from_json(
+    value: &Value,
+    source: SourcePosition,
+    shape: RecordShape,
+) -> Result<Prompt, FieldError> {
+    let (id, messages) = conversation(value, shape)?;
     let id = id.unwrap_or_else(|| prompt_id_from_messages(&messages));
     Ok(Prompt {
         id,
@@ -304,6 +317,7 @@ fn prompt_from_json(
         source,
     })
 }
+
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -322,7 +336,7 @@ fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), Fie
     if messages.is_empty() {
         return Err((
             Some("messages"),
-            "empty",
+            RejectReason::Empty,
             "the conversation has no messages".into(),
         ));
     }
@@ -330,7 +344,7 @@ fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), Fie
         if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
             return Err((
                 Some("messages"),
-                "unknown_role",
+                RejectReason::UnknownRole,
                 format!("messages[{k}] has role `{}`", m.role),
             ));
         }
@@ -339,7 +353,7 @@ fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), Fie
         .iter()
         .all(|m| m.content.trim().is_empty() || m.role == "system")
     {
-        return Err((Some("prompt"), "empty", "the prompt is empty".into()));
+        return Err((Some("prompt"), RejectReason::Empty, "the prompt is empty".into()));
     }
     let (last_role, why) = match shape {
         RecordShape::Prompt => (
@@ -352,7 +366,7 @@ fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), Fie
         ),
     };
     if messages.last().is_some_and(|m| m.role != last_role) {
-        return Err((Some("messages"), "bad_conversation_end", why.into()));
+        return Err((Some("messages"), RejectReason::BadConversationEnd, why.into()));
     }
     Ok(())
 }
@@ -440,7 +454,7 @@ pub(crate) fn parse_batch(
                 if let Some(col) = response_col.filter(|c| !c.is_null(i)) {
                     let text = string_at(col.as_ref(), i).ok_or((
                         Some("response"),
-                        "wrong_type",
+                        RejectReason::WrongType,
                         format!(
                             "`response` must be a string column, not {}",
                             col.data_type()
@@ -476,7 +490,7 @@ fn prompt_from_row(
     let id = match id_col {
         Some(col) if !col.is_null(i) => Some(string_at(col.as_ref(), i).ok_or((
             Some("id"),
-            "wrong_type",
+            RejectReason::WrongType,
             format!(
                 "`id` must be a string or integer column, not {}",
                 col.data_type()
@@ -490,14 +504,14 @@ fn prompt_from_row(
         (Some(_), Some(_)) => {
             return Err((
                 Some("prompt"),
-                "ambiguous",
+                RejectReason::Ambiguous,
                 "a row has either `prompt` or `messages`, not both".into(),
             ))
         }
         (Some(col), None) => {
             let text = string_at(col.as_ref(), i).ok_or((
                 Some("prompt"),
-                "wrong_type",
+                RejectReason::WrongType,
                 format!("`prompt` must be a string column, not {}", col.data_type()),
             ))?;
             vec![Message::new("user", text)]
@@ -506,7 +520,7 @@ fn prompt_from_row(
         (None, None) => {
             return Err((
                 Some("prompt"),
-                "missing_field",
+                RejectReason::MissingField,
                 "both `prompt` and `messages` are null".into(),
             ))
         }
@@ -525,7 +539,7 @@ fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
     let wrong = || {
         (
             Some("messages"),
-            "wrong_type",
+            RejectReason::WrongType,
             format!(
                 "`messages` must be a list of structs with string `role` and `content`, not {}",
                 col.data_type()
@@ -549,7 +563,7 @@ fn messages_at(col: &dyn Array, i: usize) -> Result<Vec<Message>, FieldError> {
                 (Some(r), Some(c)) => Ok(Message::new(r, c)),
                 _ => Err((
                     Some("messages"),
-                    "wrong_type",
+                    RejectReason::WrongType,
                     format!("messages[{k}] has a null or non-string role or content"),
                 )),
             }
@@ -569,7 +583,7 @@ fn reject_duplicate_ids(file: &str, out: &mut SourceOutput) {
                 file,
                 p.source.record,
                 Some("id"),
-                "duplicate_id",
+                RejectReason::DuplicateId,
                 format!("prompt id `{}` appeared before; the first is kept", p.id),
             );
             r.prompt_id = Some(p.id);
