@@ -23,7 +23,10 @@ impl<C: DeserializeOwned> StoreSummary<C> {
         let counts = serde_json::from_value(outcome.summary["counts"].clone())
             .map_err(|e| invalid(format!("run {}: its summary's counts: {e}", outcome.run_id)))?;
         Ok(Self {
-            output: outcome.summary["output"].as_str().unwrap_or_default().to_string(),
+            output: outcome.summary["output"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             run_id: outcome.run_id,
             up_to_date: outcome.up_to_date,
             counts,

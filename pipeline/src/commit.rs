@@ -443,7 +443,7 @@ mod tests {
                 "in.jsonl",
                 3,
                 None,
-                "policy_prompt",
+                crate::reject::RejectReason::PolicyPrompt,
                 "too long",
             )],
             input_rejects: Vec::new(),

@@ -51,40 +51,7 @@ pub fn inspect(spec: &str) -> Result<String, PipelineError> {
     let runs = rt.block_on(crate::commit::list_runs(&location))?;
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", crate::storage::redact_url(spec));
-    if !runs.is_empty() {
-        let _ = writeln!(out, "## Runs\n");
-        for run in &runs {
-            match &run.manifest {
-                Some(m) => {
-                    let counts: Vec<String> = m
-                        .counts
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .filter(|(_, v)| v.is_number())
-                        .map(|(k, v)| format!("{k} {v}"))
-                        .collect();
-                    let _ = writeln!(
-                        out,
-                        "- {}: committed {}, {} records, {} files ({})",
-                        m.run_id,
-                        m.committed_at,
-                        m.prompts.len(),
-                        m.files.len() + m.other_files.len(),
-                        counts.join(", ")
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "- {}: not committed ({} shards done); rerun its command to finish it",
-                        run.run_id, run.shards_done
-                    );
-                }
-            }
-        }
-        let _ = writeln!(out);
-    }
+    write_runs(&mut out, &runs);
     let _ = writeln!(out, "## Files\n");
     for o in &objects {
         let _ = writeln!(out, "- {} ({} bytes)", relative(&o.location), o.size);
@@ -145,6 +112,45 @@ pub fn inspect(spec: &str) -> Result<String, PipelineError> {
         );
     }
     Ok(out)
+}
+
+/// The runs of an output, committed or not, one line each.
+fn write_runs(out: &mut String, runs: &[crate::commit::RunListing]) {
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Runs\n");
+    for run in runs {
+        match &run.manifest {
+            Some(m) => {
+                let counts: Vec<String> = m
+                    .counts
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| v.is_number())
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- {}: committed {}, {} records, {} files ({})",
+                    m.run_id,
+                    m.committed_at,
+                    m.prompts.len(),
+                    m.files.len() + m.other_files.len(),
+                    counts.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "- {}: not committed ({} shards done); rerun its command to finish it",
+                    run.run_id, run.shards_done
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
 }
 
 #[cfg(test)]

@@ -161,7 +161,15 @@ mod tests {
             already_committed: 0,
             rejects,
         };
-        let bad = |file: &str, record| Reject::new(file, record, None, "invalid_json", "x");
+        let bad = |file: &str, record| {
+            Reject::new(
+                file,
+                record,
+                None,
+                crate::reject::RejectReason::InvalidJson,
+                "x",
+            )
+        };
         let (total, first) = read_totals(&[
             (stats(10, 1), Some(bad("b.jsonl", 2))),
             (stats(5, 2), Some(bad("a.jsonl", 9))),

@@ -46,8 +46,13 @@ pub fn jsonl_values(file: &str, bytes: &[u8]) -> Values {
             Ok(t) => t,
             Err(e) => {
                 let detail = format!("invalid UTF-8: {e}");
-                out.rejects
-                    .push(Reject::new(file, line, None, RejectReason::InvalidUtf8, detail));
+                out.rejects.push(Reject::new(
+                    file,
+                    line,
+                    None,
+                    RejectReason::InvalidUtf8,
+                    detail,
+                ));
                 continue;
             }
         };
@@ -55,7 +60,10 @@ pub fn jsonl_values(file: &str, bytes: &[u8]) -> Values {
             Ok(v) => out.records.push((line, v)),
             Err(e) => {
                 let (reason, detail) = if i == last && e.is_eof() {
-                    (RejectReason::TruncatedLine, format!("the last line is cut off: {e}"))
+                    (
+                        RejectReason::TruncatedLine,
+                        format!("the last line is cut off: {e}"),
+                    )
                 } else {
                     (RejectReason::InvalidJson, format!("invalid JSON: {e}"))
                 };

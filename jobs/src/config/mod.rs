@@ -234,7 +234,10 @@ mod tests {
         let err = parse_config("[job]\nkind = \"dpo\"\n", "t.toml", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("kind") && err.contains("iterative-dpo"), "{err}");
+        assert!(
+            err.contains("kind") && err.contains("iterative-dpo"),
+            "{err}"
+        );
         let err = parse_config("[filter]\ntop_kk = 1\n", "t.toml", &[])
             .unwrap_err()
             .to_string();
@@ -252,7 +255,10 @@ mod tests {
         assert_eq!(c.job.kind, crate::job_kind::JobKind::RmEval);
         assert_eq!(c.job.device, sections::Device::Cuda(1));
         assert_eq!(c.input.max_rejects, sections::MaxRejects::Fraction(0.25));
-        assert_eq!(c.output.formats, vec![steerflow_pipeline::formats::ExportFormat::Nemo]);
+        assert_eq!(
+            c.output.formats,
+            vec![steerflow_pipeline::formats::ExportFormat::Nemo]
+        );
         assert_eq!(
             c.sections.eval.categories.map(),
             [("a".to_string(), "Chat".to_string())].into()

@@ -322,9 +322,10 @@ pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<S
         rules,
         output: &config.output.path,
     };
-    Ok(Summary(
-        run_on_store(&job, &store_spec(config, plan.max_rejects))?.summary,
-    ))
+    Summary::from_outcome(run_on_store(
+        &job,
+        &store_spec(config, plan.max_rejects),
+    )?)
 }
 
 /// Normalised goodness of every row (by the run, its prompt, or the reference) and how many

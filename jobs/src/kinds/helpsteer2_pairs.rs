@@ -410,9 +410,10 @@ pub fn run(config: &Common, _: &Section, _: &ClusterSpec) -> Result<Summary, Job
         output: &config.output.path,
         by: &config.pairs.by,
     };
-    Ok(Summary(
-        run_on_store(&job, &store_spec(config, plan.max_rejects))?.summary,
-    ))
+    Summary::from_outcome(run_on_store(
+        &job,
+        &store_spec(config, plan.max_rejects),
+    )?)
 }
 
 #[cfg(test)]

@@ -466,9 +466,10 @@ pub fn run(config: &Common, annotate: &AnnotateSection, _: &ClusterSpec) -> Resu
         }),
         output: &config.output.path,
     };
-    Ok(Summary(
-        run_on_store(&job, &store_spec(config, plan.max_rejects))?.summary,
-    ))
+    Summary::from_outcome(run_on_store(
+        &job,
+        &store_spec(config, plan.max_rejects),
+    )?)
 }
 
 #[cfg(test)]

@@ -170,7 +170,13 @@ mod tests {
     use steerflow_operators::records::Prompt;
 
     fn rejected(id: &str) -> Settled {
-        let mut r = Reject::new("in.jsonl", 1, None, "policy_prompt", "x");
+        let mut r = Reject::new(
+            "in.jsonl",
+            1,
+            None,
+            crate::reject::RejectReason::PolicyPrompt,
+            "x",
+        );
         r.prompt_id = Some(id.into());
         let key = PromptKey {
             id: id.into(),

@@ -251,7 +251,13 @@ mod tests {
             ReadItem::Prompt(prompt("x", "b.jsonl", 1)),
             ReadItem::Prompt(prompt("x", "a.jsonl", 7)),
             ReadItem::Prompt(prompt("y", "a.jsonl", 2)),
-            ReadItem::Reject(Reject::new("a.jsonl", 3, None, "invalid_json", "bad")),
+            ReadItem::Reject(Reject::new(
+                "a.jsonl",
+                3,
+                None,
+                crate::reject::RejectReason::InvalidJson,
+                "bad",
+            )),
             ReadItem::Stats {
                 to: 0,
                 first_reject: None,

@@ -84,7 +84,11 @@ fn sample_prompts(
         |i, result| {
             let prompt = &accepted[i];
             match result {
-                Err(e) => out.push(reject(prompt, RejectReason::GenerationFailed, e.to_string())),
+                Err(e) => out.push(reject(
+                    prompt,
+                    RejectReason::GenerationFailed,
+                    e.to_string(),
+                )),
                 Ok((generations, work)) => {
                     let mut c = counters.borrow_mut();
                     c.prompts_sampled += 1;

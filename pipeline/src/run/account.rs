@@ -38,7 +38,9 @@ pub(super) fn settled_counts(
     }
     let mut rejected_by_reason = BTreeMap::<String, u64>::new();
     for r in rejects {
-        *rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
+        *rejected_by_reason
+            .entry(r.reason.as_str().to_string())
+            .or_default() += 1;
     }
     let scored = samples.iter().filter(|s| s.goodness.is_finite()).count();
     let prompts_rejected_in_sampling: usize = parts.iter().map(|p| p.rejects.len()).sum();

@@ -4,10 +4,14 @@
 //! `id` (string or integer; else a hash of the messages). Other fields are ignored. A record that
 //! cannot be used becomes a [`Reject`] naming the file, line or row, field and reason; the rest go on.
 
+mod conversation;
+
 use crate::reject::{Reject, RejectReason};
 use crate::PipelineError;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
+use conversation::validate_messages;
+pub use conversation::{conversation, FieldError, RecordShape};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -21,15 +25,6 @@ pub struct SourceOutput {
     pub rejects: Vec<Reject>,
     /// Records seen (prompts plus rejects).
     pub records: u64,
-}
-
-/// What a record must hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordShape {
-    /// A prompt for the policy: the conversation ends with a user turn.
-    Prompt,
-    /// A response to score: `messages` ending with an assistant turn, or `prompt` + `response`.
-    Response,
 }
 
 /// Input file formats.
@@ -157,7 +152,10 @@ impl JsonlParser {
             Ok(v) => v,
             Err(e) => {
                 let (reason, detail) = if unterminated && e.is_eof() {
-                    (RejectReason::TruncatedLine, format!("the last line is cut off: {e}"))
+                    (
+                        RejectReason::TruncatedLine,
+                        format!("the last line is cut off: {e}"),
+                    )
                 } else {
                     (RejectReason::InvalidJson, format!("invalid JSON: {e}"))
                 };
@@ -198,112 +196,6 @@ pub(crate) fn stream_jsonl(spec: &str, shape: RecordShape) -> Result<SourceOutpu
     Ok(parser.finish())
 }
 
-/// A record's fault: the field, why, and a sentence for people.
-pub type FieldError = (Option<&'static str>, RejectReason, String);
-
-/// The prompt of a record from a JSON value: an optional id, and the conversation from `prompt`
-/// (a string) or `messages` (a list of `{role, content}`), with `response` appended for the
-/// response shape; checked as [`RecordShape`] says. Every reader of prompts, responses,
-/// preference pairs and labelled responses goes through it.
-pub fn conversation(
-    value: &Value,
-    shape: RecordShape,
-) -> Result<(Option<String>, Vec<Message>), FieldError> {
-    let obj = value.as_object().ok_or((
-        None,
-        RejectReason::NotAnObject,
-        "a record must be a JSON object".to_string(),
-    ))?;
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        Some(other) => {
-            return Err((
-                Some("id"),
-                RejectReason::WrongType,
-                format!("`id` must be a non-empty string or an integer, got {other}"),
-            ))
-        }
-    };
-    let messages = match (obj.get("prompt"), obj.get("messages")) {
-        (Some(_), Some(_)) => {
-            return Err((
-                Some("prompt"),
-                RejectReason::Ambiguous,
-                "a record has either `prompt` or `messages`, not both".into(),
-            ))
-        }
-        (Some(Value::String(p)), None) => vec![Message::new("user", p.clone())],
-        (Some(other), None) => {
-            return Err((
-                Some("prompt"),
-                RejectReason::WrongType,
-                format!("`prompt` must be a string, got {}", type_name(other)),
-            ))
-        }
-        (None, Some(Value::Array(items))) => {
-            let mut messages = Vec::with_capacity(items.len());
-            for (k, item) in items.iter().enumerate() {
-                let role = item.get("role").and_then(Value::as_str);
-                let content = item.get("content").and_then(Value::as_str);
-                match (role, content) {
-                    (Some(r), Some(c)) => messages.push(Message::new(r, c)),
-                    _ => {
-                        return Err((
-                            Some("messages"),
-                            RejectReason::WrongType,
-                            format!(
-                                "messages[{k}] must be an object with string `role` and `content`"
-                            ),
-                        ))
-                    }
-                }
-            }
-            messages
-        }
-        (None, Some(other)) => {
-            return Err((
-                Some("messages"),
-                RejectReason::WrongType,
-                format!("`messages` must be a list, got {}", type_name(other)),
-            ))
-        }
-        (None, None) => {
-            return Err((
-                Some("prompt"),
-                RejectReason::MissingField,
-                "neither `prompt` nor `messages` is present".into(),
-            ))
-        }
-    };
-    let mut messages = messages;
-    if shape == RecordShape::Response {
-        match obj.get("response") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(r)) if obj.contains_key("prompt") => {
-                messages.push(Message::new("assistant", r.clone()))
-            }
-            Some(Value::String(_)) => {
-                return Err((
-                    Some("response"),
-                    RejectReason::Ambiguous,
-                    "`response` goes with `prompt`, not with `messages`".into(),
-                ))
-            }
-            Some(other) => {
-                return Err((
-                    Some("response"),
-                    RejectReason::WrongType,
-                    format!("`response` must be a string, got {}", type_name(other)),
-                ))
-            }
-        }
-    }
-    validate_messages(&messages, shape)?;
-    Ok((id, messages))
-}
-
 fn prompt_from_json(
     value: &Value,
     source: SourcePosition,
@@ -316,59 +208,6 @@ fn prompt_from_json(
         messages,
         source,
     })
-}
-
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A usable conversation: non-empty, known roles, ending with a user turn (a prompt) or an
-/// assistant turn (a response to score).
-fn validate_messages(messages: &[Message], shape: RecordShape) -> Result<(), FieldError> {
-    if messages.is_empty() {
-        return Err((
-            Some("messages"),
-            RejectReason::Empty,
-            "the conversation has no messages".into(),
-        ));
-    }
-    for (k, m) in messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err((
-                Some("messages"),
-                RejectReason::UnknownRole,
-                format!("messages[{k}] has role `{}`", m.role),
-            ));
-        }
-    }
-    if messages
-        .iter()
-        .all(|m| m.content.trim().is_empty() || m.role == "system")
-    {
-        return Err((Some("prompt"), RejectReason::Empty, "the prompt is empty".into()));
-    }
-    let (last_role, why) = match shape {
-        RecordShape::Prompt => (
-            "user",
-            "the conversation must end with a user message for the policy to answer",
-        ),
-        RecordShape::Response => (
-            "assistant",
-            "the conversation must end with the assistant response to score",
-        ),
-    };
-    if messages.last().is_some_and(|m| m.role != last_role) {
-        return Err((Some("messages"), RejectReason::BadConversationEnd, why.into()));
-    }
-    Ok(())
 }
 
 /// Parses a parquet file of prompts (columns `prompt` or `messages`, optional `id`).
