@@ -18,7 +18,9 @@ use crate::input::InputFile;
 use crate::publish::{publish, ReadmeText};
 use crate::records::{PromptKey, ReadStats};
 use crate::reject::{enforce_limit, Reject, RejectLimit, RejectReason};
+use crate::source::FieldError;
 use crate::storage::{io_runtime, redact_url, Location};
+use crate::values::{read_values, record_id};
 use crate::PipelineError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -52,6 +54,42 @@ impl<T> Default for Parsed<T> {
             records: 0,
         }
     }
+}
+
+/// Reads `file` through the one record reader (`values.rs`) and keys every record: its id (`id`,
+/// else `line-N` / `row-N`), the digest of its content, and the route `parse` gives (`None`: the
+/// id). A record that `parse` refuses becomes a reject naming its field, reason and id.
+pub fn read_keyed<T>(
+    file: &InputFile,
+    parse: impl Fn(&serde_json::Value) -> Result<(T, Option<String>), FieldError>,
+) -> Result<Parsed<T>, PipelineError> {
+    let values = read_values(file)?;
+    let mut parsed = Parsed {
+        rejects: values.rejects,
+        records: values.count,
+        ..Parsed::default()
+    };
+    for (position, value) in values.records {
+        let id = record_id(&value, position, file.parquet);
+        match parse(&value) {
+            Ok((item, route)) => parsed.items.push(Keyed {
+                key: PromptKey {
+                    id: id.clone(),
+                    digest: crate::digest::digest(value.to_string().as_bytes()),
+                },
+                route: route.unwrap_or(id),
+                file: file.spec.clone(),
+                record: position,
+                item,
+            }),
+            Err((field, reason, detail)) => {
+                let mut r = Reject::new(&file.spec, position, field, reason, detail);
+                r.prompt_id = Some(id);
+                parsed.rejects.push(r);
+            }
+        }
+    }
+    Ok(parsed)
 }
 
 /// Where a finished run writes.

@@ -18,15 +18,13 @@ use steerflow_operators::seeding::prompt_id_from_messages;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
-use steerflow_pipeline::records::PromptKey;
 use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
 use steerflow_pipeline::sink::{
     attributes_array, messages_array, write_parquet_shard, write_text_exports, PairText,
     PromptRenderer,
 };
-use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
-use steerflow_pipeline::values::{read_values, record_id};
+use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
 
 /// What a helpsteer2-pairs run counted.
@@ -174,32 +172,15 @@ impl StoreJob for LabelledPairs<'_> {
     }
 
     fn read(&self, file: &InputFile) -> Result<Parsed<LabelledResponse>, PipelineError> {
-        let values = read_values(file)?;
-        let mut parsed = Parsed {
-            rejects: values.rejects,
-            records: values.count,
-            ..Parsed::default()
-        };
-        for (position, value) in values.records {
-            let id = record_id(&value, position, file.parquet);
-            match labelled_from(&value, &self.names) {
-                Ok(mut r) => {
-                    (r.id, r.file, r.record) = (id.clone(), file.spec.clone(), position);
-                    let digest = steerflow_pipeline::digest::digest(value.to_string().as_bytes());
-                    parsed.items.push(Keyed {
-                        key: PromptKey { id, digest },
-                        route: r.prompt_id.clone(),
-                        file: file.spec.clone(),
-                        record: position,
-                        item: r,
-                    })
-                }
-                Err((field, reason, detail)) => {
-                    let mut r = Reject::new(&file.spec, position, field, reason, detail);
-                    r.prompt_id = Some(id);
-                    parsed.rejects.push(r)
-                }
-            }
+        // A prompt's responses share a route, so a shard holds all of them.
+        let mut parsed = read_keyed(file, |value| {
+            labelled_from(value, &self.names).map(|r| {
+                let route = r.prompt_id.clone();
+                (r, Some(route))
+            })
+        })?;
+        for k in &mut parsed.items {
+            (k.item.id, k.item.file, k.item.record) = (k.key.id.clone(), k.file.clone(), k.record);
         }
         Ok(parsed)
     }

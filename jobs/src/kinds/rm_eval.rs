@@ -15,11 +15,9 @@ use steerflow_operators::goodness::BoundGoodness;
 use steerflow_operators::records::Message;
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
-use steerflow_pipeline::records::PromptKey;
 use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
-use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
-use steerflow_pipeline::values::{read_values, record_id};
+use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
 
 /// `[eval]`.
@@ -152,35 +150,7 @@ impl StoreJob for RmEval<'_> {
     }
 
     fn read(&self, file: &InputFile) -> Result<Parsed<PreferenceCase>, PipelineError> {
-        let values = read_values(file)?;
-        let mut parsed = Parsed {
-            rejects: values.rejects,
-            records: values.count,
-            ..Parsed::default()
-        };
-        for (position, value) in values.records {
-            let id = record_id(&value, position, file.parquet);
-            match preference_case(&value) {
-                Ok(case) => parsed.items.push(Keyed {
-                    key: PromptKey {
-                        id: id.clone(),
-                        digest: steerflow_pipeline::digest::digest(
-                            json!(case).to_string().as_bytes(),
-                        ),
-                    },
-                    route: id,
-                    file: file.spec.clone(),
-                    record: position,
-                    item: case,
-                }),
-                Err((field, reason, detail)) => {
-                    let mut r = Reject::new(&file.spec, position, field, reason, detail);
-                    r.prompt_id = Some(id);
-                    parsed.rejects.push(r)
-                }
-            }
-        }
-        Ok(parsed)
+        read_keyed(file, |value| preference_case(value).map(|case| (case, None)))
     }
 
     fn process(
@@ -317,6 +287,7 @@ pub fn run(config: &Common, eval: &EvalSection, _: &ClusterSpec) -> Result<Summa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use steerflow_pipeline::values::record_id;
 
     #[test]
     fn preference_records_and_rejects() {

@@ -20,10 +20,8 @@ use steerflow_operators::steerlm::steerlm_label;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
-use steerflow_pipeline::records::PromptKey;
 use steerflow_pipeline::reject::{Reject, RejectReason};
-use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
-use steerflow_pipeline::values::{read_values, record_id};
+use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
 
 /// `[annotate]`.
@@ -226,46 +224,19 @@ impl StoreJob for Annotate<'_> {
     }
 
     fn read(&self, file: &InputFile) -> Result<Parsed<NemoConversation>, PipelineError> {
-        let values = read_values(file)?;
-        let mut parsed = Parsed {
-            rejects: values.rejects,
-            records: values.count,
-            ..Parsed::default()
-        };
-        for (position, value) in values.records {
-            let id = record_id(&value, position, file.parquet);
-            let digest = steerflow_pipeline::digest::digest(value.to_string().as_bytes());
-            let reject = |field: &str, reason: RejectReason, detail: String| {
-                let mut r = Reject::new(&file.spec, position, Some(field), reason, detail);
-                r.prompt_id = Some(id.clone());
-                r
-            };
-            match conversation_from(value) {
-                Ok(c) if c.turns.iter().any(|(r, _)| r == "assistant") => {
-                    parsed.items.push(Keyed {
-                        key: PromptKey {
-                            id: id.clone(),
-                            digest,
-                        },
-                        route: id.clone(),
-                        file: file.spec.clone(),
-                        record: position,
-                        item: c,
-                    })
-                }
-                Ok(_) => parsed.rejects.push(reject(
-                    "conversations",
-                    RejectReason::NoAssistantTurn,
-                    "nothing to annotate".into(),
-                )),
-                Err((field, detail)) => parsed.rejects.push(reject(
-                    field.unwrap_or("conversations"),
-                    RejectReason::WrongType,
-                    detail,
-                )),
-            }
-        }
-        Ok(parsed)
+        read_keyed(file, |value| match conversation_from(value.clone()) {
+            Ok(c) if c.turns.iter().any(|(r, _)| r == "assistant") => Ok((c, None)),
+            Ok(_) => Err((
+                Some("conversations"),
+                RejectReason::NoAssistantTurn,
+                "nothing to annotate".into(),
+            )),
+            Err((field, detail)) => Err((
+                Some(field.unwrap_or("conversations")),
+                RejectReason::WrongType,
+                detail,
+            )),
+        })
     }
 
     fn process(
