@@ -2,7 +2,6 @@
 //! quantile, and ranked; kept rows carry their scores and rank (`configs/filter-rank.toml`).
 
 use crate::checks::{plan, store_spec, DryRunShape};
-use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -17,6 +16,7 @@ use steerflow_operators::goodness::BoundGoodness;
 use steerflow_operators::normalize::{normalize_goodness, NormStats};
 use steerflow_operators::records::{Message, Prompt};
 use steerflow_operators::seeding::prompt_id_from_messages;
+use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;

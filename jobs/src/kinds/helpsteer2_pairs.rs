@@ -3,7 +3,6 @@
 //! output (`configs/helpsteer2-pairs.toml`).
 
 use crate::checks::{plan, store_spec, DryRunShape};
-use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::{load_language_model, with_chat_template};
@@ -15,6 +14,7 @@ use std::sync::Arc;
 use steerflow_operators::pairs::{select_pair, Candidate};
 use steerflow_operators::records::Message;
 use steerflow_operators::seeding::prompt_id_from_messages;
+use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;

@@ -2,7 +2,6 @@
 //! (`eval.json`, `eval.md`, `cases.jsonl`; `configs/rm-eval.toml`).
 
 use crate::checks::{plan, store_spec, DryRunShape};
-use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -13,6 +12,7 @@ use steerflow_models::RewardModel;
 use steerflow_operators::evaluation::{evaluate, markdown_table, ScoredCase};
 use steerflow_operators::goodness::BoundGoodness;
 use steerflow_operators::records::Message;
+use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::reject::{Reject, RejectReason};

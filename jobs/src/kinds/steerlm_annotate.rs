@@ -3,7 +3,6 @@
 //! parquet (`configs/steerlm-annotate.toml`).
 
 use crate::checks::{plan, store_spec, DryRunShape};
-use steerflow_pipeline::cluster::ClusterSpec;
 use crate::config::sections::Common;
 use crate::error::{invalid, JobError};
 use crate::models::scoring_reward_model;
@@ -17,6 +16,7 @@ use std::sync::Arc;
 use steerflow_models::RewardModel;
 use steerflow_operators::records::Message;
 use steerflow_operators::steerlm::steerlm_label;
+use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
