@@ -388,6 +388,25 @@ pub async fn committed_manifests(output: &Location) -> Result<Vec<Manifest>, Pip
         .collect())
 }
 
+/// The runs committed in `output`, which must all be of `lineage`: an output holding runs made
+/// with other settings is refused (a run of other settings needs a new output location).
+pub async fn committed_of_lineage(
+    output: &Location,
+    lineage: &str,
+) -> Result<Vec<Manifest>, PipelineError> {
+    let committed = committed_manifests(output).await?;
+    if let Some(other) = committed.iter().find(|m| m.lineage != lineage) {
+        return Err(PipelineError::RunConflict(format!(
+            "{} holds run {} made with different settings (models, sampling, scoring or seed; \
+             see {RUNS}/{}/plan.json); write this run to a new output location",
+            crate::storage::redact_url(&output.display),
+            other.run_id,
+            other.run_id
+        )));
+    }
+    Ok(committed)
+}
+
 /// Deletes what runs left behind: the losing parts of committed runs and, when `incomplete_older_than`
 /// is given, every file of runs not committed and not touched for that long (a crashed run that
 /// will not be rerun). Returns the paths deleted.

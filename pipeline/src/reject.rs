@@ -137,6 +137,18 @@ impl Reject {
     }
 }
 
+/// Sorts rejects in input order: by file, record, then reason (stable), the order every rejects
+/// file and part keeps.
+pub fn sort_in_input_order(rejects: &mut [Reject]) {
+    rejects.sort_by(|a, b| {
+        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
+            b.file.as_str(),
+            b.record,
+            b.reason.as_str(),
+        ))
+    });
+}
+
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.file, self.record)?;

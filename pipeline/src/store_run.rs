@@ -11,7 +11,8 @@
 //! prompt) share a route and so a shard.
 
 use crate::commit::{
-    committed_manifests, new_writer_id, Manifest, OtherFile, RunPlan, RunStore, ShardPart, RUNS,
+    committed_manifests, committed_of_lineage, new_writer_id, Manifest, OtherFile, RunPlan,
+    RunStore, ShardPart, RUNS,
 };
 use crate::formats::ShardFile;
 use crate::input::InputFile;
@@ -196,16 +197,7 @@ pub fn run_on_store<J: StoreJob>(job: &J, spec: &StoreSpec) -> Result<StoreOutco
     let input_identity = crate::input::input_identity(&files);
     let settings = job.lineage();
     let lineage = crate::digest::digest(settings.to_string().as_bytes());
-    let committed = rt.block_on(committed_manifests(&output))?;
-    if let Some(other) = committed.iter().find(|m| m.lineage != lineage) {
-        return Err(PipelineError::RunConflict(format!(
-            "{} holds run {} made with different settings (see {RUNS}/{}/plan.json); write this \
-             run to a new output location",
-            redact_url(&output.display),
-            other.run_id,
-            other.run_id
-        )));
-    }
+    let committed = rt.block_on(committed_of_lineage(&output, &lineage))?;
     if committed.iter().any(|m| m.input_identity == input_identity) {
         return up_to_date(job, &output, rt, &committed);
     }
@@ -240,13 +232,7 @@ pub fn run_on_store<J: StoreJob>(job: &J, spec: &StoreSpec) -> Result<StoreOutco
         settled.sort();
         let outcomes = job.process(items)?;
         let mut rejects = input_rejects.remove(&shard).unwrap_or_default();
-        rejects.sort_by(|a, b| {
-            (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
-                b.file.as_str(),
-                b.record,
-                b.reason.as_str(),
-            ))
-        });
+        crate::reject::sort_in_input_order(&mut rejects);
         let part = ShardPart {
             shard,
             outcomes,
@@ -370,13 +356,7 @@ fn commit_run<J: StoreJob>(
         .iter()
         .flat_map(|p| p.input_rejects.iter().cloned())
         .collect();
-    rejects.sort_by(|a, b| {
-        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
-            b.file.as_str(),
-            b.record,
-            b.reason.as_str(),
-        ))
-    });
+    crate::reject::sort_in_input_order(&mut rejects);
     if keys.is_empty() && rejects.is_empty() && !committed.is_empty() {
         return up_to_date(job, output, rt, committed);
     }

@@ -152,13 +152,7 @@ pub fn shard_part(shard: usize, items: Vec<Settled>) -> ShardPart {
     }
     part.outcomes.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
     part.rejects.sort_by(|a, b| a.prompt_id.cmp(&b.prompt_id));
-    part.input_rejects.sort_by(|a, b| {
-        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
-            b.file.as_str(),
-            b.record,
-            b.reason.as_str(),
-        ))
-    });
+    crate::reject::sort_in_input_order(&mut part.input_rejects);
     part.settled.sort();
     part
 }

@@ -9,7 +9,8 @@
 //! 5. commit the manifest, then rewrite README, summary and report from the manifests.
 
 use crate::commit::{
-    committed_manifests, new_writer_id, Manifest, RunPlan, RunStore, ShardPart, RUNS,
+    committed_manifests, committed_of_lineage, new_writer_id, Manifest, RunPlan, RunStore,
+    ShardPart, RUNS,
 };
 use crate::dataflow::run_graph;
 use crate::formats::{Shard, ShardFile};
@@ -88,16 +89,7 @@ pub fn run_iterative_dpo(
     let lineage = crate::digest::digest(settings.to_string().as_bytes());
 
     // Incremental state: what committed runs in this output already settled.
-    let committed = rt.block_on(committed_manifests(&output))?;
-    if let Some(other) = committed.iter().find(|m| m.lineage != lineage) {
-        return Err(PipelineError::RunConflict(format!(
-            "{} holds run {} made with different settings (models, sampling, scoring or seed; \
-             see {RUNS}/{}/plan.json); write this run to a new output location",
-            redact_url(&output.display),
-            other.run_id,
-            other.run_id
-        )));
-    }
+    let committed = rt.block_on(committed_of_lineage(&output, &lineage))?;
     if let Some(latest) = committed
         .iter()
         .find(|m| m.input_identity == input_identity)
@@ -289,13 +281,7 @@ fn gather_parts(
     input_reject_keys.sort();
     let mut rejects: Vec<Reject> = input_rejects.iter().map(|r| (*r).clone()).collect();
     rejects.extend(parts.iter().flat_map(|p| p.rejects.iter().cloned()));
-    rejects.sort_by(|a, b| {
-        (a.file.as_str(), a.record, a.reason.as_str()).cmp(&(
-            b.file.as_str(),
-            b.record,
-            b.reason.as_str(),
-        ))
-    });
+    crate::reject::sort_in_input_order(&mut rejects);
     Ok(SettledRun {
         markers,
         parts,
