@@ -250,3 +250,99 @@ fn filter_rank_each_rule() {
     }
     compare(&case, Value::Object(results));
 }
+
+/// One row of a pairs file as the pair-strategy golden compares it.
+fn pair_row(r: &Value) -> Value {
+    serde_json::json!({
+        "prompt_id": r["prompt_id"],
+        "chosen": r["chosen_sample_index"],
+        "rejected": r["rejected_sample_index"],
+        "chosen_tokens": r["chosen_tokens"],
+        "rejected_tokens": r["rejected_tokens"],
+        "margin": (r["margin"].as_f64().unwrap() * 1e6).round() / 1e6,
+    })
+}
+
+#[test]
+fn pair_strategies_through_the_job() {
+    use steerflow::config::sections::{PairStrategySetting as S, PairsSection};
+    let case = support::workspace_root().join("tests/golden/pair-strategies");
+    let pairs = |strategy, k, min_margin, length_penalty, max_length_difference| PairsSection {
+        strategy,
+        k,
+        min_margin,
+        length_penalty,
+        max_length_difference,
+        ..Default::default()
+    };
+    let settings = [
+        ("all-pairs", pairs(S::AllPairs, Some(100), 0.0, 0.0, None)),
+        ("best-vs-worst", pairs(S::BestVsWorst, None, 0.0, 0.0, None)),
+        ("best-vs-random", pairs(S::BestVsRandom, None, 0.0, 0.0, None)),
+        ("random-pair", pairs(S::RandomPair, None, 0.0, 0.0, None)),
+        ("best-vs-3rd", pairs(S::BestVsKth, Some(3), 0.0, 0.0, None)),
+        ("all-pairs-top-2", pairs(S::AllPairs, Some(2), 0.05, 0.0, None)),
+        ("length-penalty", pairs(S::BestVsWorst, None, 0.0, 0.2, None)),
+        ("length-bound", pairs(S::BestVsWorst, None, 0.0, 0.0, Some(2))),
+    ];
+    let mut results = serde_json::Map::new();
+    let mut tables: Vec<(String, Vec<Value>)> = Vec::new();
+    for (name, section) in settings {
+        let out = tempfile::tempdir().unwrap();
+        let mut config = job(&case, out.path());
+        config.pairs = section;
+        let summary = steerflow::run_any(&config).unwrap();
+        let rows: Vec<Value> = support::read_pairs_with_pyarrow(out.path())
+            .iter()
+            .map(pair_row)
+            .collect();
+        assert_eq!(summary["counts"]["pairs"], rows.len(), "{name}");
+        results.insert(
+            name.to_string(),
+            serde_json::json!({ "dropped": summary["counts"]["dropped"], "pairs": rows }),
+        );
+        tables.push((name.to_string(), rows));
+    }
+    // Cross-checks against the table of every pair (the all-pairs run), whatever was sampled.
+    let all = &tables[0].1;
+    let of = |prompt: &Value| all.iter().filter(move |r| &r["prompt_id"] == prompt);
+    let margin = |r: &Value| r["margin"].as_f64().unwrap();
+    for (name, rows) in &tables[1..] {
+        for r in rows {
+            let best = of(&r["prompt_id"]).map(|p| p["chosen"].clone()).next();
+            match name.as_str() {
+                "best-vs-worst" => {
+                    let widest = of(&r["prompt_id"]).map(margin).fold(0.0, f64::max);
+                    assert_eq!(margin(r), widest, "{name}: {r}");
+                }
+                "best-vs-random" | "best-vs-3rd" => {
+                    assert_eq!(Some(r["chosen"].clone()), best, "{name}: {r}")
+                }
+                "length-bound" => {
+                    let d = r["chosen_tokens"].as_i64().unwrap() - r["rejected_tokens"].as_i64().unwrap();
+                    assert!(d.abs() <= 2, "{name}: {r}");
+                }
+                _ => {}
+            }
+            if !name.starts_with("length-penalty") {
+                // Without a length penalty every row is one of the table's pairs.
+                assert!(
+                    of(&r["prompt_id"]).any(|p| p == r),
+                    "{name}: {r} is not a pair of the table"
+                );
+            }
+        }
+    }
+    // The random draws are per prompt: the same rows with two workers.
+    let out = tempfile::tempdir().unwrap();
+    let mut config = job(&case, out.path());
+    config.pairs = pairs(S::RandomPair, None, 0.0, 0.0, None);
+    config.job.workers = 2;
+    steerflow::run_any(&config).unwrap();
+    let two: Vec<Value> = support::read_pairs_with_pyarrow(out.path())
+        .iter()
+        .map(pair_row)
+        .collect();
+    assert_eq!(two, tables[3].1);
+    compare(&case, Value::Object(results));
+}

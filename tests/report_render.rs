@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use steerflow_pipeline::report::{report_html, ResponseStat};
+use steerflow_pipeline::report::{report_html, PairStat, ResponseStat};
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("STEERFLOW_TEST_CHROMIUM")
@@ -56,7 +56,13 @@ fn report_renders_with_its_plots() {
             }
         })
         .collect();
-    let margins: Vec<f64> = (0..10).map(|i| 0.1 * i as f64).collect();
+    let pairs: Vec<PairStat> = (0..10)
+        .map(|i| PairStat {
+            margin: 0.1 * i as f64,
+            chosen_tokens: 40 + i,
+            rejected_tokens: 30 + 2 * i,
+        })
+        .collect();
     let rejects = vec![
         ("invalid_json".to_string(), 3),
         ("duplicate_id".to_string(), 1),
@@ -65,7 +71,7 @@ fn report_renders_with_its_plots() {
         "render test",
         &names,
         &responses,
-        &margins,
+        &pairs,
         &rejects,
         &serde_json::json!({"pairs": 10}),
     );
@@ -84,8 +90,10 @@ fn report_renders_with_its_plots() {
         String::from_utf8_lossy(&dom.stderr)
     );
     let dom = String::from_utf8_lossy(&dom.stdout);
-    // 3 run plots + 5 attribute histograms + rejects = 9 figures, bars and points drawn.
-    assert_eq!(dom.matches("<svg").count(), 9, "{dom}");
+    // 5 run plots (goodness, margin, chosen and rejected lengths, length against goodness)
+    // + 5 attribute histograms + rejects = 11 figures, bars and points drawn.
+    assert_eq!(dom.matches("<svg").count(), 11, "{dom}");
+    assert!(dom.contains("id=\"pair-lengths\""), "{dom}");
     assert!(dom.matches("class=\"point\"").count() == 40);
     assert!(dom.contains("id=\"correlations\"") && dom.contains("invalid_json"));
 

@@ -2,12 +2,15 @@
 //! the typed values the runners take (goodness weights, normalisation, the reject limit,
 //! generation parameters).
 
-use crate::config::sections::{Common, GoodnessPreset, MaxRejects, NormalizationSetting};
+use crate::config::sections::{
+    Common, GoodnessPreset, MaxRejects, NormalizationSetting, PairStrategySetting, PairsSection,
+};
 use crate::error::{invalid, JobError};
 use steerflow_kernels::sampling::{sampling_strategy, SamplingParams};
 use steerflow_models::generation::GenerationParams;
 use steerflow_operators::goodness::GoodnessWeights;
 use steerflow_operators::normalize::NormStats;
+use steerflow_operators::pairs::{PairRule, PairStrategy};
 use steerflow_operators::steerlm::steer_label;
 use steerflow_pipeline::formats::ExportFormat;
 use steerflow_pipeline::reject::RejectLimit;
@@ -23,6 +26,7 @@ pub struct Plan {
     pub generation: GenerationParams,
     /// `output.formats` in a fixed order, without repeats.
     pub formats: Vec<ExportFormat>,
+    pub pairs: PairRule,
 }
 
 /// Checks everything in the shared sections that can be checked without loading a model.
@@ -47,9 +51,6 @@ pub fn plan(config: &Common) -> Result<Plan, JobError> {
     }
     if config.sampling.max_new_tokens == 0 {
         return Err(invalid("sampling.max_new_tokens must be at least 1"));
-    }
-    if !config.pairs.min_margin.is_finite() || config.pairs.min_margin < 0.0 {
-        return Err(invalid("pairs.min_margin must be a finite number >= 0"));
     }
     if config.reward.tensor_parallel == 0 {
         return Err(invalid("reward.tensor_parallel must be at least 1"));
@@ -88,6 +89,51 @@ pub fn plan(config: &Common) -> Result<Plan, JobError> {
             stop: config.sampling.stop.clone(),
         },
         formats,
+        pairs: pair_rule(&config.pairs)?,
+    })
+}
+
+/// `[pairs]` as the rule the per-prompt reduce applies.
+pub fn pair_rule(pairs: &PairsSection) -> Result<PairRule, JobError> {
+    if !pairs.min_margin.is_finite() || pairs.min_margin < 0.0 {
+        return Err(invalid("pairs.min_margin must be a finite number >= 0"));
+    }
+    if !pairs.length_penalty.is_finite() || pairs.length_penalty < 0.0 {
+        return Err(invalid("pairs.length_penalty must be a finite number >= 0"));
+    }
+    let k = |least: u32, meaning: &str| match pairs.k {
+        Some(k) if k >= least => Ok(k),
+        Some(k) => Err(invalid(format!(
+            "pairs.k = {k}: strategy `{}` needs k >= {least} ({meaning})",
+            pairs.strategy.as_str()
+        ))),
+        None => Err(invalid(format!(
+            "pairs.k is required by strategy `{}` ({meaning})",
+            pairs.strategy.as_str()
+        ))),
+    };
+    let strategy = match pairs.strategy {
+        PairStrategySetting::BestVsKth => PairStrategy::BestVsKth {
+            k: k(2, "the rank of the rejected response; 2 is the runner-up")?,
+        },
+        PairStrategySetting::AllPairs => PairStrategy::AllPairs {
+            max_per_prompt: k(1, "the most pairs per prompt")?,
+        },
+        other if pairs.k.is_some() => {
+            return Err(invalid(format!(
+                "pairs.k is only read by the best-vs-kth and all-pairs strategies, not `{}`",
+                other.as_str()
+            )))
+        }
+        PairStrategySetting::BestVsWorst => PairStrategy::BestVsWorst,
+        PairStrategySetting::BestVsRandom => PairStrategy::BestVsRandom,
+        PairStrategySetting::RandomPair => PairStrategy::RandomPair,
+    };
+    Ok(PairRule {
+        strategy,
+        min_margin: pairs.min_margin,
+        length_penalty: pairs.length_penalty,
+        max_length_difference: pairs.max_length_difference,
     })
 }
 

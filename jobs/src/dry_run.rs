@@ -93,7 +93,7 @@ pub fn dry_run(config: &JobConfig) -> Result<Value, JobError> {
                     &config.input.path,
                     config.input.format.as_str(),
                 )?;
-                steerflow_pipeline::input::read_share(&files, 0, 1, records)?
+                steerflow_pipeline::input::read_share_alone(&files, 0, 1, records)?
             } else {
                 read_prompts(&config.input.path, plan.input_format, records)?
             };

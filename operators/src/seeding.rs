@@ -28,6 +28,17 @@ pub fn sample_seed(run_seed: u64, prompt_id: &str, sample_index: u32) -> u64 {
     h.digest()
 }
 
+/// The random number that decides a prompt's pair where the pair strategy draws one
+/// (`pairs::select_pairs`): a function of the run seed and the prompt id only, so the pairs are
+/// the same for any number of workers or processes. Its own domain, apart from sample seeds.
+pub fn pair_draw(run_seed: u64, prompt_id: &str) -> u64 {
+    let mut h = Xxh3::with_seed(run_seed);
+    h.update(b"steerflow-pair-draw");
+    h.update(&(prompt_id.len() as u64).to_le_bytes());
+    h.update(prompt_id.as_bytes());
+    h.digest()
+}
+
 /// The hash by which records of a prompt are exchanged between workers.
 pub fn route_hash(prompt_id: &str) -> u64 {
     xxh3_64(prompt_id.as_bytes())

@@ -8,7 +8,7 @@ use crate::reject::Reject;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use steerflow_operators::normalize::NormStats;
-use steerflow_operators::pairs::DropReason;
+use steerflow_operators::pairs::{ChosenRejected, DropReason};
 use steerflow_operators::records::{Prompt, ScoredSample};
 use steerflow_operators::seeding::{prompt_id_from_messages, route_hash, shard_of};
 
@@ -34,8 +34,8 @@ pub struct PromptOutcome {
     pub prompt: Prompt,
     /// Scored samples, sorted by sample index.
     pub samples: Vec<ScoredSample>,
-    /// (chosen, rejected) indices into `samples`, and the margin.
-    pub pair: Option<(usize, usize, f64)>,
+    /// The prompt's pairs (indices into `samples` and their margin); empty when dropped.
+    pub pairs: Vec<ChosenRejected>,
     pub dropped: Option<DropReason>,
     /// Samples with NaN or infinite goodness.
     pub non_finite: usize,

@@ -116,6 +116,12 @@ impl Reject {
 }
 
 impl Reject {
+    /// The reject with the record's id, when it could be read.
+    pub fn with_prompt_id(mut self, id: Option<String>) -> Self {
+        self.prompt_id = id;
+        self
+    }
+
     /// The key by which an input reject is recognised in later runs (file, record, field,
     /// reason).
     pub fn key(&self) -> String {

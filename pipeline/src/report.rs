@@ -13,6 +13,14 @@ pub struct ResponseStat {
     pub length_chars: usize,
 }
 
+/// What the report needs of one pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairStat {
+    pub margin: f64,
+    pub chosen_tokens: u32,
+    pub rejected_tokens: u32,
+}
+
 const W: f64 = 420.0;
 const H: f64 = 220.0;
 const PAD: f64 = 36.0;
@@ -213,12 +221,29 @@ pub fn correlation(a: &[f64], b: &[f64]) -> Option<f64> {
     (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
 }
 
+/// The length distributions of chosen and rejected responses, with their means: DPO data whose
+/// chosen responses are much longer teaches length.
+fn pair_lengths(pairs: &[PairStat]) -> String {
+    let chosen: Vec<f64> = pairs.iter().map(|p| f64::from(p.chosen_tokens)).collect();
+    let rejected: Vec<f64> = pairs.iter().map(|p| f64::from(p.rejected_tokens)).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (mc, mr) = (mean(&chosen), mean(&rejected));
+    format!(
+        "{}{}<p id=\"pair-lengths\">Mean length: chosen {mc:.1} tokens, rejected {mr:.1} tokens \
+         (chosen − rejected: {:+.1} tokens over {} pairs).</p>",
+        histogram("Chosen response length (tokens)", &chosen, 20),
+        histogram("Rejected response length (tokens)", &rejected, 20),
+        mc - mr,
+        pairs.len()
+    )
+}
+
 /// The whole page.
 pub fn report_html(
     title: &str,
     names: &[String],
     responses: &[ResponseStat],
-    margins: &[f64],
+    pairs: &[PairStat],
     rejects: &[(String, u64)],
     summary: &serde_json::Value,
 ) -> String {
@@ -234,7 +259,9 @@ pub fn report_html(
         t = escape(title)
     );
     html.push_str(&histogram("Goodness of every response", &goodness, 20));
-    html.push_str(&histogram("Chosen − rejected margin", margins, 20));
+    let margins: Vec<f64> = pairs.iter().map(|p| p.margin).collect();
+    html.push_str(&histogram("Chosen − rejected margin", &margins, 20));
+    html.push_str(&pair_lengths(pairs));
     html.push_str(&scatter(
         "Response length (characters, x) against goodness (y)",
         &responses
@@ -343,16 +370,32 @@ mod tests {
             "run",
             &names,
             &responses,
-            &[0.5, 1.0],
+            &[
+                PairStat {
+                    margin: 0.5,
+                    chosen_tokens: 30,
+                    rejected_tokens: 10,
+                },
+                PairStat {
+                    margin: 1.0,
+                    chosen_tokens: 20,
+                    rejected_tokens: 20,
+                },
+            ],
             &[],
             &serde_json::json!({"pairs": 2}),
         );
-        assert_eq!(html.matches("<svg").count(), 6);
+        // goodness, margin, chosen and rejected lengths, scatter, 2 attributes, rejects.
+        assert_eq!(html.matches("<svg").count(), 8);
+        assert!(
+            html.contains("chosen 25.0 tokens, rejected 15.0 tokens (chosen − rejected: +10.0 tokens over 2 pairs)"),
+            "{html}"
+        );
         let with_timeline = report_html(
             "run",
             &names,
             &responses,
-            &[0.5],
+            &[],
             &[],
             &serde_json::json!({"timeline": {
                 "sample": {"unit": "prompts", "samples": [[0.0, 0], [1.0, 2], [2.0, 6]]},

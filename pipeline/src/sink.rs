@@ -86,6 +86,8 @@ pub fn pairs_schema(attribute_names: &[String]) -> Arc<Schema> {
         ),
         Field::new("chosen_sample_index", DataType::Int32, false),
         Field::new("rejected_sample_index", DataType::Int32, false),
+        Field::new("chosen_tokens", DataType::Int32, false),
+        Field::new("rejected_tokens", DataType::Int32, false),
         Field::new("chosen_finish_reason", DataType::Utf8, false),
         Field::new("rejected_finish_reason", DataType::Utf8, false),
         Field::new("n_samples", DataType::Int32, false),
@@ -149,7 +151,8 @@ fn normalized(
         .then(|| normalize_goodness(goodness, stats))
 }
 
-/// One shard's rows as an Arrow batch; `outcomes` must hold pairs only, sorted by prompt id.
+/// One shard's rows as an Arrow batch: one row per pair, in the order of `outcomes` (sorted by
+/// prompt id) and, within a prompt, in the order its strategy gave them.
 pub fn pairs_batch(
     outcomes: &[&PromptOutcome],
     spec: &RunSpec,
@@ -162,9 +165,13 @@ pub fn pairs_batch(
     let (mut cs, mut rs, mut margin, mut cn, mut rn) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut ca, mut ra, mut ci, mut ri, mut cf, mut rf, mut n) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for o in outcomes {
-        let Some((c, r, m)) = o.pair else { continue };
-        let (c, r) = (&o.samples[c], &o.samples[r]);
+    let (mut chosen_len, mut rejected_len, mut ids_col, mut steer) = (vec![], vec![], vec![], vec![]);
+    for (o, pair) in outcomes.iter().flat_map(|o| o.pairs.iter().map(move |p| (o, p))) {
+        let (c, r, m) = (&o.samples[pair.chosen], &o.samples[pair.rejected], pair.margin);
+        ids_col.push(o.prompt.id.as_str());
+        steer.push(c.sample.steer.clone());
+        chosen_len.push(c.sample.new_tokens as i32);
+        rejected_len.push(r.sample.new_tokens as i32);
         prompts.push(o.prompt.messages.clone());
         chosen.push(vec![Message::new("assistant", c.sample.text.clone())]);
         rejected.push(vec![Message::new("assistant", r.sample.text.clone())]);
@@ -196,12 +203,7 @@ pub fn pairs_batch(
         |s: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(s, rows))) as ArrayRef;
     let sampling = &spec.generation.sampling;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            outcomes
-                .iter()
-                .filter(|o| o.pair.is_some())
-                .map(|o| o.prompt.id.as_str()),
-        )),
+        Arc::new(StringArray::from(ids_col)),
         Arc::new(messages_array(&prompts)),
         Arc::new(messages_array(&chosen)),
         Arc::new(messages_array(&rejected)),
@@ -214,6 +216,8 @@ pub fn pairs_batch(
         Arc::new(attributes_array(&ids.attribute_names, &ra)),
         Arc::new(Int32Array::from(ci)),
         Arc::new(Int32Array::from(ri)),
+        Arc::new(Int32Array::from(chosen_len)),
+        Arc::new(Int32Array::from(rejected_len)),
         Arc::new(StringArray::from(cf)),
         Arc::new(StringArray::from(rf)),
         Arc::new(Int32Array::from(n)),
@@ -227,9 +231,7 @@ pub fn pairs_batch(
             rows
         ])),
         Arc::new(UInt64Array::from(vec![spec.seed; rows])),
-        Arc::new(StringArray::from_iter(outcomes.iter().filter_map(|o| {
-            o.pair.map(|(c, _, _)| o.samples[c].sample.steer.clone())
-        }))),
+        Arc::new(StringArray::from(steer)),
     ];
     Ok(RecordBatch::try_new(
         pairs_schema(&ids.attribute_names),
@@ -261,19 +263,18 @@ pub struct PairText<'a> {
     pub rejected_score: f64,
 }
 
-/// The pairs of per-prompt outcomes (those that have one), as text.
+/// The pairs of per-prompt outcomes, as text, in the order of the rows of `pairs_batch`.
 pub fn outcome_pairs<'a>(outcomes: &[&'a PromptOutcome]) -> Vec<PairText<'a>> {
     outcomes
         .iter()
-        .filter_map(|o| {
-            let (c, r, _) = o.pair?;
-            Some(PairText {
+        .flat_map(|o| {
+            o.pairs.iter().map(move |p| PairText {
                 prompt_id: &o.prompt.id,
                 prompt: &o.prompt.messages,
-                chosen: &o.samples[c].sample.text,
-                rejected: &o.samples[r].sample.text,
-                chosen_score: o.samples[c].goodness,
-                rejected_score: o.samples[r].goodness,
+                chosen: &o.samples[p.chosen].sample.text,
+                rejected: &o.samples[p.rejected].sample.text,
+                chosen_score: o.samples[p.chosen].goodness,
+                rejected_score: o.samples[p.rejected].goodness,
             })
         })
         .collect()
@@ -394,7 +395,7 @@ pub fn write_run_shard(
     let mut rows: Vec<&PromptOutcome> = outcomes
         .iter()
         .copied()
-        .filter(|o| o.pair.is_some())
+        .filter(|o| !o.pairs.is_empty())
         .collect();
     rows.sort_by(|a, b| a.prompt.id.cmp(&b.prompt.id));
     let mut files = Vec::new();

@@ -47,7 +47,8 @@ pub struct RunSpec {
     pub goodness_preset: String,
     pub goodness: BoundGoodness,
     pub normalization: Normalization,
-    pub min_margin: f64,
+    /// How a prompt's scored responses become pairs.
+    pub pairs: steerflow_operators::pairs::PairRule,
     pub max_rejects: RejectLimit,
     pub workers: usize,
     /// A short description written into the dataset README.

@@ -264,4 +264,39 @@ mod tests {
             [("a".to_string(), "Chat".to_string())].into()
         );
     }
+
+    #[test]
+    fn pair_rules_from_the_pairs_section() {
+        use steerflow_operators::pairs::{PairRule, PairStrategy};
+        let rule = |text: &str| {
+            let c = parse_config(text, "t.toml", &[]).unwrap();
+            crate::checks::pair_rule(&c.pairs).map_err(|e| e.to_string())
+        };
+        assert_eq!(rule(""), Ok(PairRule::best_vs_worst(0.0)));
+        assert_eq!(
+            rule("[pairs]\nstrategy = \"all-pairs\"\nk = 3\nmin_margin = 0.5\nlength_penalty = 0.01\nmax_length_difference = 40\n"),
+            Ok(PairRule {
+                strategy: PairStrategy::AllPairs { max_per_prompt: 3 },
+                min_margin: 0.5,
+                length_penalty: 0.01,
+                max_length_difference: Some(40),
+            })
+        );
+        assert_eq!(
+            rule("[pairs]\nstrategy = \"best-vs-kth\"\nk = 2\n").map(|r| r.strategy),
+            Ok(PairStrategy::BestVsKth { k: 2 })
+        );
+        let err = rule("[pairs]\nstrategy = \"best-vs-kth\"\n").unwrap_err();
+        assert!(err.contains("pairs.k is required") && err.contains("best-vs-kth"), "{err}");
+        let err = rule("[pairs]\nstrategy = \"best-vs-kth\"\nk = 1\n").unwrap_err();
+        assert!(err.contains("k >= 2"), "{err}");
+        let err = rule("[pairs]\nstrategy = \"random-pair\"\nk = 4\n").unwrap_err();
+        assert!(err.contains("only read by"), "{err}");
+        let err = rule("[pairs]\nlength_penalty = -1.0\n").unwrap_err();
+        assert!(err.contains("length_penalty"), "{err}");
+        let err = parse_config("[pairs]\nstrategy = \"max-min\"\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("strategy") && err.contains("best-vs-random"), "{err}");
+    }
 }

@@ -400,11 +400,49 @@ impl Default for GoodnessSection {
     }
 }
 
+/// `pairs.strategy`: which of a prompt's eligible pairs become rows (`operators::pairs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairStrategySetting {
+    /// The largest-margin pair: best against worst (HelpSteer2).
+    #[default]
+    BestVsWorst,
+    /// The best against a seeded random response.
+    BestVsRandom,
+    /// A seeded random pair.
+    RandomPair,
+    /// The best against the `k`-th best.
+    BestVsKth,
+    /// Every pair above the margin, largest first, up to `k` per prompt.
+    AllPairs,
+}
+
+impl PairStrategySetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BestVsWorst => "best-vs-worst",
+            Self::BestVsRandom => "best-vs-random",
+            Self::RandomPair => "random-pair",
+            Self::BestVsKth => "best-vs-kth",
+            Self::AllPairs => "all-pairs",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PairsSection {
-    /// A prompt is kept only when best - worst > min_margin.
+    /// `iterative-dpo`: how pairs are taken from a prompt's responses.
+    pub strategy: PairStrategySetting,
+    /// `best-vs-kth`: the rank of the rejected response (2 = runner-up); `all-pairs`: the most
+    /// pairs per prompt.
+    pub k: Option<u32>,
+    /// A pair needs chosen - rejected > min_margin (in goodness less the length penalty).
     pub min_margin: f64,
+    /// `iterative-dpo`: goodness points taken off per response token before ranking.
+    pub length_penalty: f64,
+    /// `iterative-dpo`: the most tokens by which chosen and rejected may differ in length.
+    pub max_length_difference: Option<u32>,
     /// `helpsteer2-pairs`: the attribute that decides chosen and rejected.
     pub by: String,
     /// `helpsteer2-pairs`: the attributes carried with each response (a preset or a list).
@@ -414,7 +452,11 @@ pub struct PairsSection {
 impl Default for PairsSection {
     fn default() -> Self {
         Self {
+            strategy: PairStrategySetting::BestVsWorst,
+            k: None,
             min_margin: 0.0,
+            length_penalty: 0.0,
+            max_length_difference: None,
             by: "helpfulness".into(),
             attributes: Attributes::Preset(AttributePreset::Helpsteer2),
         }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use steerflow_operators::pairs::{select_pair, Candidate};
+use steerflow_operators::pairs::{select_pairs, Candidate, PairRule};
+use steerflow_operators::seeding::pair_draw;
 use steerflow_operators::records::Message;
 use steerflow_operators::seeding::prompt_id_from_messages;
 use steerflow_pipeline::cluster::ClusterSpec;
@@ -86,6 +87,12 @@ pub const SHAPE: DryRunShape = DryRunShape {
 
 /// Checks the job without loading a model: `pairs.by` must be one of `pairs.attributes`.
 pub fn check(config: &Common, _: &Section) -> Result<(), JobError> {
+    if config.pairs.length_penalty != 0.0 || config.pairs.max_length_difference.is_some() {
+        return Err(invalid(
+            "pairs.length_penalty and pairs.max_length_difference need token counts, which \
+             labelled responses do not carry: they are read by iterative-dpo only",
+        ));
+    }
     attribute_names(config).map(|_| ())
 }
 
@@ -161,6 +168,9 @@ struct LabelledPairs<'a> {
     lineage: Value,
     output: &'a str,
     by: &'a str,
+    /// `[pairs]`: the strategy and margin (no length control: no token counts here).
+    rule: PairRule,
+    seed: u64,
 }
 
 impl StoreJob for LabelledPairs<'_> {
@@ -215,11 +225,16 @@ impl StoreJob for LabelledPairs<'_> {
                 .map(|(k, r)| Candidate {
                     sample_index: k as u32,
                     goodness: r.attributes[self.by_index],
+                    tokens: 0,
                     text: &r.response,
                 })
                 .collect();
-            match select_pair(&candidates, 0.0).decision {
-                Ok(p) => pairs.push((&group[p.chosen], &group[p.rejected], p.margin, group.len())),
+            let draw = pair_draw(self.seed, &group[0].prompt_id);
+            match select_pairs(&candidates, &self.rule, draw).decision {
+                Ok(p) => pairs.extend(
+                    p.iter()
+                        .map(|p| (&group[p.chosen], &group[p.rejected], p.margin, group.len())),
+                ),
                 Err(reason) => *dropped.entry(reason.as_str().to_string()).or_default() += 1,
             }
         }
@@ -378,18 +393,26 @@ pub fn run(config: &Common, _: &Section, _: &ClusterSpec) -> Result<Summary, Job
         .iter()
         .position(|n| *n == config.pairs.by)
         .unwrap_or(0);
+    let mut lineage = json!({
+        "job": "helpsteer2-pairs", "attributes": names, "by": config.pairs.by,
+        "formats": plan.formats, "template_model": template_model.as_ref().map(|m| m.id().to_string()),
+        "shards": config.output.shards,
+    });
+    // The paper's rule (best against worst, ties dropped) keeps the lineage runs had before
+    // `[pairs]` chose among strategies; any other rule is another lineage.
+    if plan.pairs != PairRule::best_vs_worst(0.0) {
+        lineage["pairs"] = json!(plan.pairs);
+    }
     let job = LabelledPairs {
-        lineage: json!({
-            "job": "helpsteer2-pairs", "attributes": names, "by": config.pairs.by,
-            "formats": plan.formats, "template_model": template_model.as_ref().map(|m| m.id().to_string()),
-            "shards": config.output.shards,
-        }),
+        lineage,
         names,
         by_index,
         formats: plan.formats.clone(),
         render: &render,
         output: &config.output.path,
         by: &config.pairs.by,
+        rule: plan.pairs,
+        seed: config.job.seed,
     };
     Summary::from_outcome(run_on_store(
         &job,

@@ -156,7 +156,7 @@ pub fn run_report(config: &Common, cluster: ClusterSpec) -> Result<RunReport, Jo
         goodness_preset: config.goodness.preset.as_str().to_string(),
         goodness,
         normalization: plan.normalization,
-        min_margin: config.pairs.min_margin,
+        pairs: plan.pairs,
         max_rejects: plan.max_rejects,
         workers: cluster.workers,
         description,

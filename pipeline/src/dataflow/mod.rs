@@ -36,7 +36,7 @@ pub use plan::{filter_share, plan_items};
 pub use select::reduce_prompt;
 
 use crate::commit::{RunStore, ShardMarker};
-use crate::input::InputFile;
+use crate::input::{InputFile, RangeCount};
 use crate::progress::Progress;
 use crate::records::{ReadItem, ReadStats, RunState, Settled};
 use crate::source::RecordShape;
@@ -54,8 +54,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use steerflow_operators::records::{Prompt, Sample};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::vec::{Map, ToStream};
-use timely::dataflow::operators::{Concat, OkErr, Probe};
+use timely::dataflow::operators::vec::{Broadcast, Map, ToStream};
+use timely::dataflow::operators::{Concat, Exchange, Inspect, OkErr, Probe};
 
 /// What a worker hands back after the dataflow has finished.
 #[derive(Debug, Default)]
@@ -65,17 +65,31 @@ pub struct WorkerResult {
     pub counters: StageCounters,
     /// The shard markers this worker created (or found created by an earlier attempt).
     pub markers: Vec<ShardMarker>,
+    /// Worker 0 only: every worker's counters, of every process (for process 0's summary).
+    pub cluster_counters: Vec<StageCounters>,
 }
 
 /// This worker's share of the input as read items. A failure is kept for the end (returning now
 /// would leave the other workers waiting for this one's part of the dataflow); every planner
 /// is told, so nobody plans anything and no shard completes without the share.
-fn read_items(files: &[InputFile], state: &RunState, worker: &worker::Worker) -> Vec<ReadItem> {
-    match crate::input::read_share(files, worker.index, worker.peers, RecordShape::Prompt) {
+fn read_items(
+    files: &[InputFile],
+    state: &RunState,
+    worker: &worker::Worker,
+    counts: &[RangeCount],
+) -> Vec<ReadItem> {
+    let share = crate::input::read_share(
+        files,
+        worker.index,
+        worker.peers,
+        RecordShape::Prompt,
+        counts,
+    );
+    match share {
         Ok(share) => filter_share(share, state, worker.peers),
         Err(e) => {
             let message = e.to_string();
-            worker.fail(e);
+            worker.fail_unless_failed(e);
             (0..worker.peers)
                 .map(|to| ReadItem::Stats {
                     stats: ReadStats::default(),
@@ -86,6 +100,52 @@ fn read_items(files: &[InputFile], state: &RunState, worker: &worker::Worker) ->
                 .collect()
         }
     }
+}
+
+/// Every worker's newline counts of its jsonl ranges, which the readers of later ranges need
+/// for line numbers: each worker scans its own ranges and a first small dataflow broadcasts the
+/// counts. A worker that cannot count sends none and keeps its failure for the end.
+fn exchange_range_counts(
+    timely_worker: &mut timely::worker::Worker<timely::communication::Allocator>,
+    files: &[InputFile],
+    worker: &worker::Worker,
+) -> Vec<RangeCount> {
+    let own = crate::input::count_own_ranges(files, worker.index, worker.peers)
+        .unwrap_or_else(|e| {
+            worker.fail(e);
+            Vec::new()
+        });
+    let all = Rc::new(RefCell::new(Vec::new()));
+    let sink = all.clone();
+    let probe = ProbeHandle::new();
+    timely_worker.dataflow::<u64, _, _>(|scope| {
+        own.to_stream(scope)
+            .broadcast()
+            .inspect(move |c: &RangeCount| sink.borrow_mut().push(*c))
+            .probe_with(&probe);
+    });
+    timely_worker.step_while(|| !probe.done());
+    all.take()
+}
+
+/// Sends this worker's counters to worker 0 (in process 0) by a last small dataflow; worker 0
+/// returns every worker's, the others nothing.
+fn gather_counters(
+    timely_worker: &mut timely::worker::Worker<timely::communication::Allocator>,
+    counters: &StageCounters,
+) -> Vec<StageCounters> {
+    let all = Rc::new(RefCell::new(Vec::new()));
+    let sink = all.clone();
+    let probe = ProbeHandle::new();
+    let mine = vec![counters.clone()];
+    timely_worker.dataflow::<u64, _, _>(|scope| {
+        mine.to_stream(scope)
+            .exchange(|_| 0)
+            .inspect(move |c: &StageCounters| sink.borrow_mut().push(c.clone()))
+            .probe_with(&probe);
+    });
+    timely_worker.step_while(|| !probe.done());
+    all.take()
 }
 
 /// Runs the graph on the cluster `spec.cluster` (this process's workers). Every worker reads
@@ -120,7 +180,8 @@ pub fn run_graph(
         };
         let markers = Rc::new(RefCell::new(Vec::<ShardMarker>::new()));
         let probe = ProbeHandle::new();
-        let share = read_items(&files, &state, &worker);
+        let counts = exchange_range_counts(timely_worker, &files, &worker);
+        let share = read_items(&files, &state, &worker, &counts);
         timely_worker.dataflow::<u64, _, _>(|scope| {
             let (to_sample, to_settle) = share
                 .to_stream(scope)
@@ -134,7 +195,7 @@ pub fn run_graph(
             let outcomes = samples
                 .container::<Vec<Sample>>()
                 .score_samples(&worker)
-                .select_pairs(spec.shards, spec.min_margin);
+                .select_pairs(spec.shards, spec.pairs, spec.seed);
             let rejected = sample_rejects
                 .container::<Vec<(crate::reject::Reject, crate::records::PromptKey)>>()
                 .map(|(r, key)| Settled::Rejected(r, key));
@@ -145,15 +206,17 @@ pub fn run_graph(
                 .probe_with(&probe);
         });
         timely_worker.step_while(|| !probe.done());
+        let counters = worker.counters.borrow().clone();
+        let cluster_counters = gather_counters(timely_worker, &counters);
         if let Some(e) = worker.failure.borrow_mut().take() {
             return Err(e);
         }
-        let counters = worker.counters.borrow().clone();
         let markers = std::mem::take(&mut *markers.borrow_mut());
         Ok::<_, PipelineError>(WorkerResult {
             index: worker.index,
             counters,
             markers,
+            cluster_counters,
         })
     })
     .map_err(PipelineError::Worker)?;

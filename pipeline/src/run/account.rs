@@ -53,7 +53,8 @@ pub(super) fn settled_counts(
         "unscored_by_reason": unscored_by_reason,
         "reward_overlength_skipped": unscored_by_reason.get("context_overflow").copied().unwrap_or(0),
         "reward_overlength_truncated": samples.iter().filter(|s| s.dropped_turns > 0).count(),
-        "pairs": outcomes.iter().filter(|o| o.pair.is_some()).count(),
+        "pairs": outcomes.iter().map(|o| o.pairs.len()).sum::<usize>(),
+        "prompts_with_pairs": outcomes.iter().filter(|o| !o.pairs.is_empty()).count(),
         "dropped": dropped,
         "rejected": rejects.len(),
         "rejected_by_reason": rejected_by_reason,
@@ -82,6 +83,8 @@ pub(super) struct RunFacts<'a> {
 pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
     let (spec, c) = (f.spec, f.counters);
     let sampling = &spec.generation.sampling;
+    // The counters are every process's (gathered by the dataflow), so every worker counts.
+    let workers = spec.workers * spec.cluster.processes;
     json!({
         "job": "iterative-dpo",
         "run_id": f.run_id,
@@ -102,7 +105,7 @@ pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
             "stop": spec.generation.stop,
         },
         "goodness": { "preset": spec.goodness_preset, "normalization": spec.normalization.name(), "run_stats": f.run_stats },
-        "pairs": { "min_margin": spec.min_margin },
+        "pairs": spec.pairs,
         "counts": f.counts,
         "incremental": f.incremental,
         "tokens": {
@@ -119,11 +122,11 @@ pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
             "scoring_busy_seconds": c.scoring_seconds,
         },
         "throughput": {
-            "sampling_tokens_per_second": per_second(c.tokens_decoded, c.sampling_seconds, spec.workers),
-            "prefill_tokens_per_second": per_second(c.prompt_tokens_prefilled, c.prefill_seconds, spec.workers),
-            "decode_tokens_per_second": per_second(c.tokens_decoded, c.decode_seconds, spec.workers),
-            "tokens_scored_per_second": per_second(c.tokens_scored, c.scoring_seconds, spec.workers),
-            "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, spec.workers),
+            "sampling_tokens_per_second": per_second(c.tokens_decoded, c.sampling_seconds, workers),
+            "prefill_tokens_per_second": per_second(c.prompt_tokens_prefilled, c.prefill_seconds, workers),
+            "decode_tokens_per_second": per_second(c.tokens_decoded, c.decode_seconds, workers),
+            "tokens_scored_per_second": per_second(c.tokens_scored, c.scoring_seconds, workers),
+            "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, workers),
         },
         "files": f.files,
         "timeline": f.timeline,
@@ -146,9 +149,15 @@ pub(super) fn report_for(
             length_chars: s.sample.text.chars().count(),
         })
         .collect();
-    let margins: Vec<f64> = outcomes
+    let pairs: Vec<crate::report::PairStat> = outcomes
         .iter()
-        .filter_map(|o| o.pair.map(|(_, _, m)| m))
+        .flat_map(|o| {
+            o.pairs.iter().map(|p| crate::report::PairStat {
+                margin: p.margin,
+                chosen_tokens: o.samples[p.chosen].sample.new_tokens,
+                rejected_tokens: o.samples[p.rejected].sample.new_tokens,
+            })
+        })
         .collect();
     let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
         .as_object()
@@ -162,7 +171,7 @@ pub(super) fn report_for(
         &format!("steerflow run: {}", redact_url(&spec.output)),
         &ids.attribute_names,
         &responses,
-        &margins,
+        &pairs,
         &rejects_by_reason,
         summary,
     )

@@ -61,7 +61,7 @@ fn lineage_settings(spec: &RunSpec, ids: &ModelIds) -> serde_json::Value {
         "goodness": spec.goodness_preset,
         "weights": format!("{:?}", spec.goodness),
         "normalization": format!("{:?}", spec.normalization),
-        "min_margin": spec.min_margin,
+        "pairs": spec.pairs,
         "shards": spec.shards,
         "formats": spec.formats,
     })
@@ -181,7 +181,8 @@ pub fn run_iterative_dpo(
     })
 }
 
-/// Runs the graph over this process's workers; the work they did, merged.
+/// Runs the graph over this process's workers; the work they did, merged: on process 0 the
+/// work of every process's workers (gathered by the dataflow), elsewhere this process's.
 fn run_dataflow(
     spec: &Arc<RunSpec>,
     models: &Models,
@@ -209,8 +210,14 @@ fn run_dataflow(
         watch.flag(),
     )?;
     let mut counters = StageCounters::default();
-    for r in &results {
-        counters.merge(&r.counters);
+    let gathered = results
+        .iter()
+        .find(|r| r.index == 0)
+        .map(|r| r.cluster_counters.as_slice())
+        .filter(|all| !all.is_empty());
+    match gathered {
+        Some(all) => all.iter().for_each(|c| counters.merge(c)),
+        None => results.iter().for_each(|r| counters.merge(&r.counters)),
     }
     Ok(counters)
 }

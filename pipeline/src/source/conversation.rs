@@ -35,15 +35,11 @@ pub fn conversation(
     ))?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        Some(other) => {
-            return Err((
-                Some("id"),
-                RejectReason::WrongType,
-                format!("`id` must be a non-empty string or an integer, got {other}"),
-            ))
-        }
+        Some(v) => Some(readable_id(v).ok_or((
+            Some("id"),
+            RejectReason::WrongType,
+            format!("`id` must be a non-empty string or an integer, got {v}"),
+        ))?),
     };
     let messages = match (obj.get("prompt"), obj.get("messages")) {
         (Some(_), Some(_)) => {
@@ -121,6 +117,20 @@ pub fn conversation(
     }
     validate_messages(&messages, shape)?;
     Ok((id, messages))
+}
+
+/// An id as a record gives it: a non-empty string or an integer.
+fn readable_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The id of a record that may be unusable otherwise, so that its reject can carry it.
+pub fn record_id(value: &Value) -> Option<String> {
+    value.get("id").and_then(readable_id)
 }
 
 fn type_name(v: &Value) -> &'static str {

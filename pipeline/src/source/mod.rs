@@ -11,7 +11,7 @@ use crate::PipelineError;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use conversation::validate_messages;
-pub use conversation::{conversation, FieldError, RecordShape};
+pub use conversation::{conversation, record_id, FieldError, RecordShape};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -101,6 +101,12 @@ impl JsonlParser {
         }
     }
 
+    /// Numbers the next line `lines + 1`: for a reader that starts inside a file, after `lines`
+    /// lines it does not parse.
+    pub fn set_lines_before(&mut self, lines: u64) {
+        self.line_no = lines;
+    }
+
     /// Parses every line that `chunk` completes.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut start = 0;
@@ -170,9 +176,9 @@ impl JsonlParser {
         };
         match prompt_from_json(&value, position, self.shape) {
             Ok(p) => out.prompts.push(p),
-            Err((field, reason, detail)) => out
-                .rejects
-                .push(Reject::new(file, line_no, field, reason, detail)),
+            Err((field, reason, detail)) => out.rejects.push(
+                Reject::new(file, line_no, field, reason, detail).with_prompt_id(record_id(&value)),
+            ),
         }
     }
 }
@@ -311,9 +317,14 @@ pub(crate) fn parse_batch(
             });
         match result {
             Ok(p) => out.prompts.push(p),
-            Err((field, reason, detail)) => out
-                .rejects
-                .push(Reject::new(file, record, field, reason, detail)),
+            Err((field, reason, detail)) => {
+                let id = id_col
+                    .filter(|c| !c.is_null(i))
+                    .and_then(|c| string_at(c.as_ref(), i))
+                    .filter(|id| !id.is_empty());
+                out.rejects
+                    .push(Reject::new(file, record, field, reason, detail).with_prompt_id(id))
+            }
         }
     }
     Ok(())

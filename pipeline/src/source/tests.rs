@@ -73,6 +73,27 @@ fn bad_records_name_line_field_and_reason() {
         ]
     );
     assert!(out.rejects[0].to_string().starts_with("in.jsonl:2"));
+    // No reject above had a readable id.
+    assert!(out.rejects.iter().all(|r| r.prompt_id.is_none()));
+}
+
+#[test]
+fn rejects_carry_the_records_readable_id() {
+    let input = b"{\"id\":\"b2\",\"prompt\":\"\"}\n{\"id\":7,\"prompt\":3}\n{\"id\":\"\",\"prompt\":\"\"}\n";
+    let out = parse_jsonl("r.jsonl", input, RecordShape::Prompt);
+    let got: Vec<(Option<&str>, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.prompt_id.as_deref(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("b2"), "empty"),
+            (Some("7"), "wrong_type"),
+            (None, "wrong_type")
+        ]
+    );
 }
 
 #[test]
@@ -143,10 +164,14 @@ fn parquet_prompts_and_messages() {
     assert_eq!(out.prompts.len(), 1);
     assert_eq!(out.prompts[0].id, "10");
     assert_eq!(out.prompts[0].messages[1], Message::new("user", "Hi?"));
-    // Row 1 ends with an assistant turn: rejected, with its row and field.
+    // Row 1 ends with an assistant turn: rejected, with its row, field and id.
     assert_eq!(
-        (out.rejects[0].record, out.rejects[0].reason.as_str()),
-        (1, "bad_conversation_end")
+        (
+            out.rejects[0].record,
+            out.rejects[0].reason.as_str(),
+            out.rejects[0].prompt_id.as_deref()
+        ),
+        (1, "bad_conversation_end", Some("11"))
     );
 
     let prompts = StringArray::from(vec![Some("Hello"), None]);

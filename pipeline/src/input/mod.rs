@@ -1,11 +1,15 @@
-//! The input of a run, split so that no worker reads all of it: a jsonl file is read by one
-//! worker, a parquet file's row groups are spread over the workers (each fetches only its row
-//! groups' byte ranges), and a folder of files spreads its files.
+//! The input of a run, split so that no worker reads all of it: a jsonl file's byte ranges
+//! ([`jsonl_ranges`]) and a parquet file's row groups are spread over the workers (each fetches
+//! only its own byte ranges), and a folder of files spreads its files.
 //!
 //! `input.path` is one file, or a folder (a local directory, or a URL ending in `/`) whose
 //! `.jsonl`, `.json` and `.parquet` files are read in name order.
 
-use crate::source::{parse_batch, stream_jsonl, InputFormat, RecordShape, SourceOutput};
+pub mod jsonl_ranges;
+
+pub use jsonl_ranges::RangeCount;
+
+use crate::source::{parse_batch, InputFormat, RecordShape, SourceOutput};
 use crate::storage::{input_error, io_runtime, Location};
 use crate::PipelineError;
 use object_store::ObjectStoreExt;
@@ -103,27 +107,109 @@ pub fn input_identity(files: &[InputFile]) -> String {
     crate::digest::digest(serde_json::to_string(files).unwrap_or_default().as_bytes())
 }
 
-/// Reads the part of the input that worker `worker` of `workers` owns: jsonl file i when
-/// i % workers == worker, and row group j of parquet file i when (i + j) % workers == worker.
-/// Records keep their file and line (jsonl, from 1) or row (parquet, from 0).
+/// Reads the part of the input that worker `worker` of `workers` owns: range k of jsonl file i
+/// when (i + k) % workers == worker ([`jsonl_ranges`]), and row group j of parquet file i when
+/// (i + j) % workers == worker. Records keep their file and line (jsonl, from 1) or row
+/// (parquet, from 0). `counts` holds the newline counts of the jsonl ranges before this
+/// worker's ([`count_own_ranges`] of every worker); [`read_share_alone`] counts them itself.
 pub fn read_share(
     files: &[InputFile],
     worker: usize,
     workers: usize,
     shape: RecordShape,
+    counts: &[RangeCount],
+) -> Result<SourceOutput, PipelineError> {
+    read_share_with(files, worker, workers, shape, counts, jsonl_ranges::range_bytes())
+}
+
+/// [`read_share`] for a reader with no peers to exchange range counts with (tests, dry runs):
+/// it counts the newlines before its ranges itself.
+pub fn read_share_alone(
+    files: &[InputFile],
+    worker: usize,
+    workers: usize,
+    shape: RecordShape,
+) -> Result<SourceOutput, PipelineError> {
+    let counts = (0..workers)
+        .map(|w| count_own_ranges(files, w, workers))
+        .collect::<Result<Vec<_>, _>>()?;
+    read_share(files, worker, workers, shape, &counts.concat())
+}
+
+/// The newline counts of the jsonl ranges that `worker` reads.
+pub fn count_own_ranges(
+    files: &[InputFile],
+    worker: usize,
+    workers: usize,
+) -> Result<Vec<RangeCount>, PipelineError> {
+    count_own_ranges_with(files, worker, workers, jsonl_ranges::range_bytes())
+}
+
+fn count_own_ranges_with(
+    files: &[InputFile],
+    worker: usize,
+    workers: usize,
+    min_bytes: u64,
+) -> Result<Vec<RangeCount>, PipelineError> {
+    let mut counts = Vec::new();
+    for (i, file) in files.iter().enumerate().filter(|(_, f)| !f.parquet) {
+        let ranges = jsonl_ranges::ranges(file.size, workers, min_bytes);
+        // The last range's count is nobody's offset.
+        for (k, range) in ranges.iter().enumerate().take(ranges.len() - 1) {
+            if jsonl_ranges::owner(i, k, workers) == worker {
+                counts.push(RangeCount {
+                    file: i,
+                    range: k,
+                    newlines: jsonl_ranges::count_newlines(&file.spec, range.clone())?,
+                });
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn read_share_with(
+    files: &[InputFile],
+    worker: usize,
+    workers: usize,
+    shape: RecordShape,
+    counts: &[RangeCount],
+    min_bytes: u64,
 ) -> Result<SourceOutput, PipelineError> {
     let mut out = SourceOutput::default();
     for (i, file) in files.iter().enumerate() {
-        let part = if file.parquet {
-            read_row_groups(file, i, worker, workers, shape)?
-        } else if i % workers == worker {
-            stream_jsonl(&file.spec, shape)?
+        let mut parts = Vec::new();
+        if file.parquet {
+            parts.push(read_row_groups(file, i, worker, workers, shape)?);
         } else {
-            continue;
-        };
-        out.records += part.records;
-        out.prompts.extend(part.prompts);
-        out.rejects.extend(part.rejects);
+            let ranges = jsonl_ranges::ranges(file.size, workers, min_bytes);
+            for (k, range) in ranges.into_iter().enumerate() {
+                if jsonl_ranges::owner(i, k, workers) != worker {
+                    continue;
+                }
+                let before = (0..k)
+                    .map(|earlier| {
+                        counts
+                            .iter()
+                            .find(|c| c.file == i && c.range == earlier)
+                            .map(|c| c.newlines)
+                            .ok_or_else(|| {
+                                PipelineError::Worker(format!(
+                                    "a worker could not read the newline count of range \
+                                     {earlier} of {}",
+                                    crate::storage::redact_url(&file.spec)
+                                ))
+                            })
+                    })
+                    .sum::<Result<u64, _>>()?;
+                parts.push(jsonl_ranges::parse_range(&file.spec, range, before, shape)?);
+            }
+        }
+        for part in parts {
+            out.records += part.records;
+            out.prompts.extend(part.prompts);
+            out.rejects.extend(part.rejects);
+        }
     }
     Ok(out)
 }
@@ -220,13 +306,18 @@ mod tests {
         let spec = dir.path().to_str().unwrap();
         let files = list_input(spec, "auto").unwrap();
         assert_eq!(files.len(), 3);
-        let whole = read_share(&files, 0, 1, RecordShape::Prompt).unwrap();
+        let whole = read_share_alone(&files, 0, 1, RecordShape::Prompt).unwrap();
         assert_eq!(whole.records, 26);
         for workers in [2, 3, 4] {
             let mut rows: Vec<(String, u64)> = Vec::new();
             let mut records = 0;
+            // jsonl ranges of at least 8 bytes: the 2-line file is split too.
+            let counts: Vec<RangeCount> = (0..workers)
+                .flat_map(|w| count_own_ranges_with(&files, w, workers, 8).unwrap())
+                .collect();
             for w in 0..workers {
-                let share = read_share(&files, w, workers, RecordShape::Prompt).unwrap();
+                let share =
+                    read_share_with(&files, w, workers, RecordShape::Prompt, &counts, 8).unwrap();
                 records += share.records;
                 rows.extend(
                     share
