@@ -278,12 +278,24 @@ fn pair_strategies_through_the_job() {
     let settings = [
         ("all-pairs", pairs(S::AllPairs, Some(100), 0.0, 0.0, None)),
         ("best-vs-worst", pairs(S::BestVsWorst, None, 0.0, 0.0, None)),
-        ("best-vs-random", pairs(S::BestVsRandom, None, 0.0, 0.0, None)),
+        (
+            "best-vs-random",
+            pairs(S::BestVsRandom, None, 0.0, 0.0, None),
+        ),
         ("random-pair", pairs(S::RandomPair, None, 0.0, 0.0, None)),
         ("best-vs-3rd", pairs(S::BestVsKth, Some(3), 0.0, 0.0, None)),
-        ("all-pairs-top-2", pairs(S::AllPairs, Some(2), 0.05, 0.0, None)),
-        ("length-penalty", pairs(S::BestVsWorst, None, 0.0, 0.2, None)),
-        ("length-bound", pairs(S::BestVsWorst, None, 0.0, 0.0, Some(2))),
+        (
+            "all-pairs-top-2",
+            pairs(S::AllPairs, Some(2), 0.05, 0.0, None),
+        ),
+        (
+            "length-penalty",
+            pairs(S::BestVsWorst, None, 0.0, 0.2, None),
+        ),
+        (
+            "length-bound",
+            pairs(S::BestVsWorst, None, 0.0, 0.0, Some(2)),
+        ),
     ];
     let mut results = serde_json::Map::new();
     let mut tables: Vec<(String, Vec<Value>)> = Vec::new();
@@ -305,21 +317,27 @@ fn pair_strategies_through_the_job() {
     }
     // Cross-checks against the table of every pair (the all-pairs run), whatever was sampled.
     let all = &tables[0].1;
-    let of = |prompt: &Value| all.iter().filter(move |r| &r["prompt_id"] == prompt);
+    let of = |prompt: &Value| -> Vec<&Value> {
+        all.iter().filter(|r| &r["prompt_id"] == prompt).collect()
+    };
     let margin = |r: &Value| r["margin"].as_f64().unwrap();
     for (name, rows) in &tables[1..] {
         for r in rows {
-            let best = of(&r["prompt_id"]).map(|p| p["chosen"].clone()).next();
+            let best = of(&r["prompt_id"]).first().map(|p| p["chosen"].clone());
             match name.as_str() {
                 "best-vs-worst" => {
-                    let widest = of(&r["prompt_id"]).map(margin).fold(0.0, f64::max);
+                    let widest = of(&r["prompt_id"])
+                        .into_iter()
+                        .map(margin)
+                        .fold(0.0, f64::max);
                     assert_eq!(margin(r), widest, "{name}: {r}");
                 }
                 "best-vs-random" | "best-vs-3rd" => {
                     assert_eq!(Some(r["chosen"].clone()), best, "{name}: {r}")
                 }
                 "length-bound" => {
-                    let d = r["chosen_tokens"].as_i64().unwrap() - r["rejected_tokens"].as_i64().unwrap();
+                    let d = r["chosen_tokens"].as_i64().unwrap()
+                        - r["rejected_tokens"].as_i64().unwrap();
                     assert!(d.abs() <= 2, "{name}: {r}");
                 }
                 _ => {}
@@ -327,7 +345,7 @@ fn pair_strategies_through_the_job() {
             if !name.starts_with("length-penalty") {
                 // Without a length penalty every row is one of the table's pairs.
                 assert!(
-                    of(&r["prompt_id"]).any(|p| p == r),
+                    of(&r["prompt_id"]).contains(&r),
                     "{name}: {r} is not a pair of the table"
                 );
             }

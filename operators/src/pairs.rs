@@ -129,9 +129,8 @@ pub fn select_pair(candidates: &[Candidate<'_>], min_margin: f64) -> PairSelecti
 /// The pairs `rule` takes from `candidates`; `draw` is the prompt's seeded random number
 /// (`seeding::pair_draw`), used by the random strategies only.
 pub fn select_pairs(candidates: &[Candidate<'_>], rule: &PairRule, draw: u64) -> PairSelection {
-    let score = |i: usize| {
-        candidates[i].goodness - rule.length_penalty * f64::from(candidates[i].tokens)
-    };
+    let score =
+        |i: usize| candidates[i].goodness - rule.length_penalty * f64::from(candidates[i].tokens);
     // Best first: highest score, lowest sample index among equals.
     let mut ranked: Vec<usize> = (0..candidates.len())
         .filter(|&i| score(i).is_finite())
@@ -185,7 +184,9 @@ fn choose(
     // When nothing is eligible, the reason is that of the pair the strategy prefers most.
     // (Every strategy that uses it keeps that pair when it is eligible, so it is not.)
     let fallback = |preferred: (usize, usize)| {
-        check(preferred.0, preferred.1).err().unwrap_or(DropReason::MarginTooSmall)
+        check(preferred.0, preferred.1)
+            .err()
+            .unwrap_or(DropReason::MarginTooSmall)
     };
     let nonempty = |pairs: Vec<ChosenRejected>, preferred| {
         if pairs.is_empty() {

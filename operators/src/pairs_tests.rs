@@ -34,7 +34,13 @@ fn picked(c: &[Candidate<'_>], rule: &PairRule, draw: u64) -> Vec<(u32, u32, f64
         .decision
         .unwrap()
         .iter()
-        .map(|p| (c[p.chosen].sample_index, c[p.rejected].sample_index, p.margin))
+        .map(|p| {
+            (
+                c[p.chosen].sample_index,
+                c[p.rejected].sample_index,
+                p.margin,
+            )
+        })
         .collect()
 }
 
@@ -100,8 +106,18 @@ fn identical_texts_are_not_a_pair() {
         Err(DropReason::IdenticalResponses)
     );
     // With a third response, best-vs-worst takes the largest margin that is a real pair.
-    let c = [same(0, 1.0), same(1, 3.0), Candidate { text: "other", ..same(2, 2.0) }];
-    assert_eq!(picked(&c, &PairRule::best_vs_worst(0.0), 0), vec![(1, 2, 1.0)]);
+    let c = [
+        same(0, 1.0),
+        same(1, 3.0),
+        Candidate {
+            text: "other",
+            ..same(2, 2.0)
+        },
+    ];
+    assert_eq!(
+        picked(&c, &PairRule::best_vs_worst(0.0), 0),
+        vec![(1, 2, 1.0)]
+    );
 }
 
 #[test]
@@ -215,7 +231,11 @@ fn length_bound_keeps_pairs_of_similar_length() {
         vec![(0, 2, 3.0)]
     );
     assert_eq!(
-        picked(&c, &bounded(PairStrategy::AllPairs { max_per_prompt: 5 }, 15), 0),
+        picked(
+            &c,
+            &bounded(PairStrategy::AllPairs { max_per_prompt: 5 }, 15),
+            0
+        ),
         vec![(0, 2, 3.0), (3, 1, 3.0)]
     );
     // The best against the runner-up (0 vs 3) is 170 tokens apart.

@@ -179,7 +179,9 @@ fn spawn_ticker(
         let mut last: Vec<(Instant, u64)> = Vec::new();
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
             let stages = stages.lock().unwrap_or_else(|e| e.into_inner());
-            let before = Instant::now().checked_sub(every).unwrap_or_else(Instant::now);
+            let before = Instant::now()
+                .checked_sub(every)
+                .unwrap_or_else(Instant::now);
             last.resize(stages.len(), (before, 0));
             for (stage, since) in stages.iter().zip(last.iter_mut()) {
                 if let Some(line) = stage.line(*since) {
@@ -225,10 +227,14 @@ mod tests {
         let since = (Instant::now() - Duration::from_secs(10), 0);
         let line = stage.line(since).unwrap();
         assert!(
-            line.starts_with("sample: 10/40 prompts (25.0%), 1.00 prompts/s over the last 10 s, ETA 0m 3"),
+            line.starts_with(
+                "sample: 10/40 prompts (25.0%), 1.00 prompts/s over the last 10 s, ETA 0m 3"
+            ),
             "{line}"
         );
-        let stalled = stage.line((Instant::now() - Duration::from_secs(10), 10)).unwrap();
+        let stalled = stage
+            .line((Instant::now() - Duration::from_secs(10), 10))
+            .unwrap();
         assert!(stalled.ends_with("ETA unknown"), "{stalled}");
         stage.advance(30);
         assert_eq!(stage.line(since), None, "a finished stage is quiet");

@@ -165,9 +165,17 @@ pub fn pairs_batch(
     let (mut cs, mut rs, mut margin, mut cn, mut rn) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut ca, mut ra, mut ci, mut ri, mut cf, mut rf, mut n) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut chosen_len, mut rejected_len, mut ids_col, mut steer) = (vec![], vec![], vec![], vec![]);
-    for (o, pair) in outcomes.iter().flat_map(|o| o.pairs.iter().map(move |p| (o, p))) {
-        let (c, r, m) = (&o.samples[pair.chosen], &o.samples[pair.rejected], pair.margin);
+    let (mut chosen_len, mut rejected_len, mut ids_col, mut steer) =
+        (vec![], vec![], vec![], vec![]);
+    for (o, pair) in outcomes
+        .iter()
+        .flat_map(|o| o.pairs.iter().map(move |p| (o, p)))
+    {
+        let (c, r, m) = (
+            &o.samples[pair.chosen],
+            &o.samples[pair.rejected],
+            pair.margin,
+        );
         ids_col.push(o.prompt.id.as_str());
         steer.push(c.sample.steer.clone());
         chosen_len.push(c.sample.new_tokens as i32);

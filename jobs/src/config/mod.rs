@@ -287,7 +287,10 @@ mod tests {
             Ok(PairStrategy::BestVsKth { k: 2 })
         );
         let err = rule("[pairs]\nstrategy = \"best-vs-kth\"\n").unwrap_err();
-        assert!(err.contains("pairs.k is required") && err.contains("best-vs-kth"), "{err}");
+        assert!(
+            err.contains("pairs.k is required") && err.contains("best-vs-kth"),
+            "{err}"
+        );
         let err = rule("[pairs]\nstrategy = \"best-vs-kth\"\nk = 1\n").unwrap_err();
         assert!(err.contains("k >= 2"), "{err}");
         let err = rule("[pairs]\nstrategy = \"random-pair\"\nk = 4\n").unwrap_err();
@@ -297,6 +300,9 @@ mod tests {
         let err = parse_config("[pairs]\nstrategy = \"max-min\"\n", "t.toml", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("strategy") && err.contains("best-vs-random"), "{err}");
+        assert!(
+            err.contains("strategy") && err.contains("best-vs-random"),
+            "{err}"
+        );
     }
 }

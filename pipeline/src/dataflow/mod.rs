@@ -106,12 +106,12 @@ fn read_items(
 /// for line numbers: each worker scans its own ranges and a first small dataflow broadcasts the
 /// counts. A worker that cannot count sends none and keeps its failure for the end.
 fn exchange_range_counts(
-    timely_worker: &mut timely::worker::Worker<timely::communication::Allocator>,
+    timely_worker: &mut timely::worker::Worker,
     files: &[InputFile],
     worker: &worker::Worker,
 ) -> Vec<RangeCount> {
-    let own = crate::input::count_own_ranges(files, worker.index, worker.peers)
-        .unwrap_or_else(|e| {
+    let own =
+        crate::input::count_own_ranges(files, worker.index, worker.peers).unwrap_or_else(|e| {
             worker.fail(e);
             Vec::new()
         });
@@ -131,7 +131,7 @@ fn exchange_range_counts(
 /// Sends this worker's counters to worker 0 (in process 0) by a last small dataflow; worker 0
 /// returns every worker's, the others nothing.
 fn gather_counters(
-    timely_worker: &mut timely::worker::Worker<timely::communication::Allocator>,
+    timely_worker: &mut timely::worker::Worker,
     counters: &StageCounters,
 ) -> Vec<StageCounters> {
     let all = Rc::new(RefCell::new(Vec::new()));

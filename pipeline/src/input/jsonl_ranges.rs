@@ -78,8 +78,10 @@ async fn get_from(
     store: &dyn ObjectStore,
     path: &object_store::path::Path,
     range: GetRange,
-) -> Result<futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>, object_store::Error>
-{
+) -> Result<
+    futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    object_store::Error,
+> {
     let options = GetOptions {
         range: Some(range),
         ..Default::default()

@@ -39,10 +39,16 @@ fn ranges_parse_the_same_records_with_the_same_line_numbers_as_the_whole_file() 
                 "{{\"id\": \"long{i}\", \"prompt\": \"{}\"}}\n",
                 "x".repeat(90)
             )),
-            _ => text.push_str(&format!("{{\"id\": \"p{i}\", \"prompt\": \"question {i}\"}}\n")),
+            _ => text.push_str(&format!(
+                "{{\"id\": \"p{i}\", \"prompt\": \"question {i}\"}}\n"
+            )),
         }
     }
-    for ending in ["", "{\"id\": \"last\", \"prompt\": \"no newline\"}", "{\"prompt\": \"cut"] {
+    for ending in [
+        "",
+        "{\"id\": \"last\", \"prompt\": \"no newline\"}",
+        "{\"prompt\": \"cut",
+    ] {
         let body = format!("{text}{ending}");
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, &body).unwrap();

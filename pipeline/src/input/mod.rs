@@ -119,7 +119,14 @@ pub fn read_share(
     shape: RecordShape,
     counts: &[RangeCount],
 ) -> Result<SourceOutput, PipelineError> {
-    read_share_with(files, worker, workers, shape, counts, jsonl_ranges::range_bytes())
+    read_share_with(
+        files,
+        worker,
+        workers,
+        shape,
+        counts,
+        jsonl_ranges::range_bytes(),
+    )
 }
 
 /// [`read_share`] for a reader with no peers to exchange range counts with (tests, dry runs):
