@@ -10,6 +10,11 @@
 //! - greedy decoding through the KV cache gives transformers' tokens;
 //! - the transformers 4 config layout (`rope_theta` + `rope_scaling`) gives what the transformers 5
 //!   layout (`rope_parameters`) gives.
+//!
+//! On a GPU (`STEERFLOW_TEST_DEVICE=cuda`, `scripts/gpu-check`) the same checks run against
+//! transformers on that GPU (`STEERFLOW_TEST_GOLDEN`); a bf16 checkpoint computes in bf16 there,
+//! as transformers does, within [`BF16_TOLERANCE`], and its greedy tokens are compared where
+//! the top two logits are further apart than that.
 
 mod support;
 
@@ -18,12 +23,32 @@ use std::path::{Path, PathBuf};
 use steerflow_models::hf::{HeadKind, HfModel};
 
 const TOLERANCE: f32 = 1e-4;
+/// bf16 keeps 8 bits of mantissa: logits of the tiny checkpoints stay within 0.05 (measured
+/// 0.019 to 0.022 on the CPU against the f32 reference).
+const BF16_TOLERANCE: f32 = 0.05;
+
+fn tolerance(model: &HfModel) -> f32 {
+    if model.dtype() == candle_core::DType::BF16 {
+        BF16_TOLERANCE
+    } else {
+        TOLERANCE
+    }
+}
+
+/// Whether the top logit leads the next by more than `margin` (a greedy step that noise of that
+/// size cannot flip).
+fn clear_top(logits: &[f32], margin: f32) -> bool {
+    let mut v = logits.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v.len() < 2 || v[0] - v[1] > margin
+}
 
 fn fixture(case: &str) -> (PathBuf, Value) {
     let dir = support::workspace_root()
         .join("tests/fixtures/hf")
         .join(case);
-    let golden = serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let golden =
+        serde_json::from_slice(&std::fs::read(support::golden_path(&dir)).unwrap()).unwrap();
     (dir, golden)
 }
 
@@ -52,7 +77,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn check_causal(dir: &Path, golden: &Value) {
-    let model = HfModel::load(dir, HeadKind::CausalLm, &candle_core::Device::Cpu).unwrap();
+    let model = HfModel::load(dir, HeadKind::CausalLm, &support::device()).unwrap();
+    let tolerance = tolerance(&model);
     let inputs: Vec<Vec<u32>> = golden["inputs"]
         .as_array()
         .unwrap()
@@ -65,7 +91,7 @@ fn check_causal(dir: &Path, golden: &Value) {
         let alone = model.last_token_outputs(&[seqs[k]]).unwrap().remove(0);
         let d = max_diff(&alone, &floats(&expected["last_logits"]));
         assert!(
-            d < TOLERANCE,
+            d < tolerance,
             "{}: input {k}: last logits differ by {d}",
             dir.display()
         );
@@ -84,7 +110,7 @@ fn check_causal(dir: &Path, golden: &Value) {
         {
             let d = max_diff(&hidden[t], &floats(row));
             assert!(
-                d < TOLERANCE,
+                d < tolerance,
                 "{}: input {k} position {t}: hidden differs by {d}",
                 dir.display()
             );
@@ -93,17 +119,26 @@ fn check_causal(dir: &Path, golden: &Value) {
         let mut session = model.start_session().unwrap();
         let mut logits = session.extend(seqs[k]).unwrap();
         let mut greedy = Vec::new();
-        for _ in 0..ids(&expected["greedy"]).len() {
+        let want = ids(&expected["greedy"]);
+        for _ in 0..want.len() {
+            let values: Vec<f32> = logits
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            if tolerance > TOLERANCE && !clear_top(&values, 2.0 * tolerance) {
+                // A near tie in bf16: transformers' next token is as likely as ours; go on
+                // from transformers' so the rest of the sequence is still compared.
+                let theirs = want[greedy.len()];
+                greedy.push(theirs);
+                logits = session.extend(&[theirs]).unwrap();
+                continue;
+            }
             let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
             greedy.push(next);
             logits = session.extend(&[next]).unwrap();
         }
-        assert_eq!(
-            greedy,
-            ids(&expected["greedy"]),
-            "{}: input {k}",
-            dir.display()
-        );
+        assert_eq!(greedy, want, "{}: input {k}", dir.display());
     }
 }
 
@@ -143,12 +178,8 @@ fn sequence_classifiers_match_transformers_alone_and_batched() {
         "llama-seqcls9-f32",
     ] {
         let (dir, golden) = fixture(case);
-        let model = HfModel::load(
-            &dir,
-            HeadKind::SequenceClassification,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
+        let model =
+            HfModel::load(&dir, HeadKind::SequenceClassification, &support::device()).unwrap();
         let inputs: Vec<Vec<u32>> = golden["inputs"]
             .as_array()
             .unwrap()
@@ -201,7 +232,7 @@ fn a_checkpoint_serves_as_the_policy() {
     use steerflow_models::LanguageModel;
     let (dir, golden) = fixture("llama3-f32");
     let model: Arc<dyn LanguageModel> = Arc::new(
-        HfModel::load(&dir, HeadKind::CausalLm, &candle_core::Device::Cpu)
+        HfModel::load(&dir, HeadKind::CausalLm, &support::device())
             .unwrap()
             .into_language_model()
             .unwrap(),
@@ -241,17 +272,19 @@ fn a_bf16_checkpoint_computed_in_bf16_stays_close_to_the_f32_reference() {
     let model = HfModel::load_with_dtype(
         &dir,
         HeadKind::CausalLm,
-        &[candle_core::Device::Cpu],
+        &[support::device()],
         candle_core::DType::BF16,
     )
     .unwrap();
     assert_eq!(model.dtype(), candle_core::DType::BF16);
-    let f32_model = HfModel::load(&dir, HeadKind::CausalLm, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(
-        f32_model.dtype(),
-        candle_core::DType::F32,
-        "bf16 compute is for GPUs unless asked"
-    );
+    if support::device().is_cpu() {
+        let f32_model = HfModel::load(&dir, HeadKind::CausalLm, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(
+            f32_model.dtype(),
+            candle_core::DType::F32,
+            "bf16 compute is for GPUs unless asked"
+        );
+    }
     let argmax = |v: &[f32]| {
         v.iter()
             .enumerate()

@@ -2,6 +2,8 @@
 //! exchanging partial sums through `ThreadGroup`) give the rewards of the unsplit model within
 //! 1e-5 (f32), for a sequence-classification head with 5 and with 1 outputs (Qwen2: biased q,
 //! k, v), a causal-LM head read at a logit, and 4 ranks over 2 key/value heads (replicated kv).
+//! With `STEERFLOW_TEST_DEVICE=cuda` (`scripts/gpu-check`) the ranks share that one GPU and the
+//! in-process group; `kernels/tests/cuda.rs` runs NCCL itself.
 
 mod support;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use steerflow_models::hf::{HeadKind, HfModel};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    support::workspace_root()
         .join("tests/fixtures/hf")
         .join(name)
 }
@@ -41,7 +43,8 @@ fn split_reward_models_score_as_the_whole_model() {
         ("qwen2-seqcls1-f32", HeadKind::SequenceClassification),
         ("llama3-f32", HeadKind::CausalLm),
     ] {
-        let whole = HfModel::load(&fixture(name), kind, &Device::Cpu).unwrap();
+        let device = support::device();
+        let whole = HfModel::load(&fixture(name), kind, &device).unwrap();
         let seqs = sequences(whole.config().vocab_size as u32);
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let expected = whole.last_token_outputs(&refs).unwrap();
@@ -52,7 +55,7 @@ fn split_reward_models_score_as_the_whole_model() {
         );
         for ranks in [2, 4] {
             let split =
-                HfModel::load_parallel(&fixture(name), kind, &vec![Device::Cpu; ranks]).unwrap();
+                HfModel::load_parallel(&fixture(name), kind, &vec![device.clone(); ranks]).unwrap();
             assert_eq!(split.tensor_parallel(), ranks);
             let got = split.last_token_outputs(&refs).unwrap();
             let diff = max_abs_diff(&got, &expected);

@@ -1,5 +1,7 @@
 //! The CUDA kernels against their CPU references (run with `--features cuda` on a machine with
 //! a GPU; without one these tests say so and pass, as the `cuda` feature is only built there).
+//! Inputs are fresh random numbers each run (the seed is printed; `STEERFLOW_TEST_SEED` repeats
+//! a run), so every GPU check tries new values.
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used)]
 
@@ -18,9 +20,17 @@ fn gpu() -> Option<Device> {
     }
 }
 
+/// Random logits in [-5, 5) from a fresh seed (printed), or `$STEERFLOW_TEST_SEED`.
 fn logits(rows: usize, vocab: usize) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("STEERFLOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("logits from seed {seed} (STEERFLOW_TEST_SEED={seed} repeats them)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..rows * vocab)
-        .map(|i| (((i * 2_654_435_761) % 10_007) as f32 / 1000.0) - 5.0)
+        .map(|_| rng.random_range(-5.0f32..5.0))
         .collect()
 }
 
@@ -77,6 +87,16 @@ fn device_digit_ratings_match_the_cpu_reference() {
             "row {r}"
         );
     }
+}
+
+#[test]
+fn nccl_over_one_gpu_is_the_identity() {
+    let Some(gpu) = gpu() else { return };
+    let ranks = steerflow_kernels::cuda::nccl::NcclGroup::ranks(std::slice::from_ref(&gpu)).unwrap();
+    assert_eq!(ranks.len(), 1);
+    let x = Tensor::new(&[1.5f32, -2.0, 3.25], &gpu).unwrap();
+    let sum = ranks[0].all_reduce_sum(&x).unwrap();
+    assert_eq!(sum.to_vec1::<f32>().unwrap(), vec![1.5, -2.0, 3.25]);
 }
 
 #[test]

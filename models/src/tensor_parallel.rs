@@ -2,7 +2,7 @@
 //!
 //! Each rank thread owns its [`Shard`](crate::transformer::Shard) of the weights
 //! ([`Decoder::load_shard`]) and a communicator: a [`ThreadGroup`] when the ranks are CPU
-//! threads, NCCL when they are GPUs (the `cuda` feature). A forward pass is handed to every rank
+//! threads or share one device, NCCL when they are distinct GPUs (the `cuda` feature). A forward pass is handed to every rank
 //! in the same order; each runs its heads and MLP columns, the row-parallel layers all-reduce
 //! their partial sums, and every rank ends with the same hidden states, of which rank 0's are
 //! returned. Reward models use it through `HfModel::load_parallel` (`reward.tensor_parallel`).
@@ -35,9 +35,12 @@ pub struct TensorParallelDecoder {
     embedding: Tensor,
 }
 
-/// The communicators of a group of ranks on `devices`.
+/// The communicators of a group of ranks on `devices`: threads exchanging tensors in memory
+/// when the ranks are CPU threads or share one device (a GPU's ranks then sum on that GPU),
+/// NCCL when they are distinct GPUs.
 fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, ModelError> {
-    if devices.iter().all(Device::is_cpu) {
+    let one_device = devices.iter().all(|d| d.same_device(&devices[0]));
+    if devices.iter().all(Device::is_cpu) || one_device {
         return Ok(ThreadGroup::ranks(devices.len())
             .into_iter()
             .map(|c| Arc::new(c) as Arc<dyn Communicator>)

@@ -5,9 +5,45 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The workspace root (where `configs/` lives).
+/// The workspace root (where `configs/` and `tests/fixtures/` live): `$STEERFLOW_TEST_ROOT`
+/// for test binaries run away from their build (the GPU bundle, `scripts/gpu-check`), else the
+/// directory they were built in.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("STEERFLOW_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The device the model tests run on: `$STEERFLOW_TEST_DEVICE` (`cpu`, `cuda` or `cuda:N`;
+/// the CUDA ones in a `--features steerflow/cuda` build), else the CPU.
+pub fn device() -> candle_core::Device {
+    match std::env::var("STEERFLOW_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => candle_core::Device::Cpu,
+        Ok(name) => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(n) => n
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("STEERFLOW_TEST_DEVICE={name}: cpu, cuda or cuda:N")),
+                None => panic!("STEERFLOW_TEST_DEVICE={name}: cpu, cuda or cuda:N"),
+            };
+            candle_core::Device::new_cuda(ordinal)
+                .unwrap_or_else(|e| panic!("STEERFLOW_TEST_DEVICE={name}: {e}"))
+        }
+    }
+}
+
+/// Where a fixture's golden outputs are read: `$STEERFLOW_TEST_GOLDEN/<case>/golden.json` when
+/// set (outputs of transformers on the device under test, `scripts/gpu-check`), else the
+/// fixture's own (transformers on the CPU).
+pub fn golden_path(fixture_dir: &Path) -> PathBuf {
+    match std::env::var_os("STEERFLOW_TEST_GOLDEN") {
+        Some(dir) => PathBuf::from(dir)
+            .join(fixture_dir.file_name().expect("a fixture folder"))
+            .join("golden.json"),
+        None => fixture_dir.join("golden.json"),
+    }
 }
 
 /// The Python with pyarrow that `scripts/test` set up (`STEERFLOW_TEST_PYTHON`, else `.venv-test`).
@@ -119,7 +155,7 @@ pub fn default_model() -> std::sync::Arc<dyn steerflow_models::LanguageModel> {
             let path = steerflow_models::registry::resolve_model("default")
                 .expect("default model installed");
             std::sync::Arc::new(
-                steerflow_models::llama_gguf::GgufLlama::load(&path, &candle_core::Device::Cpu)
+                steerflow_models::llama_gguf::GgufLlama::load(&path, &device())
                     .expect("the default model loads"),
             )
         })
