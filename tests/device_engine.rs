@@ -73,10 +73,11 @@ fn greedy_tokens_on_the_device_are_the_cpus() {
     let policy = Policy::new(cpu.clone());
     let mut compared = 0;
     for text in PROMPTS {
-        let prompt = policy
-            .prompt_tokens(&[Message::new("user", text)])
-            .unwrap();
-        let (a, b) = (greedy(cpu.as_ref(), &prompt, 24), greedy(dev.as_ref(), &prompt, 24));
+        let prompt = policy.prompt_tokens(&[Message::new("user", text)]).unwrap();
+        let (a, b) = (
+            greedy(cpu.as_ref(), &prompt, 24),
+            greedy(dev.as_ref(), &prompt, 24),
+        );
         for (step, ((ta, gap), (tb, _))) in a.iter().zip(&b).enumerate() {
             if ta != tb {
                 assert!(

@@ -92,7 +92,8 @@ fn device_digit_ratings_match_the_cpu_reference() {
 #[test]
 fn nccl_over_one_gpu_is_the_identity() {
     let Some(gpu) = gpu() else { return };
-    let ranks = steerflow_kernels::cuda::nccl::NcclGroup::ranks(std::slice::from_ref(&gpu)).unwrap();
+    let ranks =
+        steerflow_kernels::cuda::nccl::NcclGroup::ranks(std::slice::from_ref(&gpu)).unwrap();
     assert_eq!(ranks.len(), 1);
     let x = Tensor::new(&[1.5f32, -2.0, 3.25], &gpu).unwrap();
     let sum = ranks[0].all_reduce_sum(&x).unwrap();

@@ -53,7 +53,8 @@ impl StageProgress {
         }
         if self.log_lines && total > 0 && before < total && before + n >= total {
             tracing::info!(
-                "{}: {total}/{total} {} done in {:.0} s",
+                stage = self.name,
+                "progress: {}: {total}/{total} {} done in {:.0} s",
                 self.name,
                 self.unit,
                 self.started.elapsed().as_secs_f64()
@@ -185,7 +186,7 @@ fn spawn_ticker(
             last.resize(stages.len(), (before, 0));
             for (stage, since) in stages.iter().zip(last.iter_mut()) {
                 if let Some(line) = stage.line(*since) {
-                    tracing::info!("{line}");
+                    tracing::info!(stage = stage.name, "progress: {line}");
                 }
                 *since = (Instant::now(), stage.done.load(Ordering::Relaxed));
             }

@@ -132,6 +132,11 @@ pub fn parse_range(
                     bytes = &bytes[end + 1..];
                     started = true;
                     parser.set_lines_before(lines_before);
+                    if at >= range.end {
+                        // That newline was the range's last byte: the next line is the next
+                        // range's.
+                        return Ok(());
+                    }
                 }
                 // Feed up to the newline that ends the last line starting in the range: the
                 // first newline at or after the range's last byte.

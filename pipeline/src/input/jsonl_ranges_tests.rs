@@ -78,3 +78,33 @@ fn ranges_parse_the_same_records_with_the_same_line_numbers_as_the_whole_file() 
         }
     }
 }
+
+#[test]
+fn a_range_whose_only_newline_is_its_last_byte_owns_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "{\"id\":\"a\",\"prompt\":\"q\"}\n{\"id\":\"b\",\"prompt\":\"q\"}\n";
+    let first_end = body.find('\n').unwrap() as u64 + 1;
+    let path = dir.path().join("two.jsonl");
+    std::fs::write(&path, body).unwrap();
+    let spec = path.to_str().unwrap();
+    let size = body.len() as u64;
+    // [0, 10) holds the first line's start; [10, first_end) ends on its newline; the rest
+    // holds the second line.
+    let parts: Vec<SourceOutput> = [0..10, 10..first_end, first_end..size]
+        .into_iter()
+        .scan(0, |before, range| {
+            let part = parse_range(spec, range.clone(), *before, RecordShape::Prompt).unwrap();
+            *before += count_newlines(spec, range).unwrap();
+            Some(part)
+        })
+        .collect();
+    let ids: Vec<Vec<(u64, String)>> = parts.iter().map(lines_of).collect();
+    assert_eq!(
+        ids,
+        vec![
+            vec![(1, "a".to_string())],
+            vec![],
+            vec![(2, "b".to_string())]
+        ]
+    );
+}
