@@ -62,30 +62,18 @@ impl StageProgress {
         }
     }
 
-    /// The progress line of an active stage: count, rate since `since` (items done then), ETA.
+    /// The progress line of an active stage, with its rate since `since` (items done then).
     fn line(&self, since: (Instant, u64)) -> Option<String> {
-        let (done, total) = (
-            self.done.load(Ordering::Relaxed),
-            self.total.load(Ordering::Relaxed),
-        );
-        if total == 0 || done >= total {
-            return None;
-        }
-        let seconds = since.0.elapsed().as_secs_f64().max(1e-3);
-        let rate = done.saturating_sub(since.1) as f64 / seconds;
-        let eta = if rate > 0.0 {
-            let left = (total - done) as f64 / rate;
-            format!("ETA {}m {:02}s", (left / 60.0) as u64, (left % 60.0) as u64)
-        } else {
-            "ETA unknown".to_string()
-        };
-        Some(format!(
-            "{}: {done}/{total} {} ({:.1}%), {rate:.2} {}/s over the last {seconds:.0} s, {eta}",
-            self.name,
-            self.unit,
-            100.0 * done as f64 / total as f64,
-            self.unit
-        ))
+        let done = self.done.load(Ordering::Relaxed);
+        describe(
+            (self.name, &self.unit),
+            (done, self.total.load(Ordering::Relaxed)),
+            (
+                done.saturating_sub(since.1),
+                since.0.elapsed().as_secs_f64(),
+            ),
+            self.started.elapsed().as_secs_f64(),
+        )
     }
 
     pub fn finish(&self) {
@@ -170,6 +158,32 @@ impl Progress {
     }
 }
 
+/// A progress line: `(name, unit)`, `(done, total)`, the items done in the last `window`
+/// seconds, and the seconds since the run started, from which the ETA comes (steadier than the
+/// window: work often lands in bursts). None for a stage not started or finished.
+fn describe(
+    (name, unit): (&str, &str),
+    (done, total): (u64, u64),
+    (recent, window): (u64, f64),
+    run_seconds: f64,
+) -> Option<String> {
+    if total == 0 || done >= total {
+        return None;
+    }
+    let rate = recent as f64 / window.max(1e-3);
+    let overall = done as f64 / run_seconds.max(1e-3);
+    let eta = if overall > 0.0 {
+        let left = ((total - done) as f64 / overall).round() as u64;
+        format!("ETA {}m {:02}s", left / 60, left % 60)
+    } else {
+        "ETA unknown".to_string()
+    };
+    Some(format!(
+        "{name}: {done}/{total} {unit} ({:.1}%), {rate:.2} {unit}/s over the last {window:.0} s, {eta}",
+        100.0 * done as f64 / total as f64
+    ))
+}
+
 /// Logs every active stage's line each `every` until the sender is dropped.
 fn spawn_ticker(
     stages: Arc<Mutex<Vec<StageProgress>>>,
@@ -214,6 +228,33 @@ mod tests {
 
     #[test]
     fn a_line_names_the_count_rate_and_eta_of_an_active_stage() {
+        let stage = ("sample", "prompts");
+        assert_eq!(
+            describe(stage, (0, 0), (0, 10.0), 5.0),
+            None,
+            "no total yet"
+        );
+        assert_eq!(
+            describe(stage, (10, 40), (10, 10.0), 20.0).unwrap(),
+            "sample: 10/40 prompts (25.0%), 1.00 prompts/s over the last 10 s, ETA 1m 00s"
+        );
+        // Nothing in the last 10 s: the rate says so; the ETA still comes from the whole run.
+        assert_eq!(
+            describe(stage, (10, 40), (0, 10.0), 20.0).unwrap(),
+            "sample: 10/40 prompts (25.0%), 0.00 prompts/s over the last 10 s, ETA 1m 00s"
+        );
+        assert!(describe(stage, (0, 40), (0, 10.0), 20.0)
+            .unwrap()
+            .ends_with("ETA unknown"));
+        assert_eq!(
+            describe(stage, (40, 40), (30, 10.0), 20.0),
+            None,
+            "finished: quiet"
+        );
+    }
+
+    #[test]
+    fn a_stage_reports_its_own_counts() {
         let progress = Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
             log_lines: true,
@@ -221,23 +262,13 @@ mod tests {
             stages: Arc::new(Mutex::new(Vec::new())),
             ticker: None,
         };
-        let stage = progress.stage("sample", "prompts", 0);
-        assert_eq!(stage.line((Instant::now(), 0)), None, "no total yet");
-        stage.add_total(40);
-        stage.advance(10);
-        let since = (Instant::now() - Duration::from_secs(10), 0);
-        let line = stage.line(since).unwrap();
-        assert!(
-            line.starts_with(
-                "sample: 10/40 prompts (25.0%), 1.00 prompts/s over the last 10 s, ETA 0m 3"
-            ),
-            "{line}"
-        );
-        let stalled = stage
-            .line((Instant::now() - Duration::from_secs(10), 10))
-            .unwrap();
-        assert!(stalled.ends_with("ETA unknown"), "{stalled}");
-        stage.advance(30);
-        assert_eq!(stage.line(since), None, "a finished stage is quiet");
+        let stage = progress.stage("score", "responses", 0);
+        assert_eq!(stage.line((Instant::now(), 0)), None);
+        stage.add_total(8);
+        stage.advance(3);
+        let line = stage.line((Instant::now(), 0)).unwrap();
+        assert!(line.starts_with("score: 3/8 responses (37.5%), "), "{line}");
+        stage.advance(5);
+        assert_eq!(stage.line((Instant::now(), 0)), None);
     }
 }
