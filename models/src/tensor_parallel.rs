@@ -2,10 +2,10 @@
 //!
 //! Each rank thread owns its [`Shard`](crate::transformer::Shard) of the weights
 //! ([`Decoder::load_shard`]) and a communicator: a [`ThreadGroup`] when the ranks are CPU
-//! threads or share one device, NCCL when they are distinct GPUs (the `cuda` feature). A forward pass is handed to every rank
-//! in the same order; each runs its heads and MLP columns, the row-parallel layers all-reduce
-//! their partial sums, and every rank ends with the same hidden states, of which rank 0's are
-//! returned. Reward models use it through `HfModel::load_parallel` (`reward.tensor_parallel`).
+//! threads or share one device, NCCL when they are distinct GPUs (the `cuda` feature). A
+//! forward pass is handed to every rank in the same order; each runs its heads and MLP columns,
+//! the row-parallel layers all-reduce their partial sums, and every rank ends with the same
+//! hidden states, of which rank 0's are returned. Reward models use it through `HfModel::load_parallel` (`reward.tensor_parallel`).
 
 use crate::transformer::{Decoder, DecoderSpec, KvCache, Shard};
 use crate::ModelError;
