@@ -102,9 +102,41 @@ fn read_items(
     }
 }
 
+/// Where [`collect`] sends each worker's items.
+enum Gather {
+    /// To every worker.
+    Everyone,
+    /// To worker 0 (in process 0).
+    WorkerZero,
+}
+
+/// A small dataflow of its own that sends each worker's `items` as `to` says and returns what
+/// this worker received, once every worker's items are in.
+fn collect<T: timely::ExchangeData + Clone>(
+    timely_worker: &mut timely::worker::Worker,
+    items: Vec<T>,
+    to: Gather,
+) -> Vec<T> {
+    let all = Rc::new(RefCell::new(Vec::<T>::new()));
+    let sink = all.clone();
+    let probe = ProbeHandle::new();
+    timely_worker.dataflow::<u64, _, _>(|scope| {
+        let stream = items.to_stream(scope);
+        let routed = match to {
+            Gather::Everyone => stream.broadcast(),
+            Gather::WorkerZero => stream.exchange(|_| 0),
+        };
+        routed
+            .inspect(move |x: &T| sink.borrow_mut().push(x.clone()))
+            .probe_with(&probe);
+    });
+    timely_worker.step_while(|| !probe.done());
+    all.take()
+}
+
 /// Every worker's newline counts of its jsonl ranges, which the readers of later ranges need
-/// for line numbers: each worker scans its own ranges and a first small dataflow broadcasts the
-/// counts. A worker that cannot count sends none and keeps its failure for the end.
+/// for line numbers: each worker scans its own ranges and broadcasts the counts. A worker that
+/// cannot count sends none and keeps its failure for the end.
 fn exchange_range_counts(
     timely_worker: &mut timely::worker::Worker,
     files: &[InputFile],
@@ -115,37 +147,7 @@ fn exchange_range_counts(
             worker.fail(e);
             Vec::new()
         });
-    let all = Rc::new(RefCell::new(Vec::new()));
-    let sink = all.clone();
-    let probe = ProbeHandle::new();
-    timely_worker.dataflow::<u64, _, _>(|scope| {
-        own.to_stream(scope)
-            .broadcast()
-            .inspect(move |c: &RangeCount| sink.borrow_mut().push(*c))
-            .probe_with(&probe);
-    });
-    timely_worker.step_while(|| !probe.done());
-    all.take()
-}
-
-/// Sends this worker's counters to worker 0 (in process 0) by a last small dataflow; worker 0
-/// returns every worker's, the others nothing.
-fn gather_counters(
-    timely_worker: &mut timely::worker::Worker,
-    counters: &StageCounters,
-) -> Vec<StageCounters> {
-    let all = Rc::new(RefCell::new(Vec::new()));
-    let sink = all.clone();
-    let probe = ProbeHandle::new();
-    let mine = vec![counters.clone()];
-    timely_worker.dataflow::<u64, _, _>(|scope| {
-        mine.to_stream(scope)
-            .exchange(|_| 0)
-            .inspect(move |c: &StageCounters| sink.borrow_mut().push(c.clone()))
-            .probe_with(&probe);
-    });
-    timely_worker.step_while(|| !probe.done());
-    all.take()
+    collect(timely_worker, own, Gather::Everyone)
 }
 
 /// Runs the graph on the cluster `spec.cluster` (this process's workers). Every worker reads
@@ -207,7 +209,8 @@ pub fn run_graph(
         });
         timely_worker.step_while(|| !probe.done());
         let counters = worker.counters.borrow().clone();
-        let cluster_counters = gather_counters(timely_worker, &counters);
+        // Worker 0 gets every worker's counters, of every process, for process 0's summary.
+        let cluster_counters = collect(timely_worker, vec![counters.clone()], Gather::WorkerZero);
         if let Some(e) = worker.failure.borrow_mut().take() {
             return Err(e);
         }
