@@ -1,5 +1,6 @@
 //! End-to-end runs of the iterative-DPO job on the real default model (SmolLM2-135M-Instruct as
-//! policy and judge), with tiny settings so they finish in about a minute on 2 cores.
+//! policy and judge, or the 5-label fixture head where the judge's scores are not the point),
+//! with tiny settings.
 
 mod support;
 
@@ -39,6 +40,16 @@ fn run(
     let report = run_job(&config).expect("run succeeds");
     let rows = read_pairs_with_pyarrow(&output);
     (report.summary, rows)
+}
+
+/// `reward.model=` the 5-label fixture head (HelpSteer2's attributes, as the judge's).
+fn fixture_head() -> String {
+    format!(
+        "reward.model={}",
+        support::workspace_root()
+            .join("tests/fixtures/hf/llama-seqcls5-f32")
+            .display()
+    )
 }
 
 #[test]
@@ -193,12 +204,15 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
 fn a_margin_larger_than_any_score_gap_drops_every_prompt_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     // Goodness lies in [0, 7.6], so no pair can be more than 8 apart.
+    // The fixture head scores as the judge would for this purpose, in a fraction of the time.
     let (summary, rows) = run(
         dir.path(),
         1,
         &[
             "pairs.min_margin=8.0".into(),
             "sampling.max_new_tokens=4".into(),
+            "reward.kind=sequence-classification".into(),
+            fixture_head(),
         ],
     );
     assert!(rows.is_empty());
@@ -215,16 +229,12 @@ fn a_margin_larger_than_any_score_gap_drops_every_prompt_and_says_so() {
 fn iterative_dpo_with_trained_reward_heads() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = support::workspace_root().join("tests/fixtures/hf");
-    let five = format!(
-        "reward.model={}",
-        fixtures.join("llama-seqcls5-f32").display()
-    );
     let (summary, rows) = run(
         dir.path(),
         1,
         &[
             "reward.kind=sequence-classification".into(),
-            five,
+            fixture_head(),
             "sampling.max_new_tokens=6".into(),
         ],
     );
@@ -284,6 +294,8 @@ fn steerlm2_sampling_prompts_with_targets_and_records_them() {
             "policy.chat_template=nemo-steerlm".into(),
             "sampling.steer=steerlm2-paper".into(),
             "sampling.max_new_tokens=4".into(),
+            "reward.kind=sequence-classification".into(),
+            fixture_head(),
         ],
     );
     assert_eq!(summary["counts"]["samples"], 12);

@@ -172,22 +172,34 @@ fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
     };
     let mut results: Vec<Option<Vec<Generation>>> = vec![None; requests.len()];
     let mut order = Vec::new();
+    let mut drawn_in_steps = 0u64;
     let stats = policy.generate_many(
         requests.clone(),
         &params,
         &limits,
-        |i, r| {
-            let (generations, counters) = r.unwrap();
-            assert_eq!(
-                counters.prompt_tokens_prefilled,
-                requests[i].prompt_tokens.len() as u64
-            );
-            order.push(i);
-            results[i] = Some(generations);
-        },
+        (
+            |i, r| {
+                let (generations, counters) = r.unwrap();
+                assert_eq!(
+                    counters.prompt_tokens_prefilled,
+                    requests[i].prompt_tokens.len() as u64
+                );
+                order.push(i);
+                results[i] = Some(generations);
+            },
+            |n| drawn_in_steps += n,
+        ),
         || false,
     );
     assert_eq!(order.len(), requests.len(), "every request reported once");
+    // The progress reported step by step adds up to the tokens of the results.
+    let generated: u64 = results
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|g| u64::from(g.new_tokens))
+        .sum();
+    assert_eq!(drawn_in_steps, generated);
     assert!(stats.peak_sequences <= limits.max_sequences, "{stats:?}");
     assert!(
         stats.peak_sequences > 3,
@@ -210,7 +222,7 @@ fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
         requests.clone(),
         &params,
         &tight,
-        |i, r| again[i] = Some(r.unwrap().0),
+        (|i, r| again[i] = Some(r.unwrap().0), |_| {}),
         || false,
     );
     assert_eq!(stats.peak_sequences, 3, "{stats:?}");

@@ -7,23 +7,12 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use steerflow::config::parse_config;
 
 fn regenerate() -> bool {
     std::env::var("STEERFLOW_REGENERATE_GOLDEN").is_ok_and(|v| v == "1")
 }
 
-/// Loads `case/job.toml` with paths resolved inside the case folder and output in `out`.
-fn job(case: &Path, out: &Path) -> steerflow::config::JobConfig {
-    let text = std::fs::read_to_string(case.join("job.toml")).unwrap();
-    let mut config = parse_config(&text, "job.toml", &[]).unwrap();
-    config.input.path = case.join(&config.input.path).display().to_string();
-    if config.reward.model.contains('/') {
-        config.reward.model = case.join(&config.reward.model).display().to_string();
-    }
-    config.output.path = out.display().to_string();
-    config
-}
+use support::golden_job as job;
 
 /// The path of the run's file whose path ends with `suffix` (the summary lists every file).
 fn run_file(out: &Path, summary: &Value, suffix: &str) -> std::path::PathBuf {

@@ -106,15 +106,18 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
         requests,
         &params,
         &limits,
-        |_, result| match result {
-            Ok((_, c)) => {
-                prefilled += c.prompt_tokens_prefilled;
-                decoded += c.tokens_decoded;
-                prefill_s += c.prefill_seconds;
-                decode_s += c.decode_seconds;
-            }
-            Err(e) => failure = Some(e),
-        },
+        (
+            |_, result| match result {
+                Ok((_, c)) => {
+                    prefilled += c.prompt_tokens_prefilled;
+                    decoded += c.tokens_decoded;
+                    prefill_s += c.prefill_seconds;
+                    decode_s += c.decode_seconds;
+                }
+                Err(e) => failure = Some(e),
+            },
+            |_| {},
+        ),
         || false,
     );
     let wall = started.elapsed().as_secs_f64();

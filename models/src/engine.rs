@@ -116,14 +116,14 @@ impl Row {
 }
 
 /// Generates every request's samples, calling `on_done(request index, result)` as each request
-/// finishes (in completion order). Stops early, leaving the rest unreported, once `cancelled`
-/// returns true.
+/// finishes (in completion order) and `on_tokens(n)` after each step with the tokens it drew
+/// (progress). Stops early, leaving the rest unreported, once `cancelled` returns true.
 pub fn generate_batched(
     model: &dyn LanguageModel,
     requests: Vec<GenerationRequest>,
     params: &GenerationParams,
     limits: &EngineLimits,
-    mut on_done: impl FnMut(usize, GenerationResult),
+    (mut on_done, mut on_tokens): (impl FnMut(usize, GenerationResult), impl FnMut(u64)),
     cancelled: impl Fn() -> bool,
 ) -> EngineStats {
     let mut stats = EngineStats::default();
@@ -209,13 +209,17 @@ pub fn generate_batched(
                 Vec::new().into_iter()
             }
         };
+        let mut drew = 0u64;
         for mut seq in stepping {
             let draw = drawn.next().flatten();
             let run = running[seq.slot].as_mut().expect("running request");
             if run.failed.is_some() {
                 continue;
             }
-            match next_token(&mut seq, text, params, run.budget, draw) {
+            let before = seq.ids.len();
+            let next = next_token(&mut seq, text, params, run.budget, draw);
+            drew += (seq.ids.len() - before) as u64;
+            match next {
                 Ok(None) => rows.push(Row::Decode(seq)),
                 Ok(Some(generation)) => {
                     run.counters.tokens_decoded += u64::from(generation.new_tokens);
@@ -225,6 +229,9 @@ pub fn generate_batched(
             }
         }
         stats.sampling_seconds += sampling.elapsed().as_secs_f64();
+        if drew > 0 {
+            on_tokens(drew);
+        }
         finish_requests(&mut running, &mut reserved, &mut on_done);
         if rows.is_empty() {
             sequences = waiting_samples;

@@ -97,20 +97,21 @@ impl Policy {
             vec![request],
             params,
             &EngineLimits::default(),
-            |_, r| result = Some(r),
+            (|_, r| result = Some(r), |_| {}),
             || false,
         );
         result.expect("the engine reports every request")
     }
 
     /// Samples many prompts in continuous batches ([`crate::engine`]); `on_done(i, result)` is
-    /// called as request i finishes. Each sample's tokens are those [`Policy::generate`] draws.
+    /// called as request i finishes, `on_tokens(n)` after each step with the tokens it drew.
+    /// Each sample's tokens are those [`Policy::generate`] draws.
     pub fn generate_many(
         &self,
         requests: Vec<GenerationRequest>,
         params: &GenerationParams,
         limits: &EngineLimits,
-        on_done: impl FnMut(usize, GenerationResult),
+        callbacks: (impl FnMut(usize, GenerationResult), impl FnMut(u64)),
         cancelled: impl Fn() -> bool,
     ) -> EngineStats {
         generate_batched(
@@ -118,7 +119,7 @@ impl Policy {
             requests,
             params,
             limits,
-            on_done,
+            callbacks,
             cancelled,
         )
     }

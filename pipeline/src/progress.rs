@@ -20,12 +20,15 @@ pub struct StageProgress {
     bar: ProgressBar,
     name: &'static str,
     done: Arc<AtomicU64>,
+    /// Tokens of the items done (decoded for sampling, run through the model for scoring).
+    tokens: Arc<AtomicU64>,
     total: Arc<AtomicU64>,
     log_lines: bool,
     unit: String,
     started: Instant,
-    /// (seconds since the run started, items done), at most one sample per half second.
-    samples: Arc<Mutex<Vec<(f64, u64)>>>,
+    /// (seconds since the run started, items done, tokens done): the first when work was first
+    /// given to the stage, then at most one per half second and the last.
+    samples: Arc<Mutex<Vec<(f64, u64, u64)>>>,
 }
 
 impl StageProgress {
@@ -35,18 +38,35 @@ impl StageProgress {
         self.total.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn advance(&self, n: u64) {
+    /// The stage's work begins (its first input arrived): its throughput is measured from the
+    /// first call on any worker.
+    pub fn begin(&self) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.is_empty() {
+            samples.push((self.started.elapsed().as_secs_f64(), 0, 0));
+        }
+    }
+
+    /// `n` more items done, with `tokens` tokens between them.
+    pub fn advance(&self, n: u64, tokens: u64) {
         let total = self.total.load(Ordering::Relaxed);
         self.bar.inc(n);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
+        let tokens = self.tokens.fetch_add(tokens, Ordering::Relaxed) + tokens;
+        self.begin();
         {
             let now = self.started.elapsed().as_secs_f64();
             let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
             let last = samples.last().map(|s| s.0).unwrap_or(f64::NEG_INFINITY);
             if now - last >= 0.5 || before + n == total {
-                samples.push((now, before + n));
+                samples.push((now, before + n, tokens));
                 if samples.len() > MAX_SAMPLES {
-                    let thinned: Vec<_> = samples.iter().copied().step_by(2).collect();
+                    // Every other one, keeping the first and the newest.
+                    let newest = samples[samples.len() - 1];
+                    let mut thinned: Vec<_> = samples.iter().copied().step_by(2).collect();
+                    if thinned.last() != Some(&newest) {
+                        thinned.push(newest);
+                    }
                     *samples = thinned;
                 }
             }
@@ -109,21 +129,18 @@ impl Progress {
         }
     }
 
-    /// Each stage's samples of (seconds since start, items done), starting at (0, 0), as
-    /// `{stage: {unit, samples}}` for the summary and the report's throughput plot.
+    /// Each stage's samples of (seconds since the run started, items done, tokens done), the
+    /// first when the stage was given work, as `{stage: {unit, samples}}` for the summary and
+    /// the report's throughput plots.
     pub fn timeline(&self) -> serde_json::Value {
         let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = serde_json::Map::new();
         for stage in stages.iter() {
-            let mut samples = vec![(0.0, 0)];
-            samples.extend(
-                stage
-                    .samples
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .copied(),
-            );
+            let samples = stage
+                .samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             out.insert(
                 stage.name.to_string(),
                 serde_json::json!({ "unit": stage.unit, "samples": samples }),
@@ -144,6 +161,7 @@ impl Progress {
             bar,
             name,
             done: Arc::new(AtomicU64::new(0)),
+            tokens: Arc::new(AtomicU64::new(0)),
             total: Arc::new(AtomicU64::new(total)),
             log_lines: self.log_lines,
             unit: unit.to_string(),
@@ -265,10 +283,17 @@ mod tests {
         let stage = progress.stage("score", "responses", 0);
         assert_eq!(stage.line((Instant::now(), 0)), None);
         stage.add_total(8);
-        stage.advance(3);
+        stage.begin();
+        stage.advance(3, 120);
         let line = stage.line((Instant::now(), 0)).unwrap();
         assert!(line.starts_with("score: 3/8 responses (37.5%), "), "{line}");
-        stage.advance(5);
+        stage.advance(5, 200);
         assert_eq!(stage.line((Instant::now(), 0)), None);
+        // The timeline starts when work was given and ends with every item and token.
+        let timeline = progress.timeline();
+        let samples = timeline["score"]["samples"].as_array().unwrap();
+        assert_eq!(samples[0][1], 0);
+        assert_eq!(samples.last().unwrap()[1], 8);
+        assert_eq!(samples.last().unwrap()[2], 320);
     }
 }

@@ -141,6 +141,9 @@ pub struct Finished {
     /// Names written with [`FinishRun::put_top`].
     pub top_files: Vec<String>,
     pub summary: serde_json::Value,
+    /// The run's `report.html`: the kind's sections, to which the run adds its rejects and
+    /// whole summary when it commits.
+    pub report: Option<crate::report::Page>,
 }
 
 /// A job kind that runs on the store without the dataflow.
@@ -386,6 +389,11 @@ fn commit_run<J: StoreJob>(
         "records_new": keys.len(),
         "earlier_runs": plan.after_runs,
     });
+    if let Some(mut page) = finished.report.take() {
+        page.rejects_of(&rejects);
+        run.put_top("report.html", page.finish(&finished.summary).into_bytes())?;
+        finished.top_files.push("report.html".into());
+    }
     let summary_file = format!("{RUNS}/{}/summary.json", plan.run_id);
     rt.block_on(output.put(
         &summary_file,

@@ -161,3 +161,25 @@ pub fn default_model() -> std::sync::Arc<dyn steerflow_models::LanguageModel> {
         })
         .clone()
 }
+
+/// Loads a golden case's `job.toml` (`tests/golden/<case>/`) with its paths resolved inside
+/// the case folder and its output in `out`.
+pub fn golden_job(case: &Path, out: &Path) -> steerflow::config::JobConfig {
+    golden_job_with(case, out, &[])
+}
+
+/// [`golden_job`] with `key=value` overrides, as `--set` gives them.
+pub fn golden_job_with(
+    case: &Path,
+    out: &Path,
+    overrides: &[String],
+) -> steerflow::config::JobConfig {
+    let text = std::fs::read_to_string(case.join("job.toml")).unwrap();
+    let mut config = steerflow::config::parse_config(&text, "job.toml", overrides).unwrap();
+    config.input.path = case.join(&config.input.path).display().to_string();
+    if config.reward.model.contains('/') {
+        config.reward.model = case.join(&config.reward.model).display().to_string();
+    }
+    config.output.path = out.display().to_string();
+    config
+}

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use steerflow_models::RewardModel;
-use steerflow_operators::filter::{apply_filters, FilterRow, FilterRules};
+use steerflow_operators::filter::{apply_filters, FilterOutcome, FilterRow, FilterRules};
 use steerflow_operators::goodness::BoundGoodness;
 use steerflow_operators::normalize::{normalize_goodness, NormStats};
 use steerflow_operators::records::{Message, Prompt};
@@ -22,6 +22,9 @@ use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::records::PromptKey;
 use steerflow_pipeline::reject::Reject;
+use steerflow_pipeline::report::plots::{bars, histogram, Series, GREEN, RED};
+use steerflow_pipeline::report::Page;
+use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::sink::{attributes_array, messages_array};
 use steerflow_pipeline::source::{read_prompts, InputFormat, RecordShape};
 use steerflow_pipeline::spec::Normalization;
@@ -246,6 +249,7 @@ impl StoreJob for FilterRank<'_> {
                 run: Some(run.run_id),
             },
         )?;
+        let report = report_page(&goodness, &outcome, self.output);
         let summary = json!({
             "job": "filter-rank",
             "output": self.output,
@@ -262,6 +266,7 @@ impl StoreJob for FilterRank<'_> {
         });
         Ok(Finished {
             files: vec![file],
+            report: Some(report),
             summary,
             ..Finished::default()
         })
@@ -277,6 +282,35 @@ impl StoreJob for FilterRank<'_> {
             count: "kept",
         }
     }
+}
+
+/// The report: rows kept and removed by each rule, and goodness of the kept and removed rows.
+fn report_page(goodness: &[f64], outcome: &FilterOutcome, output: &str) -> Page {
+    let kept = outcome.kept.iter().filter(|k| **k).count();
+    let mut page = Page::new(
+        &format!("steerflow filter-rank: {}", redact_url(output)),
+        &format!("{} rows scored: {kept} kept, {} removed.", goodness.len(), goodness.len() - kept),
+    );
+    page.section("Kept and removed");
+    let mut counts = vec![("kept".to_string(), kept as f64)];
+    counts.extend(outcome.removed_by.iter().map(|(rule, n)| (format!("removed by {rule}"), *n as f64)));
+    page.push(&bars("Rows kept, and removed by each rule", ("rows", "outcome"), &counts, |v| format!("{v:.0}")));
+    let split = |keep: bool| -> Vec<f64> {
+        goodness.iter().zip(&outcome.kept).filter(|(_, k)| **k == keep).map(|(g, _)| *g).collect()
+    };
+    page.push(&histogram(
+        "Goodness of kept and removed rows",
+        ("goodness (weighted attributes)", "rows"),
+        &[
+            Series { name: "kept", color: GREEN, data: split(true) },
+            Series { name: "removed", color: RED, data: split(false) },
+        ],
+        20,
+    ));
+    if let Some(t) = outcome.quantile_threshold {
+        page.paragraph("quantile-threshold", &format!("The quantile rule kept goodness ≥ {t:.4}."));
+    }
+    page
 }
 
 pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<Summary, JobError> {

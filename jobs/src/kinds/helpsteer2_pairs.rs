@@ -24,6 +24,10 @@ use steerflow_pipeline::sink::{
     attributes_array, messages_array, write_parquet_shard, write_text_exports, PairText,
     PromptRenderer,
 };
+use steerflow_pipeline::report::examples::{pick, table};
+use steerflow_pipeline::report::plots::{histogram, Series, BLUE, GREEN, RED};
+use steerflow_pipeline::report::{ExamplePair, ExampleResponse, Page};
+use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
 
@@ -284,6 +288,7 @@ impl StoreJob for LabelledPairs<'_> {
         });
         Ok(Finished {
             files,
+            report: Some(self.report_page(&pairs)),
             summary,
             ..Finished::default()
         })
@@ -294,6 +299,70 @@ impl StoreJob for LabelledPairs<'_> {
             description: "HelpSteer2-style pairs from labelled responses: chosen = the higher attribute, equal values discarded.",
             ..ReadmeText::pairs()
         }
+    }
+}
+
+impl LabelledPairs<'_> {
+    /// The report: margins, chosen against rejected lengths (characters: labelled responses
+    /// have no token counts) and example pairs.
+    fn report_page(&self, pairs: &[LabelledPair<'_>]) -> Page {
+        let mut page = Page::new(
+            &format!("steerflow helpsteer2-pairs: {}", redact_url(self.output)),
+            &format!("{} pairs by {}.", pairs.len(), self.by),
+        );
+        page.section("Pairs");
+        page.push(&histogram(
+            &format!("Chosen − rejected {}", self.by),
+            (&format!("margin ({})", self.by), "pairs"),
+            &[Series { name: "pairs", color: BLUE, data: pairs.iter().map(|p| p.2).collect() }],
+            16,
+        ));
+        let chosen: Vec<f64> = pairs.iter().map(|p| p.0.response.chars().count() as f64).collect();
+        let rejected: Vec<f64> = pairs.iter().map(|p| p.1.response.chars().count() as f64).collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (mc, mr) = (mean(&chosen), mean(&rejected));
+        page.push(&histogram(
+            "Length of chosen and rejected responses",
+            ("response length (characters)", "pairs"),
+            &[
+                Series { name: "chosen", color: GREEN, data: chosen },
+                Series { name: "rejected", color: RED, data: rejected },
+            ],
+            16,
+        ));
+        page.paragraph(
+            "pair-lengths",
+            &format!(
+                "Mean length: chosen {mc:.1} characters, rejected {mr:.1} characters (chosen − rejected: {:+.1} over {} pairs).",
+                mc - mr,
+                pairs.len()
+            ),
+        );
+        page.section("Example pairs");
+        let keys: Vec<(&str, f64)> = pairs.iter().map(|p| (p.0.prompt_id.as_str(), p.2)).collect();
+        let response = |r: &LabelledResponse| ExampleResponse {
+            text: r.response.clone(),
+            score: r.attributes[self.by_index],
+            attributes: r.attributes.clone(),
+            tokens: None,
+        };
+        let rows: Vec<(ExamplePair, &str)> = pick(&keys, self.seed, 4)
+            .into_iter()
+            .map(|(i, why)| {
+                let (c, r, margin, _) = pairs[i];
+                let prompt = c.prompt.iter().rev().find(|m| m.role == "user");
+                let example = ExamplePair {
+                    prompt_id: c.prompt_id.clone(),
+                    prompt: prompt.map(|m| m.content.clone()).unwrap_or_default(),
+                    margin,
+                    chosen: response(c),
+                    rejected: response(r),
+                };
+                (example, why)
+            })
+            .collect();
+        page.push(&table(&rows, &self.names, self.by));
+        page
     }
 }
 

@@ -16,6 +16,9 @@ use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::reject::{Reject, RejectReason};
+use steerflow_pipeline::report::plots::{bars, histogram, Series, BLUE};
+use steerflow_pipeline::report::Page;
+use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
 use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
@@ -233,6 +236,7 @@ impl StoreJob for RmEval<'_> {
         Ok(Finished {
             other_files: vec![cases_file],
             top_files: vec!["eval.md".into(), "eval.json".into()],
+            report: Some(report_page(&report, &cases, self.output)),
             summary,
             ..Finished::default()
         })
@@ -246,6 +250,43 @@ impl StoreJob for RmEval<'_> {
             count: "cases",
         }
     }
+}
+
+/// The report: accuracy per category and per subset, and the distribution of score margins.
+fn report_page(
+    report: &steerflow_operators::evaluation::EvalReport,
+    cases: &[CaseOutcome],
+    output: &str,
+) -> Page {
+    let overall = report
+        .overall
+        .map_or("no case in a category".to_string(), |o| format!("{:.1}%", 100.0 * o));
+    let mut page = Page::new(
+        &format!("steerflow rm-eval: {}", redact_url(output)),
+        &format!("{} preference cases; overall accuracy (mean of the categories) {overall}.", cases.len()),
+    );
+    let accuracy = |m: &BTreeMap<String, steerflow_operators::evaluation::Accuracy>| -> Vec<(String, f64)> {
+        m.iter()
+            .map(|(k, a)| (format!("{k} ({} cases)", a.cases), 100.0 * a.accuracy))
+            .collect()
+    };
+    let percent = |v: f64| format!("{v:.1}%");
+    page.section("Accuracy");
+    page.push(&bars("Accuracy per category", ("accuracy (%)", "category"), &accuracy(&report.categories), percent));
+    page.push(&bars("Accuracy per subset", ("accuracy (%)", "subset"), &accuracy(&report.subsets), percent));
+    page.section("Margins");
+    let margins: Vec<f64> = cases.iter().map(|c| c.chosen_score - c.rejected_score).collect();
+    page.push(&histogram(
+        "Chosen score − rejected score",
+        ("margin (score)", "cases"),
+        &[Series { name: "cases", color: BLUE, data: margins }],
+        20,
+    ));
+    page.paragraph(
+        "margins-note",
+        "A case is correct when its margin is above 0; ties and unscored cases count as wrong.",
+    );
+    page
 }
 
 pub type Section = EvalSection;

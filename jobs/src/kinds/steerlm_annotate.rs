@@ -20,6 +20,9 @@ use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
+use steerflow_pipeline::report::plots::bars;
+use steerflow_pipeline::report::Page;
+use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
@@ -349,6 +352,7 @@ impl StoreJob for Annotate<'_> {
         Ok(Finished {
             files: vec![data],
             other_files: vec![jsonl],
+            report: Some(report_page(&all, &names, self.output)),
             summary,
             ..Finished::default()
         })
@@ -362,6 +366,43 @@ impl StoreJob for Annotate<'_> {
             count: "turns_labelled",
         }
     }
+}
+
+/// How many labelled turns got each training value (0–4) of each attribute.
+pub fn label_distribution(turns: &[&TurnScore], attributes: usize) -> Vec<[u64; 5]> {
+    let mut counts = vec![[0u64; 5]; attributes];
+    for t in turns.iter().filter(|t| !t.defaulted) {
+        for (k, v) in t.attributes.iter().enumerate().take(attributes) {
+            let v = steerflow_operators::steerlm::training_value(*v);
+            if v.is_finite() {
+                counts[k][v as usize] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The report: each attribute's label distribution over the labelled turns.
+fn report_page(turns: &[&TurnScore], names: &[String], output: &str) -> Page {
+    let defaulted = turns.iter().filter(|t| t.defaulted).count();
+    let mut page = Page::new(
+        &format!("steerflow steerlm-annotate: {}", redact_url(output)),
+        &format!(
+            "{} assistant turns: {} labelled by the model, {defaulted} given the default label (not scored).",
+            turns.len(),
+            turns.len() - defaulted
+        ),
+    );
+    page.section("Label distributions");
+    for (name, counts) in names.iter().zip(label_distribution(turns, names.len())) {
+        let values: Vec<(String, f64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(v, c)| (format!("{name}:{v}"), *c as f64))
+            .collect();
+        page.push(&bars(name, ("turns", "label"), &values, |v| format!("{v:.0}")));
+    }
+    page
 }
 
 /// One row per assistant turn with the raw floats.
@@ -474,5 +515,24 @@ mod tests {
         assert_eq!(second.record["conversations"][1]["from"], "Assistant");
         assert_eq!(second.record["system"], "S");
         assert!(cs[2].is_err());
+    }
+
+    #[test]
+    fn label_distribution_counts_training_values_of_labelled_turns() {
+        let turn = |attributes: Vec<f64>, defaulted| TurnScore {
+            turn: 1,
+            label: String::new(),
+            defaulted,
+            attributes,
+            error: None,
+        };
+        let turns = [
+            turn(vec![3.6, -1.0], false),
+            turn(vec![2.5, 9.0], false),
+            turn(vec![f64::NAN, 1.0], true),
+        ];
+        let refs: Vec<&TurnScore> = turns.iter().collect();
+        // 3.6 → 4, 2.5 → 2 (ties to even); -1 → 0, 9 → 4; the defaulted turn is not counted.
+        assert_eq!(label_distribution(&refs, 2), vec![[0, 0, 1, 0, 1], [1, 0, 0, 0, 1]]);
     }
 }

@@ -26,12 +26,13 @@ pub(crate) type Sampled = Result<Sample, (Reject, PromptKey)>;
 /// Samples all the responses of a batch of prompts, or says why a prompt cannot be sampled. The
 /// prompts run together through the generation engine's continuous batches; a sample's tokens
 /// depend only on its prompt, seed and the sampling settings, never on the batch. `progress` is
-/// called once per prompt as it finishes; once `cancelled` says so, the rest are left unsampled.
+/// called with (prompts finished, tokens drawn): once per prompt as it finishes, and after every
+/// step of the engine with the tokens it drew; once `cancelled` says so, the rest are left unsampled.
 fn sample_prompts(
     prompts: Vec<Prompt>,
     worker: &Worker,
     cancelled: impl Fn() -> bool,
-    mut progress: impl FnMut(),
+    progress: impl Fn(u64, u64),
 ) -> Vec<Result<Sample, (Reject, PromptKey)>> {
     let started = Instant::now();
     let (spec, models, counters) = (&worker.spec, &worker.models, &worker.counters);
@@ -69,7 +70,7 @@ fn sample_prompts(
                     RejectReason::PolicyError
                 };
                 out.push(reject(&prompt, reason, e.to_string()));
-                progress();
+                progress(1, 0);
             }
         }
     }
@@ -81,41 +82,44 @@ fn sample_prompts(
         requests,
         &spec.generation,
         &spec.engine,
-        |i, result| {
-            let prompt = &accepted[i];
-            match result {
-                Err(e) => out.push(reject(
-                    prompt,
-                    RejectReason::GenerationFailed,
-                    e.to_string(),
-                )),
-                Ok((generations, work)) => {
-                    let mut c = counters.borrow_mut();
-                    c.prompts_sampled += 1;
-                    c.samples += generations.len() as u64;
-                    c.prompt_tokens_prefilled += work.prompt_tokens_prefilled;
-                    c.tokens_decoded += work.tokens_decoded;
-                    c.prefill_seconds += work.prefill_seconds;
-                    c.decode_seconds += work.decode_seconds;
-                    for (index, g) in generations.into_iter().enumerate() {
-                        *c.finish_reasons
-                            .entry(g.finish.as_str().to_string())
-                            .or_default() += 1;
-                        out.push(Ok(Sample {
-                            prompt: prompt.clone(),
-                            sample_index: index as u32,
-                            samples_per_prompt: n,
-                            text: g.text,
-                            prompt_tokens: prompt_lengths[i],
-                            new_tokens: g.new_tokens,
-                            finish: g.finish,
-                            steer: models.policy.steer().map(str::to_string),
-                        }));
+        (
+            |i, result| {
+                let prompt = &accepted[i];
+                match result {
+                    Err(e) => out.push(reject(
+                        prompt,
+                        RejectReason::GenerationFailed,
+                        e.to_string(),
+                    )),
+                    Ok((generations, work)) => {
+                        let mut c = counters.borrow_mut();
+                        c.prompts_sampled += 1;
+                        c.samples += generations.len() as u64;
+                        c.prompt_tokens_prefilled += work.prompt_tokens_prefilled;
+                        c.tokens_decoded += work.tokens_decoded;
+                        c.prefill_seconds += work.prefill_seconds;
+                        c.decode_seconds += work.decode_seconds;
+                        for (index, g) in generations.into_iter().enumerate() {
+                            *c.finish_reasons
+                                .entry(g.finish.as_str().to_string())
+                                .or_default() += 1;
+                            out.push(Ok(Sample {
+                                prompt: prompt.clone(),
+                                sample_index: index as u32,
+                                samples_per_prompt: n,
+                                text: g.text,
+                                prompt_tokens: prompt_lengths[i],
+                                new_tokens: g.new_tokens,
+                                finish: g.finish,
+                                steer: models.policy.steer().map(str::to_string),
+                            }));
+                        }
                     }
                 }
-            }
-            progress();
-        },
+                progress(1, 0);
+            },
+            |tokens| progress(0, tokens),
+        ),
         cancelled,
     );
     counters.borrow_mut().sampling_seconds += started.elapsed().as_secs_f64();
@@ -149,12 +153,13 @@ impl<'s> SamplePrompts<'s> for StreamVec<'s, u64, Prompt> {
                     });
                     if let (Some(c), false) = (cap.as_ref(), stash.is_empty()) {
                         let prompts: Vec<Prompt> = stash.drain(..chunk.min(stash.len())).collect();
+                        worker.sample_bar.begin();
                         // A shard that could not be committed stops the work.
                         let out = sample_prompts(
                             prompts,
                             &worker,
                             || worker.failed(),
-                            || worker.sample_bar.advance(1),
+                            |prompts, tokens| worker.sample_bar.advance(prompts, tokens),
                         );
                         output.session(c).give_iterator(out.into_iter());
                         if worker.failed() {

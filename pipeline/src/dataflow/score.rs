@@ -89,9 +89,11 @@ impl<'s> ScoreSamples<'s> for StreamVec<'s, u64, Sample> {
                     if let Some(c) = cap.as_ref() {
                         let mut session = output.session(c);
                         for group in complete {
-                            let n = group.len() as u64;
-                            session.give_iterator(score_samples(group, &worker).into_iter());
-                            worker.score_bar.advance(n);
+                            worker.score_bar.begin();
+                            let scored = score_samples(group, &worker);
+                            let tokens = scored.iter().map(|s| s.scored_tokens).sum();
+                            worker.score_bar.advance(scored.len() as u64, tokens);
+                            session.give_iterator(scored.into_iter());
                         }
                     }
                     if frontier.is_empty() {

@@ -133,6 +133,10 @@ pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
     })
 }
 
+/// Pairs of the report's examples drawn by the run's seed, besides the largest and smallest
+/// margins.
+const EXAMPLES_DRAWN: usize = 4;
+
 /// The run's `report.html`.
 pub(super) fn report_for(
     spec: &RunSpec,
@@ -140,25 +144,63 @@ pub(super) fn report_for(
     outcomes: &[&PromptOutcome],
     summary: &serde_json::Value,
 ) -> String {
-    let responses: Vec<crate::report::ResponseStat> = outcomes
-        .iter()
-        .flat_map(|o| &o.samples)
-        .map(|s| crate::report::ResponseStat {
+    use crate::report::{ExamplePair, ExampleResponse, PairStat, ResponseStat, SamplingReport};
+    let mut responses: Vec<ResponseStat> = Vec::new();
+    let mut pairs: Vec<PairStat> = Vec::new();
+    // (prompt id, margin, outcome, pair) of every pair; only the few shown are copied.
+    let mut candidates: Vec<(&str, f64, usize, usize)> = Vec::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        let first = responses.len();
+        responses.extend(o.samples.iter().map(|s| ResponseStat {
             goodness: s.goodness,
             attributes: s.attributes.clone(),
-            length_chars: s.sample.text.chars().count(),
-        })
-        .collect();
-    let pairs: Vec<crate::report::PairStat> = outcomes
-        .iter()
-        .flat_map(|o| {
-            o.pairs.iter().map(|p| crate::report::PairStat {
+            tokens: s.sample.new_tokens,
+            chosen: false,
+            rejected: false,
+        }));
+        for (k, p) in o.pairs.iter().enumerate() {
+            responses[first + p.chosen].chosen = true;
+            responses[first + p.rejected].rejected = true;
+            pairs.push(PairStat {
                 margin: p.margin,
                 chosen_tokens: o.samples[p.chosen].sample.new_tokens,
                 rejected_tokens: o.samples[p.rejected].sample.new_tokens,
+            });
+            candidates.push((&o.prompt.id, p.margin, i, k));
+        }
+    }
+    let keys: Vec<(&str, f64)> = candidates.iter().map(|c| (c.0, c.1)).collect();
+    let examples: Vec<(ExamplePair, &'static str)> =
+        crate::report::examples::pick(&keys, spec.seed, EXAMPLES_DRAWN)
+            .into_iter()
+            .map(|(j, why)| {
+                let (o, pair) = (
+                    outcomes[candidates[j].2],
+                    &outcomes[candidates[j].2].pairs[candidates[j].3],
+                );
+                let response = |k: usize| ExampleResponse {
+                    text: o.samples[k].sample.text.clone(),
+                    score: o.samples[k].goodness,
+                    attributes: o.samples[k].attributes.clone(),
+                    tokens: Some(o.samples[k].sample.new_tokens),
+                };
+                let example = ExamplePair {
+                    prompt_id: o.prompt.id.clone(),
+                    prompt: o
+                        .prompt
+                        .messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.role == "user")
+                        .map(|m| m.content.clone())
+                        .unwrap_or_default(),
+                    margin: pair.margin,
+                    chosen: response(pair.chosen),
+                    rejected: response(pair.rejected),
+                };
+                (example, why)
             })
-        })
-        .collect();
+            .collect();
     let rejects_by_reason: Vec<(String, u64)> = summary["counts"]["rejected_by_reason"]
         .as_object()
         .map(|m| {
@@ -167,12 +209,13 @@ pub(super) fn report_for(
                 .collect()
         })
         .unwrap_or_default();
-    crate::report::report_html(
-        &format!("steerflow run: {}", redact_url(&spec.output)),
-        &ids.attribute_names,
-        &responses,
-        &pairs,
-        &rejects_by_reason,
+    crate::report::report_html(&SamplingReport {
+        title: &format!("steerflow run: {}", redact_url(&spec.output)),
+        names: &ids.attribute_names,
+        responses: &responses,
+        pairs: &pairs,
+        examples: &examples,
+        rejects: &rejects_by_reason,
         summary,
-    )
+    })
 }
