@@ -203,7 +203,7 @@ fn iterative_dpo_end_to_end_is_identical_with_one_and_two_workers() {
 #[test]
 fn a_margin_larger_than_any_score_gap_drops_every_prompt_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    // Goodness lies in [0, 7.6], so no pair can be more than 8 apart.
+    // The fixture head's goodness values lie within about 2 of each other: no pair is 8 apart.
     // The fixture head scores as the judge would for this purpose, in a fraction of the time.
     let (summary, rows) = run(
         dir.path(),
