@@ -30,9 +30,18 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
     let content = gguf_file::Content::read(&mut file).unwrap();
     let (content, mut bytes) = requantize(content, &mut file).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut bytes, &Device::Cpu).unwrap();
+    // Our decoder with candle's matrix kernel: the same operations as candle's model. (The int8
+    // kernel differs from candle's by its f32 activation scales; tests/models.rs holds it to
+    // transformers.)
+    let ours_model = steerflow_models::llama_gguf::GgufLlama::load_with(
+        &path,
+        &Device::Cpu,
+        steerflow_models::qlinear::CpuMatmul::Candle,
+    )
+    .unwrap();
     let policy = Policy::new(support::default_model());
     let tokens = prompt(&policy, "Name three rivers in Africa.");
-    let mut session = support::default_model().start();
+    let mut session = ours_model.start();
     let ours = session.extend(&tokens).unwrap();
     let theirs = reference
         .forward(

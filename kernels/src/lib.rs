@@ -5,6 +5,8 @@
 //! - [`device_sampling`]: batched sampling as the GPU does it (threshold cuts, one launch per
 //!   batch); its CPU code is the reference for the CUDA kernel.
 //! - [`judge_digits`]: the judge's rating from next-token logits, per row or batched.
+//! - [`qgemm`]: int8 matrix products on the CPU (Q8_0 weights × int8 activations), AVX2 and
+//!   a plain reference.
 //! - [`communicator`]: all-reduce between ranks: threads in-process, NCCL on GPUs.
 //! - `cuda` (the `cuda` feature): the CUDA kernels (NVRTC) and the NCCL communicator.
 
@@ -13,6 +15,7 @@ pub mod communicator;
 pub mod cuda;
 pub mod device_sampling;
 pub mod judge_digits;
+pub mod qgemm;
 pub mod row_kernel;
 pub mod sampling;
 

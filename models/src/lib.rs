@@ -27,6 +27,7 @@ pub mod llama_gguf;
 pub mod mistral;
 pub mod policy;
 pub mod prefix_tree;
+pub mod qlinear;
 pub mod qwen2;
 pub mod registry;
 pub mod reward;

@@ -11,9 +11,10 @@
 
 use crate::chat_template::ChatTemplate;
 use crate::gguf_tokenizer::{metadata_token_id, tokenizer_error, tokenizer_from_gguf};
+use crate::qlinear::{CpuMatmul, QLinear};
 use crate::text::TextCodec;
 use crate::{LanguageModel, LmSession, ModelError};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use std::path::Path;
@@ -63,14 +64,14 @@ pub fn requantize(
 /// One transformer block's weights.
 struct Block {
     attn_norm: RmsNorm,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
 }
 
 /// The decoder's weights and rotary tables, shared by every session.
@@ -78,7 +79,7 @@ struct Weights {
     embed: candle_nn::Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: QLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -101,7 +102,7 @@ impl Weights {
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
-        context_length: usize,
+        (context_length, kernel): (usize, CpuMatmul),
     ) -> candle_core::Result<Self> {
         let meta = |key: &str| {
             content
@@ -128,8 +129,9 @@ impl Weights {
         };
         let mut blocks = Vec::with_capacity(block_count);
         for i in 0..block_count {
-            let mut matmul =
-                |name: &str| QMatMul::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?);
+            let mut matmul = |name: &str| {
+                QLinear::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?, kernel)
+            };
             blocks.push(Block {
                 wq: matmul("attn_q")?,
                 wk: matmul("attn_k")?,
@@ -159,7 +161,7 @@ impl Weights {
             embed,
             blocks,
             norm,
-            output: QMatMul::from_qtensor(output)?,
+            output: QLinear::from_qtensor(output, kernel)?,
             heads,
             kv_heads,
             head_dim: hidden / heads,
@@ -289,7 +291,13 @@ pub struct GgufLlama {
 }
 
 impl GgufLlama {
+    /// Loads `path` with the CPU matrix kernel the environment chooses ([`CpuMatmul::from_env`]).
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(path, device, CpuMatmul::from_env())
+    }
+
+    /// Loads `path` with the Q8_0 matrix products of the CPU on `kernel`.
+    pub fn load_with(path: &Path, device: &Device, kernel: CpuMatmul) -> Result<Self, ModelError> {
         let gguf_error = |message: String| ModelError::Gguf {
             path: path.to_path_buf(),
             message,
@@ -353,9 +361,9 @@ impl GgufLlama {
         let weights = if slow && device.is_cpu() && !dequantize_all {
             let (content, mut bytes) =
                 requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
-            Weights::from_gguf(&content, &mut bytes, device, context_length)
+            Weights::from_gguf(&content, &mut bytes, device, (context_length, kernel))
         } else {
-            Weights::from_gguf(&content, &mut file, device, context_length)
+            Weights::from_gguf(&content, &mut file, device, (context_length, kernel))
         }
         .map_err(|e| gguf_error(e.to_string()))?;
         let id = path

@@ -1,0 +1,137 @@
+use super::*;
+use rand::{Rng, SeedableRng};
+
+fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// The f32 product of the dequantized operands, in f64: what the int8 product approximates.
+fn dequantized_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let (rows, weights) = (
+        Q8Rows::quantize(x, k).unwrap(),
+        Q8Weights::quantize(w, n, k).unwrap(),
+    );
+    let value = |q: i8, d: f32| f64::from(q) * f64::from(d);
+    let mut y = vec![0f64; m * n];
+    for r in 0..m {
+        let (a, _, sa) = rows.row(r);
+        for col in 0..n {
+            let (blocks, scales) = weights.quad(col / QUAD);
+            let c = col % QUAD;
+            y[r * n + col] = (0..k)
+                .map(|i| {
+                    let (b, j) = (i / BLOCK, i % BLOCK);
+                    let at = b * QUAD + c;
+                    value(a[i], sa[b]) * value(blocks[at * BLOCK + j], scales[at])
+                })
+                .sum();
+        }
+    }
+    y
+}
+
+/// Shapes of the models (576, 1536 inner dimensions: not multiples of 256), single rows,
+/// ragged batches and outputs that are not a multiple of four.
+const SHAPES: [(usize, usize, usize); 6] = [
+    (1, 576, 576),
+    (3, 1536, 576),
+    (5, 576, 1536),
+    (7, 6, 64),
+    (1, 1, 32),
+    (17, 193, 96),
+];
+
+#[test]
+fn every_path_of_this_cpu_matches_the_exact_product_of_the_quantized_operands() {
+    eprintln!("paths on this CPU: {:?}", Path::available());
+    for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let (x, w) = (
+            random(m * k, s as u64, 3.0),
+            random(n * k, 100 + s as u64, 0.1),
+        );
+        let exact = dequantized_product(&x, &w, m, n, k);
+        let weights = Q8Weights::quantize(&w, n, k).unwrap();
+        for path in Path::available() {
+            let y = matmul_with(path, &x, &weights).unwrap();
+            assert_eq!(y.len(), m * n);
+            for (i, (got, want)) in y.iter().zip(&exact).enumerate() {
+                // f32 accumulation of k / 32 block sums: a few ulps of the largest term.
+                let tolerance = 1e-5 * (1.0 + want.abs()) * (k as f64 / 32.0).sqrt();
+                assert!(
+                    (f64::from(*got) - want).abs() <= tolerance,
+                    "{path:?} ({m}, {n}, {k}) element {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_int8_product_approximates_the_float_product() {
+    // Quantization of both operands to 8 bits: about 1% of the typical magnitude.
+    let (m, n, k) = (4, 64, 576);
+    let (x, w) = (random(m * k, 1, 1.0), random(n * k, 2, 1.0));
+    let y = matmul(&x, &Q8Weights::quantize(&w, n, k).unwrap()).unwrap();
+    for r in 0..m {
+        for c in 0..n {
+            let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
+            let typical = (k as f32).sqrt() / 3.0;
+            assert!(
+                (y[r * n + c] - exact).abs() < 0.02 * typical,
+                "{r},{c}: {} vs {exact}",
+                y[r * n + c]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_row_is_bit_identical_alone_and_in_any_batch() {
+    let (m, n, k) = (9, 40, 576);
+    let (x, w) = (random(m * k, 5, 2.0), random(n * k, 6, 0.2));
+    let weights = Q8Weights::quantize(&w, n, k).unwrap();
+    for path in Path::available() {
+        let batched = matmul_with(path, &x, &weights).unwrap();
+        for r in 0..m {
+            let alone = matmul_with(path, &x[r * k..(r + 1) * k], &weights).unwrap();
+            assert_eq!(alone, batched[r * n..(r + 1) * n], "{path:?} row {r}");
+        }
+    }
+}
+
+#[test]
+fn q8_0_weights_repack_exactly_and_bad_shapes_are_errors() {
+    // Values that are multiples of their block's scale with ±127 present: GGUF's Q8_0.
+    let d = 0.0123f32;
+    let w: Vec<f32> = (0..2 * 64)
+        .map(|i| if i % 32 == 0 { 127.0 * d } else { ((i * 37) % 255) as f32 - 127.0 } * if i % 32 == 0 { 1.0 } else { d })
+        .collect();
+    let q = Q8Weights::quantize(&w, 2, 64).unwrap();
+    for col in 0..2 {
+        for b in 0..2 {
+            let at = b * QUAD + col;
+            assert_eq!(q.scales[at], d);
+            for j in 0..BLOCK {
+                assert_eq!(
+                    f32::from(q.quants[at * BLOCK + j]) * d,
+                    w[col * 64 + b * BLOCK + j]
+                );
+            }
+        }
+    }
+    assert_eq!(
+        Q8Weights::quantize(&[0.0; 40], 1, 40).unwrap_err(),
+        QgemmError::InnerDimension { k: 40 }
+    );
+    assert!(matches!(
+        matmul(&[0.0; 33], &Q8Weights::quantize(&[0.0; 32], 1, 32).unwrap()),
+        Err(QgemmError::Length { .. })
+    ));
+    // A zero block has scale 0 and multiplies to 0.
+    assert_eq!(matmul(&[0.0; 32], &q_zero()).unwrap(), vec![0.0]);
+}
+
+fn q_zero() -> Q8Weights {
+    Q8Weights::quantize(&[1.0; 32], 1, 32).unwrap()
+}

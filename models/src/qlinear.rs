@@ -1,0 +1,111 @@
+//! A linear layer from a GGUF tensor: on the CPU, Q8_0 weights run on steerflow's int8 kernel
+//! (`steerflow_kernels::qgemm`: f32 scales precomputed, four columns per pass, rayon threads);
+//! everything else on candle's `QMatMul`. `STEERFLOW_CPU_MATMUL=candle` chooses candle's for
+//! everything (to compare the two in one run), as does candle's own `CANDLE_DEQUANTIZE_ALL`.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+use std::sync::Arc;
+use steerflow_kernels::qgemm::{matmul, Q8Weights};
+
+/// Which kernel runs the CPU's Q8_0 matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMatmul {
+    /// steerflow's int8 kernel (the default).
+    Int8,
+    /// candle's `QMatMul`.
+    Candle,
+}
+
+impl CpuMatmul {
+    /// `Candle` when `STEERFLOW_CPU_MATMUL=candle` or `CANDLE_DEQUANTIZE_ALL` is set.
+    pub fn from_env() -> Self {
+        if env_set("STEERFLOW_CPU_MATMUL", Some("candle")) || env_set("CANDLE_DEQUANTIZE_ALL", None)
+        {
+            Self::Candle
+        } else {
+            Self::Int8
+        }
+    }
+}
+
+/// A linear layer without bias, `y = x · Wᵀ`.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    Int8(Arc<Q8Weights>),
+    Candle(QMatMul),
+}
+
+fn env_set(name: &str, value: Option<&str>) -> bool {
+    std::env::var(name).is_ok_and(|v| match value {
+        Some(want) => v == want,
+        None => !v.is_empty() && v != "0",
+    })
+}
+
+impl QLinear {
+    /// The layer of `t` (`[outputs, inputs]`), on `kernel` where it applies (Q8_0 on the CPU).
+    pub fn from_qtensor(t: QTensor, kernel: CpuMatmul) -> candle_core::Result<Self> {
+        if kernel == CpuMatmul::Int8 && t.device().is_cpu() && t.dtype() == GgmlDType::Q8_0 {
+            if let Ok((n, k)) = t.shape().dims2() {
+                let w = t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?;
+                if let Ok(weights) = Q8Weights::quantize(&w, n, k) {
+                    return Ok(Self::Int8(Arc::new(weights)));
+                }
+            }
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(t)?))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(m) => m.forward(x),
+            Self::Int8(w) => {
+                let mut dims = x.dims().to_vec();
+                let xs = x
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let y = matmul(&xs, w).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                if let Some(last) = dims.last_mut() {
+                    *last = w.outputs();
+                }
+                Tensor::from_vec(y, dims, x.device())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_int8_kernel_computes_what_candles_q8_0_matmul_computes() {
+        let (n, k, m) = (96, 576, 5);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729) % 997) as f32 / 99.7 - 5.0)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+        let q = || QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let ours = QLinear::from_qtensor(q(), CpuMatmul::Int8).unwrap();
+        assert!(matches!(ours, QLinear::Int8(_)));
+        let theirs = QLinear::Candle(QMatMul::from_qtensor(q()).unwrap());
+        let (a, b) = (ours.forward(&x).unwrap(), theirs.forward(&x).unwrap());
+        let diff: f32 = (a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff <= 2e-3 * scale, "{diff} of {scale}");
+    }
+}
