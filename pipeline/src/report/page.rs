@@ -124,8 +124,8 @@ impl Page {
             let _ = write!(
                 self.html,
                 "<p class=\"note\">Rates over a centred moving window of a tenth of the stage's span (at least {:.0} s), \
-                 from when the stage got its first work to its last; items count when they finish. \
-                 The dashed line is the stage's mean over that span.</p>",
+                 from when the stage got its first work to its last. Decoded tokens count as the engine draws them; \
+                 scored tokens and responses when a prompt's responses are scored. The dashed line is the stage's mean over that span.</p>",
                 super::throughput::MIN_WINDOW
             );
         }
