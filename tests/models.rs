@@ -125,3 +125,92 @@ fn quantized_logits_stay_close_to_the_reference() {
         assert!(rank < 5, "the reference's top token ranks {rank} here");
     }
 }
+
+/// The prefix tree run the way it was before batching: depth first, one extension at a time
+/// (`sequences[m][..depth]` is what `session` holds). The logits after every sequence.
+fn one_branch_at_a_time(
+    session: &dyn steerflow_models::LmSession,
+    sequences: &[Vec<u32>],
+    members: &[usize],
+    depth: usize,
+    logits: Option<&candle_core::Tensor>,
+    out: &mut [Option<candle_core::Tensor>],
+) {
+    let (ended, rest): (Vec<usize>, Vec<usize>) =
+        members.iter().partition(|&&m| sequences[m].len() == depth);
+    for m in ended {
+        out[m] = logits.cloned();
+    }
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for &m in &rest {
+        match groups.iter_mut().find(|(t, _)| *t == sequences[m][depth]) {
+            Some((_, g)) => g.push(m),
+            None => groups.push((sequences[m][depth], vec![m])),
+        }
+    }
+    for (_, group) in groups {
+        let first = &sequences[group[0]];
+        let shortest = group.iter().map(|&m| sequences[m].len()).min().unwrap();
+        let mut to = depth + 1;
+        while to < shortest && group.iter().all(|&m| sequences[m][to] == first[to]) {
+            to += 1;
+        }
+        let mut child = session.fork();
+        let child_logits = child.extend(&first[depth..to]).unwrap();
+        one_branch_at_a_time(
+            child.as_ref(),
+            sequences,
+            &group,
+            to,
+            Some(&child_logits),
+            out,
+        );
+    }
+}
+
+#[test]
+fn the_judge_batched_by_tree_level_rates_as_one_branch_at_a_time() {
+    // The judge runs each level of its prefix tree (the shared instructions and prompt, the
+    // responses, the question endings) as one ragged batch; the same tree one extension at a time
+    // gives the same ratings (batched rows equal rows alone), to 1e-5.
+    let model = support::default_model();
+    let judge = Judge::new(model.clone(), helpsteer2_attributes()).unwrap();
+    let conversation = [Message::new("user", "Name a primary colour.")];
+    let responses = ["Red.", "Blue is one of them.", "Red.", "Green, I think."];
+    let group = judge.score_group(&conversation, &responses);
+    let sequences: Vec<Vec<u32>> = responses
+        .iter()
+        .flat_map(|r| {
+            helpsteer2_attributes()
+                .into_iter()
+                .map(|a| judge.question_tokens(&conversation, r, &a).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut out = vec![None; sequences.len()];
+    let all: Vec<usize> = (0..sequences.len()).collect();
+    one_branch_at_a_time(model.start().as_ref(), &sequences, &all, 0, None, &mut out);
+    let digits: Vec<u32> = ["0", "1", "2", "3", "4"]
+        .iter()
+        .map(|d| model.text().encode(d).unwrap()[0])
+        .collect();
+    for (r, scored) in group.iter().enumerate() {
+        let scored = scored.as_ref().unwrap();
+        for k in 0..5 {
+            let logits: Vec<f32> = out[r * 5 + k].as_ref().unwrap().to_vec1().unwrap();
+            let alone = steerflow_kernels::judge_digits::digit_rating(&logits, &digits)
+                .unwrap()
+                .expected;
+            let batched = scored.attributes[k];
+            assert!(
+                (alone - batched).abs() <= 1e-5,
+                "response {r} attribute {k}: {alone} vs {batched}"
+            );
+        }
+    }
+    // Identical responses share their whole branch.
+    assert_eq!(
+        group[0].as_ref().unwrap().attributes,
+        group[2].as_ref().unwrap().attributes
+    );
+}

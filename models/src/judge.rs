@@ -146,7 +146,7 @@ impl Judge {
         let scored = if runnable.is_empty() {
             Ok((Vec::new(), 0))
         } else {
-            crate::prefix_tree::run_shared_prefixes(self.model.start().as_ref(), &runnable)
+            crate::prefix_tree::run_shared_prefixes(self.model.as_ref(), &runnable)
         };
         let (logits, tokens_run) = match scored {
             Ok(r) => r,
