@@ -352,8 +352,7 @@ impl GgufLlama {
         }
         // candle's own switch: every matmul weight is dequantized to f32 at load, so there is
         // nothing to gain from requantizing first (and precision to lose).
-        let dequantize_all =
-            std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0");
+        let dequantize_all = crate::qlinear::candle_dequantizes_all();
         let slow = content
             .tensor_infos
             .values()

@@ -20,8 +20,7 @@ pub enum CpuMatmul {
 impl CpuMatmul {
     /// `Candle` when `STEERFLOW_CPU_MATMUL=candle` or `CANDLE_DEQUANTIZE_ALL` is set.
     pub fn from_env() -> Self {
-        if env_set("STEERFLOW_CPU_MATMUL", Some("candle")) || env_set("CANDLE_DEQUANTIZE_ALL", None)
-        {
+        if env_set("STEERFLOW_CPU_MATMUL", Some("candle")) || candle_dequantizes_all() {
             Self::Candle
         } else {
             Self::Int8
@@ -34,6 +33,12 @@ impl CpuMatmul {
 pub enum QLinear {
     Int8(Arc<Q8Weights>),
     Candle(QMatMul),
+}
+
+/// candle's own switch `CANDLE_DEQUANTIZE_ALL`: its `QMatMul` dequantizes every weight to f32
+/// at load.
+pub(crate) fn candle_dequantizes_all() -> bool {
+    env_set("CANDLE_DEQUANTIZE_ALL", None)
 }
 
 fn env_set(name: &str, value: Option<&str>) -> bool {

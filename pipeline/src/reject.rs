@@ -165,6 +165,15 @@ impl std::fmt::Display for Reject {
     }
 }
 
+/// How many rejects there are of each reason, by reason name.
+pub fn counts_by_reason(rejects: &[Reject]) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in rejects {
+        *counts.entry(r.reason.as_str().to_string()).or_default() += 1;
+    }
+    counts
+}
+
 /// Rejects as `rejects.jsonl` lines.
 pub fn rejects_jsonl(rejects: &[Reject]) -> Vec<u8> {
     let mut out = String::new();

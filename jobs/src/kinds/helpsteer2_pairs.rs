@@ -25,8 +25,8 @@ use steerflow_pipeline::sink::{
     PromptRenderer,
 };
 use steerflow_pipeline::report::examples::{pick, table};
-use steerflow_pipeline::report::plots::{histogram, Series, BLUE, GREEN, RED};
-use steerflow_pipeline::report::{ExamplePair, ExampleResponse, Page};
+use steerflow_pipeline::report::plots::{histogram, Series, BLUE};
+use steerflow_pipeline::report::{ExamplePair, ExampleResponse, Page, PairLengths};
 use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
@@ -317,27 +317,13 @@ impl LabelledPairs<'_> {
             &[Series { name: "pairs", color: BLUE, data: pairs.iter().map(|p| p.2).collect() }],
             16,
         ));
-        let chosen: Vec<f64> = pairs.iter().map(|p| p.0.response.chars().count() as f64).collect();
-        let rejected: Vec<f64> = pairs.iter().map(|p| p.1.response.chars().count() as f64).collect();
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let (mc, mr) = (mean(&chosen), mean(&rejected));
-        page.push(&histogram(
-            "Length of chosen and rejected responses",
-            ("response length (characters)", "pairs"),
-            &[
-                Series { name: "chosen", color: GREEN, data: chosen },
-                Series { name: "rejected", color: RED, data: rejected },
-            ],
-            16,
-        ));
-        page.paragraph(
-            "pair-lengths",
-            &format!(
-                "Mean length: chosen {mc:.1} characters, rejected {mr:.1} characters (chosen − rejected: {:+.1} over {} pairs).",
-                mc - mr,
-                pairs.len()
-            ),
+        let lengths = PairLengths::new(
+            pairs.iter().map(|p| p.0.response.chars().count() as f64).collect(),
+            pairs.iter().map(|p| p.1.response.chars().count() as f64).collect(),
+            "characters",
         );
+        page.push(lengths.histogram());
+        page.paragraph("pair-lengths", &lengths.sentence());
         page.section("Example pairs");
         let keys: Vec<(&str, f64)> = pairs.iter().map(|p| (p.0.prompt_id.as_str(), p.2)).collect();
         let response = |r: &LabelledResponse| ExampleResponse {
@@ -350,10 +336,9 @@ impl LabelledPairs<'_> {
             .into_iter()
             .map(|(i, why)| {
                 let (c, r, margin, _) = pairs[i];
-                let prompt = c.prompt.iter().rev().find(|m| m.role == "user");
                 let example = ExamplePair {
                     prompt_id: c.prompt_id.clone(),
-                    prompt: prompt.map(|m| m.content.clone()).unwrap_or_default(),
+                    prompt: ExamplePair::prompt_of(&c.prompt),
                     margin,
                     chosen: response(c),
                     rejected: response(r),

@@ -9,28 +9,35 @@
 
 use std::arch::x86_64::*;
 
-/// The four dot products of one activation row (quants, magnitudes, block scales) with one
-/// column quad (blocks, scales), as `super::quad_reference` defines them.
-pub(super) fn quad_dots(row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; 4] {
-    let (a, magnitudes, a_scales) = row;
-    let (w, w_scales) = quad;
-    let blocks = a_scales.len();
-    assert!(
-        a.len() == blocks * 32
-            && magnitudes.len() == blocks * 32
-            && w.len() == blocks * 128
-            && w_scales.len() == blocks * 4,
-        "operands of mismatched sizes"
-    );
-    assert!(
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-        "the AVX2 path needs AVX2 and FMA"
-    );
-    // SAFETY: the CPU has AVX2 and FMA (checked above), and every slice holds what the loop
-    // reads for `blocks` blocks (checked above).
-    #[allow(unsafe_code)]
-    unsafe {
-        quad_dots_avx2(a, magnitudes, a_scales, w, w_scales)
+/// Proof that this CPU runs AVX2 and FMA: only [`Avx2::detect`] makes one, so the kernel checks
+/// the CPU once per product rather than once per dot product.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    pub(super) fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Self(()))
+    }
+
+    /// The four dot products of one activation row (quants, magnitudes, block scales) with one
+    /// column quad (blocks, scales), as `super::quad_reference` defines them.
+    pub(super) fn quad_dots(self, row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; 4] {
+        let (a, magnitudes, a_scales) = row;
+        let (w, w_scales) = quad;
+        let blocks = a_scales.len();
+        assert!(
+            a.len() == blocks * 32
+                && magnitudes.len() == blocks * 32
+                && w.len() == blocks * 128
+                && w_scales.len() == blocks * 4,
+            "operands of mismatched sizes"
+        );
+        // SAFETY: `self` exists only where the CPU has AVX2 and FMA (`detect`), and every slice
+        // holds what the loop reads for `blocks` blocks (checked above).
+        #[allow(unsafe_code)]
+        unsafe {
+            quad_dots_avx2(a, magnitudes, a_scales, w, w_scales)
+        }
     }
 }
 

@@ -41,11 +41,41 @@ impl Path {
     pub fn available() -> Vec<Self> {
         let mut paths = vec![Path::Reference];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2::Avx2::detect().is_some() {
             paths.push(Path::Avx2);
         }
         paths
+    }
+}
+
+/// A path resolved for this CPU: what the product loop calls.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Reference,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::Avx2),
+}
+
+impl Kernel {
+    /// The kernel of `path`; panics when this CPU does not run it (not in [`Path::available`]).
+    fn of(path: Path) -> Self {
+        match path {
+            Path::Reference => Kernel::Reference,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => Kernel::Avx2(
+                avx2::Avx2::detect().unwrap_or_else(|| panic!("{path:?} does not run on this CPU")),
+            ),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx2 => panic!("{path:?} does not run on this CPU"),
+        }
+    }
+
+    fn quad_dots(self, row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; QUAD] {
+        match self {
+            Kernel::Reference => quad_reference(row, quad),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(avx2) => avx2.quad_dots(row, quad),
+        }
     }
 }
 
@@ -219,23 +249,10 @@ fn quad_reference(row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; Q
     out
 }
 
-fn quad_dots(path: Path, row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; QUAD] {
-    match path {
-        Path::Reference => quad_reference(row, quad),
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => avx2::quad_dots(row, quad),
-        #[cfg(not(target_arch = "x86_64"))]
-        Path::Avx2 => quad_reference(row, quad),
-    }
-}
-
 /// `x · Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major, on `path` (which must be one of
 /// [`Path::available`]), the column quads split over rayon's threads.
 pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
-    assert!(
-        Path::available().contains(&path),
-        "{path:?} does not run on this CPU"
-    );
+    let kernel = Kernel::of(path);
     let rows = Q8Rows::quantize(x, w.k)?;
     let (m, n) = (rows.rows(), w.n);
     let quads = n.div_ceil(QUAD);
@@ -252,7 +269,7 @@ pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, Qge
             for q in first..last {
                 let quad = w.quad(q);
                 for r in 0..m {
-                    out.push(quad_dots(path, rows.row(r), quad));
+                    out.push(kernel.quad_dots(rows.row(r), quad));
                 }
             }
             (first, out)
@@ -273,7 +290,8 @@ pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, Qge
     Ok(y)
 }
 
-/// `x · Wᵀ` on the fastest path of this CPU.
+/// `x · Wᵀ` on the fastest path of this CPU (found once per process).
 pub fn matmul(x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
-    matmul_with(Path::best(), x, w)
+    static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    matmul_with(*BEST.get_or_init(Path::best), x, w)
 }

@@ -28,6 +28,18 @@ pub struct ExamplePair {
     pub rejected: ExampleResponse,
 }
 
+impl ExamplePair {
+    /// What the table shows of a conversation: its last user turn (empty when it has none).
+    pub fn prompt_of(messages: &[steerflow_operators::records::Message]) -> String {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Characters of a text shown before it is shortened.
 const SHORT: usize = 280;
 

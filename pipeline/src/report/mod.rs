@@ -1,17 +1,19 @@
 //! `report.html`: a self-contained page (inline SVG and CSS, no scripts, no network) that shows
 //! what a run produced and how fast. `page.rs` builds a page, `plots.rs` and `axes.rs` draw its
 //! plots, `throughput.rs` turns a stage's progress into rates, `examples.rs` is the example-pairs
-//! table; `sampling.rs` is the sampling run's report, and each job kind of the run store builds
-//! its own from the same parts.
+//! table, `lengths.rs` chosen against rejected lengths; `sampling.rs` is the sampling run's
+//! report, and each job kind of the run store builds its own from the same parts.
 
 pub mod axes;
 pub mod examples;
+pub mod lengths;
 pub mod page;
 pub mod plots;
 pub mod sampling;
 pub mod throughput;
 
 pub use examples::{ExamplePair, ExampleResponse};
+pub use lengths::PairLengths;
 pub use page::Page;
 pub use sampling::{report_html, PairStat, ResponseStat, SamplingReport};
 

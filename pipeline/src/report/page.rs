@@ -57,13 +57,8 @@ impl Page {
 
     /// Rejects by reason as bars, from the rejects themselves.
     pub fn rejects_of(&mut self, rejects: &[crate::reject::Reject]) -> &mut Self {
-        let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-        for r in rejects {
-            *counts.entry(r.reason.as_str()).or_default() += 1;
-        }
-        let counts: Vec<(String, u64)> = counts
+        let counts: Vec<(String, u64)> = crate::reject::counts_by_reason(rejects)
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
             .collect();
         self.rejects(&counts)
     }

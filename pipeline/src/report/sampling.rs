@@ -3,6 +3,7 @@
 //! marked), example pairs, attributes and their correlations, rejects.
 
 use super::examples::{table, ExamplePair};
+use super::lengths::PairLengths;
 use super::page::Page;
 use super::plots::{histogram, scatter, Marker, Series, BLUE, GREEN, GREY, RED};
 use super::{correlation, escape};
@@ -41,38 +42,20 @@ pub struct SamplingReport<'a> {
     pub summary: &'a serde_json::Value,
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
 /// Chosen and rejected lengths side by side, and length against goodness with chosen and
 /// rejected marked and their mean lengths: DPO data whose chosen responses are much longer
 /// teaches length.
 fn length_bias(page: &mut Page, r: &SamplingReport<'_>) {
-    let chosen: Vec<f64> = r.pairs.iter().map(|p| f64::from(p.chosen_tokens)).collect();
-    let rejected: Vec<f64> = r
-        .pairs
-        .iter()
-        .map(|p| f64::from(p.rejected_tokens))
-        .collect();
-    let (mc, mr) = (mean(&chosen), mean(&rejected));
-    page.push(&histogram(
-        "Length of chosen and rejected responses",
-        ("response length (tokens)", "pairs"),
-        &[
-            Series {
-                name: "chosen",
-                color: GREEN,
-                data: chosen,
-            },
-            Series {
-                name: "rejected",
-                color: RED,
-                data: rejected,
-            },
-        ],
-        16,
-    ));
+    let lengths = PairLengths::new(
+        r.pairs.iter().map(|p| f64::from(p.chosen_tokens)).collect(),
+        r.pairs
+            .iter()
+            .map(|p| f64::from(p.rejected_tokens))
+            .collect(),
+        "tokens",
+    );
+    let (mc, mr) = (lengths.chosen_mean, lengths.rejected_mean);
+    page.push(lengths.histogram());
     let points = |f: fn(&ResponseStat) -> bool| -> Vec<(f64, f64)> {
         r.responses
             .iter()
@@ -120,14 +103,7 @@ fn length_bias(page: &mut Page, r: &SamplingReport<'_>) {
         ],
         &markers,
     ));
-    page.paragraph(
-        "pair-lengths",
-        &format!(
-            "Mean length: chosen {mc:.1} tokens, rejected {mr:.1} tokens (chosen − rejected: {:+.1} tokens over {} pairs).",
-            mc - mr,
-            r.pairs.len()
-        ),
-    );
+    page.paragraph("pair-lengths", &lengths.sentence());
 }
 
 fn attributes(page: &mut Page, r: &SamplingReport<'_>) {

@@ -36,12 +36,7 @@ pub(super) fn settled_counts(
             *dropped.entry(reason.as_str().to_string()).or_default() += 1;
         }
     }
-    let mut rejected_by_reason = BTreeMap::<String, u64>::new();
-    for r in rejects {
-        *rejected_by_reason
-            .entry(r.reason.as_str().to_string())
-            .or_default() += 1;
-    }
+    let rejected_by_reason = crate::reject::counts_by_reason(rejects);
     let scored = samples.iter().filter(|s| s.goodness.is_finite()).count();
     let prompts_rejected_in_sampling: usize = parts.iter().map(|p| p.rejects.len()).sum();
     json!({
@@ -186,14 +181,7 @@ pub(super) fn report_for(
                 };
                 let example = ExamplePair {
                     prompt_id: o.prompt.id.clone(),
-                    prompt: o
-                        .prompt
-                        .messages
-                        .iter()
-                        .rev()
-                        .find(|m| m.role == "user")
-                        .map(|m| m.content.clone())
-                        .unwrap_or_default(),
+                    prompt: ExamplePair::prompt_of(&o.prompt.messages),
                     margin: pair.margin,
                     chosen: response(pair.chosen),
                     rejected: response(pair.rejected),
