@@ -6,6 +6,7 @@
 //! SteerLM reward-model cards, as distilled in `shared/REFERENCE.md`.
 
 pub mod attributes;
+pub mod dedup;
 pub mod error;
 pub mod evaluation;
 pub mod filter;

@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod commit;
 pub mod dataflow;
+pub mod dedup;
 pub mod digest;
 pub mod error;
 pub mod faults;
