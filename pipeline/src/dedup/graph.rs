@@ -29,7 +29,9 @@ pub(super) fn run_worker(
         let (input, records) = scope.new_collection::<Fingerprint, isize>();
         let (labels, counts) = clusters(records, near);
         let (out, tally) = (local.clone(), local.clone());
+        // Consolidated, so a label revised during the iteration is seen once, as it ends.
         labels
+            .consolidate()
             .inspect(move |((node, kept), _, diff)| {
                 if *diff > 0 {
                     let label = Label {
@@ -41,9 +43,10 @@ pub(super) fn run_worker(
             })
             .probe_with(&mut probe);
         counts
+            .consolidate()
             .inspect(move |(step, _, diff)| {
                 let mut c = tally.lock().expect("counts");
-                let n = *diff as u64;
+                let n = u64::try_from(*diff).unwrap_or(0);
                 match step {
                     Step::Exact => c.counts.exact_duplicates += n,
                     Step::Candidate => c.counts.candidate_pairs += n,

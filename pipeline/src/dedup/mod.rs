@@ -6,7 +6,10 @@
 //! records this process's workers own; the labels depend only on the fingerprints, never on
 //! how many workers or processes computed them.
 
+pub mod corpus;
+pub mod entries;
 mod graph;
+pub mod references;
 
 use crate::cluster::ClusterSpec;
 use crate::PipelineError;
