@@ -20,6 +20,8 @@ macro_rules! with_job_kinds {
             RmEval = "rm-eval" in rm_eval, section eval;
             // SteerLM labels for every assistant turn of NeMo conversations.
             SteerlmAnnotate = "steerlm-annotate" in steerlm_annotate, section annotate;
+            // A corpus without exact and near duplicates, and without benchmark items.
+            Dedup = "dedup" in dedup;
         }
     };
 }
@@ -59,7 +61,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_serde() {
-        assert_eq!(JobKind::ALL.len(), 5);
+        assert_eq!(JobKind::ALL.len(), 6);
         for &kind in JobKind::ALL {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.name()));

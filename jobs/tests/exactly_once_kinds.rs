@@ -1,5 +1,5 @@
-//! Exactly-once runs of every job kind that scores without sampling (filter-rank,
-//! helpsteer2-pairs, rm-eval, steerlm-annotate), on the run store iterative-DPO uses: killed at
+//! Exactly-once runs of every job kind that runs without sampling (filter-rank,
+//! helpsteer2-pairs, rm-eval, steerlm-annotate, dedup), on the run store iterative-DPO uses: killed at
 //! every step of the commit protocol and at random moments, then rerun; two launches at once;
 //! an input that grows between runs. On local disk and on moto (S3). Each check compares with an
 //! uninterrupted run: the bytes of every file a manifest names, the manifests and the record ids.
@@ -24,13 +24,15 @@ enum Kind {
     Helpsteer2Pairs,
     RmEval,
     SteerlmAnnotate,
+    Dedup,
 }
 
-const KINDS: [Kind; 4] = [
+const KINDS: [Kind; 5] = [
     Kind::FilterRank,
     Kind::Helpsteer2Pairs,
     Kind::RmEval,
     Kind::SteerlmAnnotate,
+    Kind::Dedup,
 ];
 
 impl Kind {
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Helpsteer2Pairs => "helpsteer2-pairs",
             Kind::RmEval => "rm-eval",
             Kind::SteerlmAnnotate => "steerlm-annotate",
+            Kind::Dedup => "dedup",
         }
     }
 
@@ -61,6 +64,15 @@ impl Kind {
             Kind::SteerlmAnnotate => format!(
                 r#"{{"id": "r{i:02}", "messages": [{{"role": "user", "content": "{prompt}"}}, {{"role": "assistant", "content": "Answer {i}."}}]}}"#
             ),
+            // Three copies of each text (differing in case from the second on): a grown input's
+            // first new record duplicates committed ones.
+            Kind::Dedup if i.is_multiple_of(3) => {
+                format!(r#"{{"id": "r{i:02}", "text": "{prompt}"}}"#)
+            }
+            Kind::Dedup => format!(
+                r#"{{"id": "r{i:02}", "text": "{}"}}"#,
+                prompt.to_uppercase()
+            ),
         }
     }
 
@@ -77,6 +89,7 @@ impl Kind {
             }
             Kind::Helpsteer2Pairs => "[pairs]\nby = \"helpfulness\"\n".into(),
             Kind::RmEval | Kind::SteerlmAnnotate => reward,
+            Kind::Dedup => "[dedup]\nfield = \"text\"\n".into(),
         }
     }
 }

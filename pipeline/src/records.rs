@@ -147,6 +147,9 @@ pub struct RunState {
     pub reported: HashSet<String>,
     /// Shards of this run whose markers exist (a resumed run does not redo them).
     pub resumed: HashSet<usize>,
+    /// Prompts a rule of the job leaves out before sampling (`[dedup]`: duplicates of a sampled
+    /// prompt, prompts holding a benchmark item): id → why, naming the copy kept or the item.
+    pub excluded: HashMap<String, (crate::reject::RejectReason, String)>,
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ pub enum RejectReason {
     PolicyError,
     /// Generation failed.
     GenerationFailed,
+    /// The prompt duplicates another that is sampled (`[dedup]`): a decision, not an error, so
+    /// it does not count against `input.max_rejects`.
+    DuplicatePrompt,
+    /// The prompt contains a benchmark item (`[dedup.decontaminate]`): a decision, not an error.
+    Contaminated,
 }
 
 impl RejectReason {
@@ -64,7 +69,15 @@ impl RejectReason {
             Self::PolicyPrompt => "policy_prompt",
             Self::PolicyError => "policy_error",
             Self::GenerationFailed => "generation_failed",
+            Self::DuplicatePrompt => "duplicate_prompt",
+            Self::Contaminated => "contaminated",
         }
+    }
+
+    /// Whether the record was bad (counted against `input.max_rejects`), as opposed to left out
+    /// by a rule of the job.
+    pub fn is_error(self) -> bool {
+        !matches!(self, Self::DuplicatePrompt | Self::Contaminated)
     }
 }
 
@@ -190,11 +203,12 @@ pub fn enforce_limit(
     rejects: &[Reject],
     records: u64,
 ) -> Result<(), crate::PipelineError> {
-    if limit.exceeded(rejects.len() as u64, records) {
+    let errors: Vec<&Reject> = rejects.iter().filter(|r| r.reason.is_error()).collect();
+    if limit.exceeded(errors.len() as u64, records) {
         return Err(crate::PipelineError::TooManyRejects {
-            count: rejects.len() as u64,
+            count: errors.len() as u64,
             limit: limit.to_string(),
-            first: rejects.first().map(|r| r.to_string()).unwrap_or_default(),
+            first: errors.first().map(|r| r.to_string()).unwrap_or_default(),
         });
     }
     Ok(())

@@ -57,6 +57,8 @@ pub struct RunSpec {
     pub formats: Vec<crate::formats::ExportFormat>,
     /// Processes × workers; `workers` above is this process's share.
     pub cluster: crate::cluster::ClusterSpec,
+    /// `[dedup]`: prompts left out before sampling.
+    pub prompt_dedup: Option<crate::dedup::prompts::PromptDedup>,
 }
 
 /// The loaded models, shared by every worker of the process.

@@ -99,6 +99,8 @@ pub struct FinishRun<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     pub run_id: &'a str,
     pub shards: usize,
+    /// The runs of this lineage committed before this one (what an incremental run builds on).
+    pub committed: &'a [Manifest],
 }
 
 impl FinishRun<'_> {
@@ -372,6 +374,7 @@ fn commit_run<J: StoreJob>(
         rt,
         run_id: &plan.run_id,
         shards: plan.shards,
+        committed,
     };
     let outcomes = parts.into_iter().flat_map(|p| p.outcomes).collect();
     let mut finished = job.finish(&run, outcomes, &rejects)?;

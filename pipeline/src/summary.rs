@@ -20,6 +20,7 @@ pub struct StageCounters {
     pub samples_unscored: u64,
     pub tokens_scored: u64,
     pub scoring_seconds: f64,
+
     /// Responses the reward model could not fit in its context (overlength = skip).
     pub overlength_skipped: u64,
     /// Responses scored after dropping earliest turns (overlength = drop-turns).

@@ -7,6 +7,7 @@
 //! `[eval]`, `[annotate]`) lives in its file under `kinds/` and is gathered in
 //! [`KindSections`].
 
+pub mod dedup;
 pub mod sections;
 
 pub use crate::error::ConfigError;

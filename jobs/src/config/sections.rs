@@ -21,6 +21,9 @@ pub struct Common {
     pub goodness: GoodnessSection,
     pub pairs: PairsSection,
     pub output: OutputSection,
+    /// `[dedup]`: the `dedup` job's settings; in an iterative-DPO job, its presence leaves
+    /// duplicate and contaminated prompts out before sampling.
+    pub dedup: Option<super::dedup::DedupSection>,
     /// How to reach object storage (endpoint, region, `allow_http`, retries, further
     /// object_store options); credentials normally come from the standard environment variables.
     pub storage: steerflow_pipeline::storage::StorageOptions,

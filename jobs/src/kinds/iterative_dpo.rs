@@ -9,7 +9,9 @@ use crate::error::{invalid, JobError};
 use crate::models::load_models;
 use serde::Serialize;
 use steerflow_models::engine::EngineLimits;
+use steerflow_operators::dedup::KeepRule;
 use steerflow_pipeline::cluster::ClusterSpec;
+use steerflow_pipeline::dedup::prompts::PromptDedup;
 use steerflow_pipeline::run::{run_iterative_dpo, RunReport};
 use steerflow_pipeline::spec::{Normalization, RunSpec};
 
@@ -161,6 +163,7 @@ pub fn run_report(config: &Common, cluster: ClusterSpec) -> Result<RunReport, Jo
         workers: cluster.workers,
         description,
         formats: plan.formats.clone(),
+        prompt_dedup: prompt_dedup(config, cluster.workers)?,
         cluster,
     };
     Ok(run_iterative_dpo(
@@ -168,4 +171,26 @@ pub fn run_report(config: &Common, cluster: ClusterSpec) -> Result<RunReport, Jo
         config.input.format.as_str(),
         models,
     )?)
+}
+
+/// `[dedup]` for the prompts: copies of a prompt and prompts holding a benchmark item are not
+/// sampled.
+fn prompt_dedup(config: &Common, workers: usize) -> Result<Option<PromptDedup>, JobError> {
+    let Some(dedup) = &config.dedup else {
+        return Ok(None);
+    };
+    if dedup.keep == KeepRule::HighestScore {
+        return Err(invalid(
+            "dedup.keep = \"highest_score\" needs scored records; prompts are kept by \"first\" or \"longest\"",
+        ));
+    }
+    let references = dedup.references()?;
+    Ok(Some(PromptDedup {
+        norm: dedup.normalize,
+        near: dedup.near(),
+        keep: dedup.keep,
+        lineage: dedup.lineage(references.as_deref()),
+        references,
+        workers,
+    }))
 }

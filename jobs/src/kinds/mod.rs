@@ -56,6 +56,7 @@ macro_rules! define_kinds {
 
         /// Checks a job of any kind without loading a model.
         pub fn check(config: &Common, sections: &KindSections) -> Result<(), JobError> {
+            dedup_applies(config)?;
             match config.job.kind {
                 $(JobKind::$variant => $module::check(config, section_of!(sections $($field)?)),)*
             }
@@ -74,6 +75,7 @@ macro_rules! define_kinds {
             sections: &KindSections,
             cluster: &ClusterSpec,
         ) -> Result<JobSummary, JobError> {
+            dedup_applies(config)?;
             if cluster.processes > 1 && !dry_run_shape(config.job.kind).cluster {
                 return Err(invalid(format!(
                     "job.kind `{}` runs on one process; cluster mode (--processes) is for iterative-dpo",
@@ -89,3 +91,14 @@ macro_rules! define_kinds {
     };
 }
 crate::job_kind::with_job_kinds!(define_kinds);
+
+/// `[dedup]` means something to the `dedup` kind and, for prompts, to iterative-DPO only.
+fn dedup_applies(config: &Common) -> Result<(), JobError> {
+    match (&config.dedup, config.job.kind) {
+        (Some(dedup), JobKind::IterativeDpo | JobKind::Dedup) => dedup.check(),
+        (Some(_), kind) => Err(invalid(format!(
+            "[dedup] applies to job.kind \"dedup\" and to the prompts of \"iterative-dpo\", not to `{kind}`"
+        ))),
+        (None, _) => Ok(()),
+    }
+}

@@ -45,7 +45,20 @@ pub fn filter_share(share: SourceOutput, state: &RunState, planners: usize) -> V
     for prompt in share.prompts {
         let key = PromptKey::of(&prompt);
         match state.settled.get(&key.id) {
-            None => items.push(ReadItem::Prompt(prompt)),
+            None => match state.excluded.get(&prompt.id) {
+                None => items.push(ReadItem::Prompt(prompt)),
+                Some((reason, detail)) => {
+                    let mut r = Reject::new(
+                        &prompt.source.file,
+                        prompt.source.record,
+                        Some("messages"),
+                        *reason,
+                        detail.clone(),
+                    );
+                    r.prompt_id = Some(prompt.id.clone());
+                    reject(r, &mut items);
+                }
+            },
             Some(digest) if *digest == key.digest => stats.already_committed += 1,
             Some(_) => {
                 let mut r = Reject::new(
@@ -64,10 +77,11 @@ pub fn filter_share(share: SourceOutput, state: &RunState, planners: usize) -> V
             }
         }
     }
+    // Prompts a rule left out are reported, but only bad records count against the limit.
     let rejects: Vec<&Reject> = items
         .iter()
         .filter_map(|i| match i {
-            ReadItem::Reject(r) => Some(r),
+            ReadItem::Reject(r) if r.reason.is_error() => Some(r),
             _ => None,
         })
         .collect();

@@ -5,46 +5,67 @@
 use super::groups::PromptGroups;
 use super::worker::Worker;
 use std::time::Instant;
+use steerflow_operators::dedup::first_copies;
 use steerflow_operators::records::{Sample, ScoredSample};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-/// Scores one sample; a failure leaves NaN attributes (never chosen, counted as unscored).
+/// What scoring gave one distinct response: attributes, tokens run, turns dropped, and why it
+/// is unscored.
+type Outcome = (Vec<f64>, u64, u32, Option<String>);
+
 /// Scores samples as they arrive: consecutive samples of one prompt go to the reward model
 /// together, so it can share their prompt's prefill (the judge) or batch them (trained heads).
-/// A failure leaves NaN attributes (never chosen, counted as unscored).
+/// Identical responses of one prompt are scored once and share the scores (the model scores a
+/// row as it would alone, so a second copy could only repeat them). A failure leaves NaN
+/// attributes (never chosen, counted as unscored).
 fn score_samples(samples: Vec<Sample>, worker: &Worker) -> Vec<ScoredSample> {
     let started = Instant::now();
     let (spec, models) = (&worker.spec, &worker.models);
-    let items: Vec<(&[steerflow_operators::records::Message], &str)> = samples
+    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+    let (firsts, slots) = first_copies(&texts);
+    let items: Vec<(&[steerflow_operators::records::Message], &str)> = firsts
         .iter()
-        .map(|s| (s.prompt.messages.as_slice(), s.text.as_str()))
+        .map(|&i| {
+            (
+                samples[i].prompt.messages.as_slice(),
+                samples[i].text.as_str(),
+            )
+        })
         .collect();
     let results = models.reward.score_batch(&items);
     let mut c = worker.counters.borrow_mut();
+    let outcomes: Vec<Outcome> = results
+        .into_iter()
+        .zip(&firsts)
+        .map(|(result, &i)| match result {
+            Ok(s) => {
+                if s.dropped_turns > 0 {
+                    c.overlength_truncated += 1;
+                }
+                (s.attributes, s.tokens_run, s.dropped_turns, None)
+            }
+            Err(e) => {
+                let reason = if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
+                    c.overlength_skipped += 1;
+                    "context_overflow"
+                } else {
+                    "scoring_failed"
+                };
+                let sample = &samples[i];
+                tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
+                (vec![f64::NAN; models.reward.attribute_names().len()], 0, 0, Some(reason.to_string()))
+            }
+        })
+        .collect();
     let scored: Vec<ScoredSample> = samples
         .into_iter()
-        .zip(results)
-        .map(|(sample, result)| {
-            let (attributes, tokens, dropped_turns, mut unscored) = match result {
-                Ok(s) => {
-                    if s.dropped_turns > 0 {
-                        c.overlength_truncated += 1;
-                    }
-                    (s.attributes, s.tokens_run, s.dropped_turns, None)
-                }
-                Err(e) => {
-                    let reason = if matches!(e, steerflow_models::ModelError::ContextOverflow { .. }) {
-                        c.overlength_skipped += 1;
-                        "context_overflow"
-                    } else {
-                        "scoring_failed"
-                    };
-                    tracing::warn!(prompt_id = %sample.prompt.id, sample = sample.sample_index, error = %e, "scoring failed; the sample is unscored");
-                    (vec![f64::NAN; models.reward.attribute_names().len()], 0, 0, Some(reason.to_string()))
-                }
-            };
+        .enumerate()
+        .map(|(i, sample)| {
+            let (attributes, tokens, dropped_turns, mut unscored) = outcomes[slots[i]].clone();
+            // Tokens count once, on the copy that was scored.
+            let tokens = if firsts[slots[i]] == i { tokens } else { 0 };
             let goodness = spec.goodness.goodness(&attributes);
             if goodness.is_finite() {
                 c.samples_scored += 1;
@@ -53,7 +74,14 @@ fn score_samples(samples: Vec<Sample>, worker: &Worker) -> Vec<ScoredSample> {
                 unscored.get_or_insert_with(|| "non_finite_score".to_string());
             }
             c.tokens_scored += tokens;
-            ScoredSample { sample, attributes, goodness, scored_tokens: tokens, dropped_turns, unscored }
+            ScoredSample {
+                sample,
+                attributes,
+                goodness,
+                scored_tokens: tokens,
+                dropped_turns,
+                unscored,
+            }
         })
         .collect();
     c.scoring_seconds += started.elapsed().as_secs_f64();

@@ -144,13 +144,12 @@ pub fn deduplicate(
     let decisions = (0..all.len())
         .map(|i| {
             let (e, k) = (all[i].0, all[kept[i]].0);
-            let matched = (kept[i] != i).then(|| {
-                if e.exact == k.exact {
-                    Match::Exact
-                } else {
-                    Match::Near
-                }
-            });
+            let how = if e.exact == k.exact {
+                Match::Exact
+            } else {
+                Match::Near
+            };
+            let matched = (kept[i] != i).then_some(how);
             let similarity = match (&e.signature, &k.signature) {
                 _ if e.exact == k.exact => 1.0,
                 (Some(a), Some(b)) => estimate(a, b),

@@ -24,7 +24,7 @@ pub(super) fn run_worker(
 ) {
     let (index, peers) = (worker.index(), worker.peers());
     let local = Arc::new(Mutex::new(Clusters::default()));
-    let mut probe = Handle::new();
+    let probe = Handle::new();
     let mut input = worker.dataflow::<u32, _, _>(|scope| {
         let (input, records) = scope.new_collection::<Fingerprint, isize>();
         let (labels, counts) = clusters(records, near);
@@ -41,7 +41,7 @@ pub(super) fn run_worker(
                     out.lock().expect("labels").labels.push(label);
                 }
             })
-            .probe_with(&mut probe);
+            .probe_with(&probe);
         counts
             .consolidate()
             .inspect(move |(step, _, diff)| {
@@ -53,7 +53,7 @@ pub(super) fn run_worker(
                     Step::Similar => c.counts.similar_pairs += n,
                 }
             })
-            .probe_with(&mut probe);
+            .probe_with(&probe);
         input
     });
     for record in share(index, peers) {

@@ -9,6 +9,7 @@
 pub mod corpus;
 pub mod entries;
 mod graph;
+pub mod prompts;
 pub mod references;
 
 use crate::cluster::ClusterSpec;

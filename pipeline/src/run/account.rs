@@ -57,6 +57,12 @@ pub(super) fn settled_counts(
         "prompt_tokens": outcomes.iter().map(|o| o.samples.first().map(|s| s.sample.prompt_tokens as u64).unwrap_or(0)).sum::<u64>(),
         "response_tokens": samples.iter().map(|s| s.sample.new_tokens as u64).sum::<u64>(),
         "tokens_scored": samples.iter().map(|s| s.scored_tokens).sum::<u64>(),
+        // Responses identical to an earlier response of their prompt: scored once, never
+        // paired against their copy.
+        "identical_responses": outcomes.iter().map(|o| {
+            let texts: Vec<&str> = o.samples.iter().map(|s| s.sample.text.as_str()).collect();
+            texts.len() - steerflow_operators::dedup::first_copies(&texts).0.len()
+        }).sum::<usize>(),
     })
 }
 

@@ -64,6 +64,7 @@ fn lineage_settings(spec: &RunSpec, ids: &ModelIds) -> serde_json::Value {
         "pairs": spec.pairs,
         "shards": spec.shards,
         "formats": spec.formats,
+        "dedup": spec.prompt_dedup.as_ref().map(|d| &d.lineage),
     })
 }
 
@@ -116,7 +117,13 @@ pub fn run_iterative_dpo(
             .flat_map(|m| m.input_rejects.iter().cloned())
             .collect(),
         resumed: markers.keys().copied().collect(),
+        excluded: Default::default(),
     };
+    let mut state = state;
+    if let Some(dedup) = &spec.prompt_dedup {
+        state.excluded = crate::dedup::prompts::excluded_prompts(dedup, &files, &state.settled)?;
+        tracing::info!(prompts_left_out = state.excluded.len(), "dedup");
+    }
     let resumed_shards = markers.len();
     tracing::info!(run = %plan.run_id, resumed_shards, "plan");
 
