@@ -292,17 +292,21 @@ fn decontamination_removes_every_planted_benchmark_item_and_nothing_from_a_clean
 #[test]
 fn a_grown_input_and_any_worker_count_give_the_clusters_of_one_full_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, _) = corpus(
+    let (generated, _) = corpus(
         dir.path(),
         "corpus",
         &["--max-records", "300", "--seed", "5"],
     );
-    let lines: Vec<String> = std::fs::read_to_string(&path)
+    // The corpus puts every copy after the texts; mixed, the first run has duplicates too.
+    let mut lines: Vec<String> = std::fs::read_to_string(&generated)
         .unwrap()
         .split('\n')
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
+    lines.sort_by_key(|l| xxhash_rust::xxh3::xxh3_64(l.as_bytes()));
+    let path = dir.path().join("mixed.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 
     let full = dir.path().join("full");
     let summary = steerflow::run_any(&job(&path, &full, "")).unwrap();
@@ -344,7 +348,11 @@ fn a_grown_input_and_any_worker_count_give_the_clusters_of_one_full_run() {
     let split = lines.len() * 6 / 10;
     std::fs::write(&grown, lines[..split].join("\n") + "\n").unwrap();
     let out = dir.path().join("incremental");
-    steerflow::run_any(&job(&grown, &out, "")).unwrap();
+    let first = steerflow::run_any(&job(&grown, &out, "")).unwrap();
+    assert!(
+        first["counts"]["exact_duplicates"].as_u64().unwrap() > 0,
+        "{first}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&grown, lines.join("\n") + "\n").unwrap();
     let second = steerflow::run_any(&job(&grown, &out, "")).unwrap();

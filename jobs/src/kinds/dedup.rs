@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::dedup::corpus::{rows_batch, text_of, KeptRow};
-use steerflow_pipeline::dedup::entries::{decode, deduplicate, encode, Decision, Entry};
+use steerflow_pipeline::dedup::entries::{decode, deduplicate, encode, Decision, Entry, Indexed};
 use steerflow_pipeline::dedup::references::{Contamination, References};
 use steerflow_pipeline::dedup::{GraphCounts, NearParams};
 use steerflow_pipeline::formats::{ExportFormat, Shard};
@@ -152,7 +152,8 @@ impl StoreJob for Dedup<'_> {
 
     fn finish(&self, run: &FinishRun<'_>, mut outcomes: Vec<Outcome>, rejects: &[Reject]) -> Result<Finished, PipelineError> {
         outcomes.sort_by(|a, b| (&a.entry.file, a.entry.record).cmp(&(&b.entry.file, b.entry.record)));
-        let earlier = self.earlier_entries(run)?;
+        let indexed = self.earlier_entries(run)?;
+        let earlier: Vec<Entry> = indexed.iter().map(|i| i.entry.clone()).collect();
         let (clean, contaminated): (Vec<Outcome>, Vec<Outcome>) =
             outcomes.into_iter().partition(|o| o.contamination.is_none());
         let new: Vec<Entry> = clean.iter().map(|o| o.entry.clone()).collect();
@@ -179,8 +180,15 @@ impl StoreJob for Dedup<'_> {
             let batch = contaminated_batch(&contaminated)?;
             finished.other_files.push(run.put_other(run.path("contaminated", "contaminated.parquet"), parquet_bytes(&batch)?, batch.num_rows() as u64)?);
         }
-        finished.other_files.push(run.put_other(format!("{INDEX}/{}.bin", run.run_id), encode(&new)?, new.len() as u64)?);
-        let counts = self.counts(&decisions, base, (kept_rows.len(), contaminated.len(), rejects.len()), graph);
+        let index: Vec<Indexed> = new
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Indexed { entry: e.clone(), kept: decisions[base + i].kept == base + i })
+            .collect();
+        finished.other_files.push(run.put_other(format!("{INDEX}/{}.bin", run.run_id), encode(&index)?, new.len() as u64)?);
+        // Written as kept by an earlier run, now in a cluster that keeps another record.
+        let linked = indexed.iter().enumerate().filter(|(i, x)| x.kept && decisions[*i].kept != *i).count();
+        let counts = self.counts(&decisions, base, (kept_rows.len(), contaminated.len(), rejects.len(), linked), graph);
         finished.report = Some(report_page(&counts, &decisions[base..], self.output));
         finished.summary = json!({
             "job": "dedup",
@@ -205,7 +213,7 @@ impl StoreJob for Dedup<'_> {
 
 impl Dedup<'_> {
     /// The entries earlier runs of this lineage indexed, in commit order.
-    fn earlier_entries(&self, run: &FinishRun<'_>) -> Result<Vec<Entry>, PipelineError> {
+    fn earlier_entries(&self, run: &FinishRun<'_>) -> Result<Vec<Indexed>, PipelineError> {
         let mut entries = Vec::new();
         for manifest in run.committed {
             for file in manifest.other_files.iter().filter(|f| f.path.starts_with(INDEX)) {
@@ -219,7 +227,7 @@ impl Dedup<'_> {
         Ok(entries)
     }
 
-    fn counts(&self, decisions: &[Decision], base: usize, (kept, contaminated, rejected): (usize, usize, usize), graph: GraphCounts) -> Counts {
+    fn counts(&self, decisions: &[Decision], base: usize, (kept, contaminated, rejected, linked): (usize, usize, usize, usize), graph: GraphCounts) -> Counts {
         use steerflow_pipeline::dedup::entries::Match;
         let new = &decisions[base..];
         let count = |m: Match| new.iter().filter(|d| d.matched == Some(m)).count() as u64;
@@ -235,7 +243,7 @@ impl Dedup<'_> {
             contaminated: contaminated as u64,
             clusters: clusters.len() as u64,
             earlier_records: base as u64,
-            linked_committed: decisions[..base].iter().enumerate().filter(|(i, d)| d.kept != *i).count() as u64,
+            linked_committed: linked as u64,
             graph,
             benchmark_items: refs.map_or(0, |r| r.items() as u64),
             benchmark_items_too_short: refs.map_or(0, |r| r.too_short),

@@ -166,13 +166,20 @@ pub fn deduplicate(
     Ok((decisions, clusters.counts))
 }
 
-/// Entries as the run store keeps them (bincode).
-pub fn encode(entries: &[Entry]) -> Result<Vec<u8>, PipelineError> {
+/// An entry in a run's index file, with whether its run kept (wrote) the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Indexed {
+    pub entry: Entry,
+    pub kept: bool,
+}
+
+/// Index entries as the run store keeps them (bincode).
+pub fn encode(entries: &[Indexed]) -> Result<Vec<u8>, PipelineError> {
     bincode::serialize(entries).map_err(|e| PipelineError::Worker(format!("dedup index: {e}")))
 }
 
-/// Entries read back; `location` names the file in the error.
-pub fn decode(bytes: &[u8], location: &str) -> Result<Vec<Entry>, PipelineError> {
+/// Index entries read back; `location` names the file in the error.
+pub fn decode(bytes: &[u8], location: &str) -> Result<Vec<Indexed>, PipelineError> {
     bincode::deserialize(bytes).map_err(|e| PipelineError::Input {
         location: location.into(),
         message: format!("not a dedup index of this version: {e}"),
@@ -230,7 +237,13 @@ mod tests {
             inc.iter().map(|d| d.kept).collect::<Vec<_>>(),
             [0, 0, 0, 0, 4]
         );
-        let bytes = encode(&new).unwrap();
-        assert_eq!(decode(&bytes, "x").unwrap(), new);
+        let index: Vec<Indexed> = new
+            .iter()
+            .map(|e| Indexed {
+                entry: e.clone(),
+                kept: true,
+            })
+            .collect();
+        assert_eq!(decode(&encode(&index).unwrap(), "x").unwrap(), index);
     }
 }
