@@ -101,6 +101,11 @@ pub fn pair_rule(pairs: &PairsSection) -> Result<PairRule, JobError> {
     if !pairs.length_penalty.is_finite() || pairs.length_penalty < 0.0 {
         return Err(invalid("pairs.length_penalty must be a finite number >= 0"));
     }
+    if let Some(s) = pairs.max_similarity.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+        return Err(invalid(format!(
+            "pairs.max_similarity must be in (0, 1], got {s}"
+        )));
+    }
     let k = |least: u32, meaning: &str| match pairs.k {
         Some(k) if k >= least => Ok(k),
         Some(k) => Err(invalid(format!(
@@ -134,6 +139,7 @@ pub fn pair_rule(pairs: &PairsSection) -> Result<PairRule, JobError> {
         min_margin: pairs.min_margin,
         length_penalty: pairs.length_penalty,
         max_length_difference: pairs.max_length_difference,
+        max_similarity: pairs.max_similarity,
     })
 }
 

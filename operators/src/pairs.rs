@@ -5,7 +5,8 @@
 //! - the **selection score** of a response is its goodness minus `length_penalty` × its tokens
 //!   (Online-RLHF's "max-min with length penalty"; 0 by default, so the score is the goodness);
 //! - a pair is **eligible** when its score margin is above `min_margin`, its two texts differ,
-//!   and their lengths differ by at most `max_length_difference` tokens (when set);
+//!   their lengths differ by at most `max_length_difference` tokens and their word 5-gram
+//!   Jaccard similarity is below `max_similarity` (each when set);
 //! - the [`PairStrategy`] picks among the eligible pairs, with a seeded draw per prompt where it
 //!   is random, so the choice is the same for any cluster shape.
 //!
@@ -65,6 +66,10 @@ pub struct PairRule {
     pub length_penalty: f64,
     /// The most tokens by which chosen and rejected may differ in length.
     pub max_length_difference: Option<u32>,
+    /// Near-identical responses are not paired: a pair needs the Jaccard similarity of its
+    /// responses' word 5-gram sets (normalised text) below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_similarity: Option<f64>,
 }
 
 impl PairRule {
@@ -75,6 +80,7 @@ impl PairRule {
             min_margin,
             length_penalty: 0.0,
             max_length_difference: None,
+            max_similarity: None,
         }
     }
 }
@@ -91,6 +97,8 @@ pub enum DropReason {
     IdenticalResponses,
     /// The candidate pair's lengths differ by more than `max_length_difference`.
     LengthDifference,
+    /// The candidate pair's responses are at least `max_similarity` alike.
+    NearIdenticalResponses,
 }
 
 impl DropReason {
@@ -100,8 +108,21 @@ impl DropReason {
             DropReason::MarginTooSmall => "margin_too_small",
             DropReason::IdenticalResponses => "identical_responses",
             DropReason::LengthDifference => "length_difference",
+            DropReason::NearIdenticalResponses => "near_identical_responses",
         }
     }
+}
+
+/// The Jaccard similarity of two responses' word 5-gram sets, after the default normalisation
+/// (`dedup::TextNorm`).
+pub fn response_similarity(a: &str, b: &str) -> f64 {
+    let norm = crate::dedup::TextNorm::default();
+    crate::dedup::jaccard::jaccard(
+        &norm.apply(a),
+        &norm.apply(b),
+        crate::dedup::ShingleUnit::Words,
+        5,
+    )
 }
 
 /// One pair: indices into the candidate slice, and the margin of their selection scores.
@@ -171,6 +192,11 @@ fn choose(
             .is_some_and(|bound| a.tokens.abs_diff(b.tokens) > bound)
         {
             Err(DropReason::LengthDifference)
+        } else if rule
+            .max_similarity
+            .is_some_and(|t| response_similarity(a.text, b.text) >= t)
+        {
+            Err(DropReason::NearIdenticalResponses)
         } else {
             Ok(ChosenRejected {
                 chosen: c,

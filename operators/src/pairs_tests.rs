@@ -257,9 +257,71 @@ fn rules_round_trip_through_serde() {
         min_margin: 0.5,
         length_penalty: 0.001,
         max_length_difference: Some(64),
+        max_similarity: Some(0.8),
     };
     let json = serde_json::to_value(r).unwrap();
     assert_eq!(json["strategy"], "all-pairs");
     assert_eq!(json["max_per_prompt"], 3);
     assert_eq!(serde_json::from_value::<PairRule>(json).unwrap(), r);
+}
+
+#[test]
+fn near_identical_responses_are_not_paired_when_asked() {
+    let base: Vec<String> = (0..30).map(|i| format!("word{i}")).collect();
+    let mut edited = base.clone();
+    edited[15] = "other".into();
+    let (a, b, far) = (
+        base.join(" "),
+        edited.join(" "),
+        "a different answer altogether here".to_string(),
+    );
+    let c = [
+        Candidate {
+            sample_index: 0,
+            goodness: 3.0,
+            tokens: 30,
+            text: &a,
+        },
+        Candidate {
+            sample_index: 1,
+            goodness: 1.0,
+            tokens: 30,
+            text: &b,
+        },
+        Candidate {
+            sample_index: 2,
+            goodness: 2.0,
+            tokens: 5,
+            text: &far,
+        },
+    ];
+    // 30 words, one changed: 21 of 31 distinct 5-grams shared.
+    let s = response_similarity(&a, &b);
+    assert!((s - 21.0 / 31.0).abs() < 1e-12, "{s}");
+    assert_eq!(
+        picked(&c, &PairRule::best_vs_worst(0.0), 0),
+        vec![(0, 1, 2.0)]
+    );
+    let strict = |strategy| PairRule {
+        max_similarity: Some(0.6),
+        ..rule(strategy)
+    };
+    // Best against worst is near-identical: the largest eligible margin instead.
+    assert_eq!(
+        picked(&c, &strict(PairStrategy::BestVsWorst), 0),
+        vec![(0, 2, 1.0)]
+    );
+    assert_eq!(
+        select_pairs(&c[..2], &strict(PairStrategy::BestVsWorst), 0).decision,
+        Err(DropReason::NearIdenticalResponses)
+    );
+    assert_eq!(
+        picked(&c, &strict(PairStrategy::AllPairs { max_per_prompt: 5 }), 0),
+        vec![(0, 2, 1.0), (2, 1, 1.0)]
+    );
+    let lenient = PairRule {
+        max_similarity: Some(0.7),
+        ..rule(PairStrategy::BestVsWorst)
+    };
+    assert_eq!(picked(&c, &lenient, 0), vec![(0, 1, 2.0)]);
 }

@@ -281,6 +281,7 @@ mod tests {
                 min_margin: 0.5,
                 length_penalty: 0.01,
                 max_length_difference: Some(40),
+                max_similarity: None,
             })
         );
         assert_eq!(

@@ -446,6 +446,9 @@ pub struct PairsSection {
     pub length_penalty: f64,
     /// `iterative-dpo`: the most tokens by which chosen and rejected may differ in length.
     pub max_length_difference: Option<u32>,
+    /// `iterative-dpo`: near-identical responses are not paired (word 5-gram Jaccard similarity
+    /// at or above this).
+    pub max_similarity: Option<f64>,
     /// `helpsteer2-pairs`: the attribute that decides chosen and rejected.
     pub by: String,
     /// `helpsteer2-pairs`: the attributes carried with each response (a preset or a list).
@@ -460,6 +463,7 @@ impl Default for PairsSection {
             min_margin: 0.0,
             length_penalty: 0.0,
             max_length_difference: None,
+            max_similarity: None,
             by: "helpfulness".into(),
             attributes: Attributes::Preset(AttributePreset::Helpsteer2),
         }
