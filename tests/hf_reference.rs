@@ -2,8 +2,9 @@
 //!
 //! `tests/fixtures/hf/*` are small random-weight checkpoints written by transformers 5.23 with its
 //! outputs (`scripts/fixtures/gen_hf_fixtures.py`): Llama with llama3 rope scaling (f32), Llama
-//! bf16 in 3 shards, Mistral f16, Qwen2 (q/k/v biases, tied embeddings), and sequence
-//! classification with 5, 1 and 9 labels. Asserted here, all in f32:
+//! bf16 in 3 shards, Mistral f16, Qwen2 (q/k/v biases, tied embeddings), Qwen3 (per-head query
+//! and key norms, tied embeddings; transformers 5.24), and sequence classification with 5, 1 and
+//! 9 labels (Llama, Qwen2, Qwen3) and with INF-ORM's two-layer MLP score head (Llama). Asserted here, all in f32:
 //! - last-position logits and rewards within 1e-4 of transformers;
 //! - final hidden states at every position within 1e-4;
 //! - batched, right-padded runs equal one-at-a-time runs (within 1e-5);
@@ -149,6 +150,7 @@ fn causal_lms_match_transformers() {
         "llama-bf16-sharded",
         "mistral-f16",
         "qwen2-f32",
+        "qwen3-f32",
     ] {
         let (dir, golden) = fixture(case);
         check_causal(&dir, &golden);
@@ -175,6 +177,8 @@ fn sequence_classifiers_match_transformers_alone_and_batched() {
     for case in [
         "llama-seqcls5-f32",
         "qwen2-seqcls1-f32",
+        "qwen3-seqcls1-f32",
+        "llama-mlphead1-f32",
         "llama-seqcls9-f32",
     ] {
         let (dir, golden) = fixture(case);

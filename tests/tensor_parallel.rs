@@ -1,7 +1,7 @@
 //! Tensor parallelism on the CPU: reward models split over 2 and 4 in-process ranks (threads
 //! exchanging partial sums through `ThreadGroup`) give the rewards of the unsplit model within
 //! 1e-5 (f32), for a sequence-classification head with 5 and with 1 outputs (Qwen2: biased q,
-//! k, v), a causal-LM head read at a logit, and 4 ranks over 2 key/value heads (replicated kv).
+//! k, v; Qwen3: per-head query and key norms), a causal-LM head read at a logit (Llama, Qwen3), and 4 ranks over 2 key/value heads (replicated kv).
 //! With `STEERFLOW_TEST_DEVICE=cuda` (`scripts/gpu-check`) the ranks share that one GPU and the
 //! in-process group; `kernels/tests/cuda.rs` runs NCCL itself.
 
@@ -41,6 +41,9 @@ fn split_reward_models_score_as_the_whole_model() {
     for (name, kind) in [
         ("llama-seqcls5-f32", HeadKind::SequenceClassification),
         ("qwen2-seqcls1-f32", HeadKind::SequenceClassification),
+        ("qwen3-seqcls1-f32", HeadKind::SequenceClassification),
+        ("qwen3-f32", HeadKind::CausalLm),
+        ("llama-mlphead1-f32", HeadKind::SequenceClassification),
         ("llama3-f32", HeadKind::CausalLm),
     ] {
         let device = support::device();

@@ -29,6 +29,7 @@ pub mod policy;
 pub mod prefix_tree;
 pub mod qlinear;
 pub mod qwen2;
+pub mod qwen3;
 pub mod registry;
 pub mod reward;
 pub mod tensor_parallel;

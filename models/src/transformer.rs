@@ -34,6 +34,9 @@ pub struct DecoderSpec {
     pub mlp_bias: bool,
     /// Keys further back than this are masked (Mistral).
     pub sliding_window: Option<usize>,
+    /// RMSNorm over each head's queries and keys before the rotary embedding (Qwen3:
+    /// `q_norm`, `k_norm`, one `[head_dim]` weight shared by the heads).
+    pub qk_norm: bool,
 }
 
 impl DecoderSpec {
@@ -59,6 +62,7 @@ impl DecoderSpec {
             o_bias: false,
             mlp_bias: false,
             sliding_window: None,
+            qk_norm: false,
         })
     }
 }
@@ -186,6 +190,8 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Per-head query and key norms (Qwen3).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 struct Mlp {
@@ -268,6 +274,14 @@ impl Attention {
             heads: q_count,
             kv_heads: kv_count,
             head_dim: hd,
+            qk_norm: if spec.qk_norm {
+                Some((
+                    candle_nn::rms_norm(hd, spec.rms_norm_eps, vb.pp("q_norm"))?,
+                    candle_nn::rms_norm(hd, spec.rms_norm_eps, vb.pp("k_norm"))?,
+                ))
+            } else {
+                None
+            },
         })
     }
 
@@ -281,14 +295,21 @@ impl Attention {
         comm: Option<&Arc<dyn Communicator>>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, heads: usize| {
-            y.reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+        let split = |y: Tensor, heads: usize, norm: Option<&RmsNorm>| {
+            let y = y.reshape((b, t, heads, self.head_dim))?;
+            let y = match norm {
+                Some(n) => n.forward(&y)?,
+                None => y,
+            };
+            y.transpose(1, 2)?.contiguous()
         };
-        let q = split(self.q.forward(x)?, self.heads)?;
-        let k = split(self.k.forward(x)?, self.kv_heads)?;
-        let v = split(self.v.forward(x)?, self.kv_heads)?;
+        let (q_norm, k_norm) = match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = split(self.q.forward(x)?, self.heads, q_norm)?;
+        let k = split(self.k.forward(x)?, self.kv_heads, k_norm)?;
+        let v = split(self.v.forward(x)?, self.kv_heads, None)?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = match cache.take() {

@@ -3,20 +3,22 @@
 //! `tokenizer_config.json` or `chat_template.jinja`.
 //!
 //! One [`HfModel`] is a family's decoder (`llama.rs`, `mistral.rs`, `qwen2.rs`) plus a head read
-//! at the last token: the causal-LM head (`lm_head`, or the tied embedding) or a
-//! sequence-classification head (`score`, `[num_labels, hidden]`).
+//! at the last token (`head.rs`): the causal-LM head (`lm_head`, or the tied embedding) or a
+//! sequence-classification head (`score`, `[num_labels, hidden]`, or INF-ORM's two-layer MLP).
 
 pub mod config;
+pub mod head;
 pub mod hub;
 
 use crate::chat_template::ChatTemplate;
 use crate::tensor_parallel::TensorParallelDecoder;
 use crate::text::TextCodec;
-use crate::transformer::{last_token_states, project, right_padded, Decoder, KvCache};
+use crate::transformer::{last_token_states, right_padded, Decoder, KvCache};
 use crate::{LanguageModel, LmSession, ModelError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use config::HfConfig;
+use head::Head;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +69,7 @@ pub struct HfModel {
     config: HfConfig,
     decoder: Backbone,
     dtype: DType,
-    head: Tensor,
+    head: Head,
     kind: HeadKind,
     text: Option<TextCodec>,
     /// Largest batch, in padded tokens (batch size × longest sequence).
@@ -250,8 +252,9 @@ impl HfModel {
             "qwen2" => {
                 crate::qwen2::decoder_spec(&config, config.use_sliding_window.unwrap_or(false))
             }
+            "qwen3" => crate::qwen3::decoder_spec(&config),
             other => Err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
             )),
         }
         .map_err(|m| bad(&config_path, m))?;
@@ -261,14 +264,17 @@ impl HfModel {
                 .map_err(|e| bad(&file, format!("cannot read safetensors: {e}")))?;
             tensors.extend(loaded);
         }
-        let head_name = match kind {
-            HeadKind::CausalLm => "lm_head.weight",
-            HeadKind::SequenceClassification => "score.weight",
-        };
-        let head = match (tensors.get(head_name), kind) {
-            (Some(w), _) => Some(w.to_dtype(DType::F32)?.to_device(device)?),
-            (None, HeadKind::CausalLm) if config.tie_word_embeddings != Some(false) => None,
-            (None, _) => return Err(bad(dir, format!("the checkpoint has no `{head_name}`"))),
+        let head = match kind {
+            HeadKind::CausalLm => match tensors.get("lm_head.weight") {
+                Some(w) => Some(Head::Linear(w.to_dtype(DType::F32)?.to_device(device)?)),
+                None if config.tie_word_embeddings != Some(false) => None,
+                None => return Err(bad(dir, "the checkpoint has no `lm_head.weight`")),
+            },
+            HeadKind::SequenceClassification => match Head::score_from(&tensors, device) {
+                Ok(Some(head)) => Some(head),
+                Ok(None) => return Err(bad(dir, "the checkpoint has no `score.weight`")),
+                Err(message) => return Err(bad(dir, message)),
+            },
         };
         // bf16 checkpoints compute in bf16 on GPUs (half the memory, tensor cores); the CPU
         // computes in f32 unless told otherwise.
@@ -292,8 +298,10 @@ impl HfModel {
         };
         let head = match (head, &decoder) {
             (Some(h), _) => h,
-            (None, Backbone::Whole(d)) => d.embedding_weight().to_dtype(DType::F32)?,
-            (None, Backbone::Parallel(d)) => d.embedding_weight().to_dtype(DType::F32)?,
+            (None, Backbone::Whole(d)) => Head::Linear(d.embedding_weight().to_dtype(DType::F32)?),
+            (None, Backbone::Parallel(d)) => {
+                Head::Linear(d.embedding_weight().to_dtype(DType::F32)?)
+            }
         };
         let text = load_text(dir, &config)?;
         let id = dir
@@ -327,7 +335,7 @@ impl HfModel {
 
     /// Number of head outputs (vocabulary size or labels).
     pub fn outputs(&self) -> usize {
-        self.head.dims()[0]
+        self.head.outputs()
     }
 
     /// The text side, or an error naming what is missing.
@@ -403,8 +411,7 @@ impl HfModel {
             let hidden = self.decoder.forward(&ids, &positions, &mask)?;
             let batch_lengths: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
             let last = last_token_states(&hidden, &batch_lengths)?;
-            let values: Vec<Vec<f32>> =
-                project(&last.to_dtype(DType::F32)?, &self.head)?.to_vec2()?;
+            let values: Vec<Vec<f32>> = self.head.apply(&last.to_dtype(DType::F32)?)?.to_vec2()?;
             for (slot, v) in batch.iter().zip(values) {
                 out[*slot] = v;
             }
@@ -465,7 +472,7 @@ impl LanguageModel for HfCausalLm {
 #[derive(Clone)]
 struct HfSession {
     decoder: Arc<Decoder>,
-    head: Tensor,
+    head: Head,
     cache: KvCache,
 }
 
@@ -481,7 +488,7 @@ impl LmSession for HfSession {
             .decoder
             .forward(&ids, &positions, &mask, &mut self.cache)?;
         let last = hidden.get(0)?.get(tokens.len() - 1)?.unsqueeze(0)?;
-        Ok(project(&last.to_dtype(DType::F32)?, &self.head)?.squeeze(0)?)
+        Ok(self.head.apply(&last.to_dtype(DType::F32)?)?.squeeze(0)?)
     }
     fn position(&self) -> usize {
         self.cache.len()
