@@ -3,7 +3,10 @@
 //! `tests/fixtures/hf/*` are small random-weight checkpoints written by transformers 5.23 with its
 //! outputs (`scripts/fixtures/gen_hf_fixtures.py`): Llama with llama3 rope scaling (f32), Llama
 //! bf16 in 3 shards, Mistral f16, Qwen2 (q/k/v biases, tied embeddings), Qwen3 (per-head query
-//! and key norms, tied embeddings; transformers 5.24), and sequence classification with 5, 1 and
+//! and key norms, tied embeddings; transformers 5.24), Gemma 2 (scaled embeddings, (1 + w)
+//! norms before and after attention and the MLP, GeGLU, a 4-token sliding window on layer 0 that
+//! the 9- and 5-token inputs reach past, attention scores and logits soft-capped hard enough to
+//! change them: raw top logits of 4 to 6 capped at 3), and sequence classification with 5, 1 and
 //! 9 labels (Llama, Qwen2, Qwen3) and with INF-ORM's two-layer MLP score head (Llama). Asserted here, all in f32:
 //! - last-position logits and rewards within 1e-4 of transformers;
 //! - final hidden states at every position within 1e-4;
@@ -151,6 +154,7 @@ fn causal_lms_match_transformers() {
         "mistral-f16",
         "qwen2-f32",
         "qwen3-f32",
+        "gemma2-f32",
     ] {
         let (dir, golden) = fixture(case);
         check_causal(&dir, &golden);
@@ -179,6 +183,7 @@ fn sequence_classifiers_match_transformers_alone_and_batched() {
         "qwen2-seqcls1-f32",
         "qwen3-seqcls1-f32",
         "llama-mlphead1-f32",
+        "gemma2-seqcls2-f32",
         "llama-seqcls9-f32",
     ] {
         let (dir, golden) = fixture(case);

@@ -16,12 +16,15 @@
 
 pub mod batching;
 pub mod chat_template;
+pub mod decoder_spec;
 pub mod engine;
 pub mod error;
+pub mod gemma2;
 pub mod generation;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod judge;
+mod layers;
 pub mod llama;
 pub mod llama_gguf;
 pub mod mistral;

@@ -16,6 +16,8 @@ pub enum Head {
         hidden: (Tensor, Tensor),
         out: (Tensor, Tensor),
     },
+    /// Another head's outputs soft-capped: `cap · tanh(y / cap)` (Gemma 2's logits).
+    Capped { head: Box<Head>, cap: f64 },
 }
 
 impl Head {
@@ -24,6 +26,7 @@ impl Head {
         match self {
             Head::Linear(w) => w.dims()[0],
             Head::Mlp { out, .. } => out.0.dims()[0],
+            Head::Capped { head, .. } => head.outputs(),
         }
     }
 
@@ -35,6 +38,7 @@ impl Head {
                 let h = crate::transformer::project(x, &hidden.0)?.broadcast_add(&hidden.1)?;
                 crate::transformer::project(&h.relu()?, &out.0)?.broadcast_add(&out.1)
             }
+            Head::Capped { head, cap } => (head.apply(x)? / *cap)?.tanh()? * *cap,
         }
     }
 

@@ -237,7 +237,12 @@ impl HfModel {
         let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
         let config: HfConfig = serde_json::from_str(&text)
             .map_err(|e| bad(&config_path, format!("not a usable config: {e}")))?;
-        if config.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+        let raw: Value =
+            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
+        // Gemma 2 checks its own activation (GeGLU).
+        if config.model_type != "gemma2"
+            && config.hidden_act.as_deref().is_some_and(|a| a != "silu")
+        {
             return Err(bad(
                 &config_path,
                 format!(
@@ -253,11 +258,18 @@ impl HfModel {
                 crate::qwen2::decoder_spec(&config, config.use_sliding_window.unwrap_or(false))
             }
             "qwen3" => crate::qwen3::decoder_spec(&config),
+            "gemma2" => crate::gemma2::decoder_spec(&config, &raw),
             other => Err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, gemma2){}",
+                if raw.get("auto_map").is_some() {
+                    "; this checkpoint names custom code (`auto_map`, trust_remote_code), which steerflow does not run"
+                } else {
+                    ""
+                }
             )),
         }
         .map_err(|m| bad(&config_path, m))?;
+        let final_softcap = spec.final_softcap;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for file in weight_files(dir)? {
             let loaded = candle_core::safetensors::load(&file, &Device::Cpu)
@@ -302,6 +314,14 @@ impl HfModel {
             (None, Backbone::Parallel(d)) => {
                 Head::Linear(d.embedding_weight().to_dtype(DType::F32)?)
             }
+        };
+        // Gemma 2 caps the causal LM's logits (not a classifier's scores).
+        let head = match (kind, final_softcap) {
+            (HeadKind::CausalLm, Some(cap)) => Head::Capped {
+                head: Box::new(head),
+                cap,
+            },
+            _ => head,
         };
         let text = load_text(dir, &config)?;
         let id = dir
