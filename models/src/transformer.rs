@@ -1,8 +1,11 @@
-//! The pre-norm decoder shared by the Llama, Mistral and Qwen2 families: token embedding,
-//! `num_hidden_layers` × (RMSNorm → GQA self-attention with rotary embeddings → residual →
-//! RMSNorm → SwiGLU MLP → residual), final RMSNorm. Written for batches of sequences of
+//! The pre-norm decoder shared by the Llama, Mistral, Qwen2, Qwen3 and Gemma 2 families: token
+//! embedding, `num_hidden_layers` × (RMSNorm → GQA self-attention with rotary embeddings →
+//! residual → RMSNorm → gated MLP → residual), final RMSNorm, with what the families change
+//! switched on by the `DecoderSpec` (Qwen3's query/key norms, Gemma 2's norms after attention
+//! and the MLP, scaled embeddings, soft-capping). Written for batches of sequences of
 //! different lengths: every token carries its own position, and an attention mask combines
-//! causality, padding and (for Mistral) a sliding window. A KV cache lets a session grow one
+//! causality, padding and a sliding window (every layer's for Mistral, some layers' for
+//! Gemma 2). A KV cache lets a session grow one
 //! token at a time and be forked.
 //!
 //! It follows transformers' `modeling_llama.py` (eager attention), with which the tests compare
