@@ -14,7 +14,9 @@ use crate::checks::{plan, store_spec, DryRunShape};
 use crate::config::dedup::DedupSection;
 use crate::config::sections::Common;
 use crate::error::JobError;
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -32,7 +34,9 @@ use steerflow_pipeline::report::plots::{bars, histogram, Series, BLUE};
 use steerflow_pipeline::report::Page;
 use steerflow_pipeline::sink::parquet_bytes;
 use steerflow_pipeline::storage::redact_url;
-use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::store_run::{
+    read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob,
+};
 use steerflow_pipeline::PipelineError;
 
 /// What a dedup run counted.
@@ -132,7 +136,14 @@ impl StoreJob for Dedup<'_> {
         read_keyed(file, |value| {
             let text = text_of(value, field)?;
             let score = value.get(score_field.as_str()).and_then(Value::as_f64);
-            Ok((Item { text, score, row: value.to_string() }, None))
+            Ok((
+                Item {
+                    text,
+                    score,
+                    row: value.to_string(),
+                },
+                None,
+            ))
         })
     }
 
@@ -145,17 +156,28 @@ impl StoreJob for Dedup<'_> {
                 let hasher = self.near.threshold.map(|_| &self.near.hasher);
                 let entry = Entry::of_text(position, &k.item.text, k.item.score, (norm, hasher));
                 let contamination = self.references.as_ref().and_then(|r| r.find(&k.item.text));
-                Outcome { entry, row: KeptRow(k.item.row), contamination }
+                Outcome {
+                    entry,
+                    row: KeptRow(k.item.row),
+                    contamination,
+                }
             })
             .collect())
     }
 
-    fn finish(&self, run: &FinishRun<'_>, mut outcomes: Vec<Outcome>, rejects: &[Reject]) -> Result<Finished, PipelineError> {
-        outcomes.sort_by(|a, b| (&a.entry.file, a.entry.record).cmp(&(&b.entry.file, b.entry.record)));
+    fn finish(
+        &self,
+        run: &FinishRun<'_>,
+        mut outcomes: Vec<Outcome>,
+        rejects: &[Reject],
+    ) -> Result<Finished, PipelineError> {
+        outcomes
+            .sort_by(|a, b| (&a.entry.file, a.entry.record).cmp(&(&b.entry.file, b.entry.record)));
         let indexed = self.earlier_entries(run)?;
         let earlier: Vec<Entry> = indexed.iter().map(|i| i.entry.clone()).collect();
-        let (clean, contaminated): (Vec<Outcome>, Vec<Outcome>) =
-            outcomes.into_iter().partition(|o| o.contamination.is_none());
+        let (clean, contaminated): (Vec<Outcome>, Vec<Outcome>) = outcomes
+            .into_iter()
+            .partition(|o| o.contamination.is_none());
         let new: Vec<Entry> = clean.iter().map(|o| o.entry.clone()).collect();
         let spec = ClusterSpec::single(self.workers);
         let (decisions, graph) = deduplicate(&earlier, &new, self.section.keep, &self.near, &spec)?;
@@ -169,26 +191,60 @@ impl StoreJob for Dedup<'_> {
         let mut finished = Finished::default();
         if !kept_rows.is_empty() {
             let batch = rows_batch(&kept_rows)?;
-            let shard = Shard { k: 0, n: 1, run: Some(run.run_id) };
-            let file = steerflow_pipeline::sink::write_parquet_shard(run.output, run.rt, &batch, ExportFormat::Conversational, shard)?;
+            let shard = Shard {
+                k: 0,
+                n: 1,
+                run: Some(run.run_id),
+            };
+            let file = steerflow_pipeline::sink::write_parquet_shard(
+                run.output,
+                run.rt,
+                &batch,
+                ExportFormat::Conversational,
+                shard,
+            )?;
             finished.files.push(file);
         }
         let all: Vec<&Entry> = earlier.iter().chain(&new).collect();
         let clusters = clusters_batch(&all, &decisions, base)?;
-        finished.other_files.push(run.put_other(run.path("clusters", "clusters.parquet"), parquet_bytes(&clusters)?, clusters.num_rows() as u64)?);
+        finished.other_files.push(run.put_other(
+            run.path("clusters", "clusters.parquet"),
+            parquet_bytes(&clusters)?,
+            clusters.num_rows() as u64,
+        )?);
         if !contaminated.is_empty() {
             let batch = contaminated_batch(&contaminated)?;
-            finished.other_files.push(run.put_other(run.path("contaminated", "contaminated.parquet"), parquet_bytes(&batch)?, batch.num_rows() as u64)?);
+            finished.other_files.push(run.put_other(
+                run.path("contaminated", "contaminated.parquet"),
+                parquet_bytes(&batch)?,
+                batch.num_rows() as u64,
+            )?);
         }
         let index: Vec<Indexed> = new
             .iter()
             .enumerate()
-            .map(|(i, e)| Indexed { entry: e.clone(), kept: decisions[base + i].kept == base + i })
+            .map(|(i, e)| Indexed {
+                entry: e.clone(),
+                kept: decisions[base + i].kept == base + i,
+            })
             .collect();
-        finished.other_files.push(run.put_other(format!("{INDEX}/{}.bin", run.run_id), encode(&index)?, new.len() as u64)?);
+        finished.other_files.push(run.put_other(
+            format!("{INDEX}/{}.bin", run.run_id),
+            encode(&index)?,
+            new.len() as u64,
+        )?);
         // Written as kept by an earlier run, now in a cluster that keeps another record.
-        let linked = indexed.iter().enumerate().filter(|(i, x)| x.kept && decisions[*i].kept != *i).count();
-        let counts = self.counts(&decisions, base, (kept_rows.len(), contaminated.len(), rejects.len(), linked), graph);
+        let linked = indexed
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| x.kept && decisions[*i].kept != *i)
+            .count();
+        let counts = self.counts(
+            &decisions,
+            base,
+            (kept_rows.len(), contaminated.len(), rejects.len(), linked),
+            graph,
+        );
         finished.report = Some(report_page(&counts, &decisions[base..], self.output));
         finished.summary = json!({
             "job": "dedup",
@@ -204,8 +260,11 @@ impl StoreJob for Dedup<'_> {
     fn readme(&self) -> ReadmeText<'_> {
         ReadmeText {
             title: "A corpus deduplicated and decontaminated by steerflow",
-            description: "The kept records, with the columns they came with. clusters/ names the record each duplicate's cluster kept; contaminated/ the benchmark item each removed record contained.",
-            formats_note: "Every run deduplicates its new records against the records of the runs before it.",
+            description: "The kept records, with the columns they came with. clusters/ names \
+                          the record each duplicate's cluster kept; contaminated/ the benchmark \
+                          item each removed record contained.",
+            formats_note: "Every run deduplicates its new records against the records of the \
+                           runs before it.",
             count: "kept",
         }
     }
@@ -216,22 +275,42 @@ impl Dedup<'_> {
     fn earlier_entries(&self, run: &FinishRun<'_>) -> Result<Vec<Indexed>, PipelineError> {
         let mut entries = Vec::new();
         for manifest in run.committed {
-            for file in manifest.other_files.iter().filter(|f| f.path.starts_with(INDEX)) {
-                let bytes = run.rt.block_on(run.output.get(&file.path))?.ok_or_else(|| PipelineError::Input {
-                    location: file.path.clone(),
-                    message: format!("the dedup index of committed run {} is missing", manifest.run_id),
-                })?;
+            for file in manifest
+                .other_files
+                .iter()
+                .filter(|f| f.path.starts_with(INDEX))
+            {
+                let bytes = run
+                    .rt
+                    .block_on(run.output.get(&file.path))?
+                    .ok_or_else(|| PipelineError::Input {
+                        location: file.path.clone(),
+                        message: format!(
+                            "the dedup index of committed run {} is missing",
+                            manifest.run_id
+                        ),
+                    })?;
                 entries.extend(decode(&bytes, &file.path)?);
             }
         }
         Ok(entries)
     }
 
-    fn counts(&self, decisions: &[Decision], base: usize, (kept, contaminated, rejected, linked): (usize, usize, usize, usize), graph: GraphCounts) -> Counts {
+    fn counts(
+        &self,
+        decisions: &[Decision],
+        base: usize,
+        (kept, contaminated, rejected, linked): (usize, usize, usize, usize),
+        graph: GraphCounts,
+    ) -> Counts {
         use steerflow_pipeline::dedup::entries::Match;
         let new = &decisions[base..];
         let count = |m: Match| new.iter().filter(|d| d.matched == Some(m)).count() as u64;
-        let mut clusters: Vec<usize> = new.iter().filter(|d| d.cluster_size > 1).map(|d| d.kept).collect();
+        let mut clusters: Vec<usize> = new
+            .iter()
+            .filter(|d| d.cluster_size > 1)
+            .map(|d| d.kept)
+            .collect();
         clusters.sort_unstable();
         clusters.dedup();
         let refs = self.references.as_ref();
@@ -254,33 +333,93 @@ impl Dedup<'_> {
 
 /// Every record of a cluster of two or more (earlier runs' too): the record its cluster keeps
 /// and how it matched it.
-fn clusters_batch(all: &[&Entry], decisions: &[Decision], base: usize) -> Result<RecordBatch, PipelineError> {
-    let rows: Vec<usize> = (0..all.len()).filter(|&i| decisions[i].cluster_size > 1).collect();
-    let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| f(i)))) };
+fn clusters_batch(
+    all: &[&Entry],
+    decisions: &[Decision],
+    base: usize,
+) -> Result<RecordBatch, PipelineError> {
+    let rows: Vec<usize> = (0..all.len())
+        .filter(|&i| decisions[i].cluster_size > 1)
+        .collect();
+    let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| f(i))))
+    };
     Ok(RecordBatch::try_from_iter([
         ("id", strings(&|i| all[i].id.clone())),
         ("file", strings(&|i| all[i].file.clone())),
-        ("record", Arc::new(UInt64Array::from_iter_values(rows.iter().map(|&i| all[i].record))) as ArrayRef),
+        (
+            "record",
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|&i| all[i].record),
+            )) as ArrayRef,
+        ),
         ("kept_id", strings(&|i| all[decisions[i].kept].id.clone())),
-        ("kept", Arc::new(BooleanArray::from_iter(rows.iter().map(|&i| Some(decisions[i].kept == i)))) as ArrayRef),
-        ("match", strings(&|i| decisions[i].matched.map_or("kept", |m| m.as_str()).to_string())),
-        ("similarity", Arc::new(Float64Array::from_iter_values(rows.iter().map(|&i| decisions[i].similarity))) as ArrayRef),
-        ("cluster_size", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|&i| decisions[i].cluster_size as u32))) as ArrayRef),
-        ("earlier_run", Arc::new(BooleanArray::from_iter(rows.iter().map(|&i| Some(i < base)))) as ArrayRef),
+        (
+            "kept",
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|&i| Some(decisions[i].kept == i)),
+            )) as ArrayRef,
+        ),
+        (
+            "match",
+            strings(&|i| {
+                decisions[i]
+                    .matched
+                    .map_or("kept", |m| m.as_str())
+                    .to_string()
+            }),
+        ),
+        (
+            "similarity",
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|&i| decisions[i].similarity),
+            )) as ArrayRef,
+        ),
+        (
+            "cluster_size",
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|&i| decisions[i].cluster_size as u32),
+            )) as ArrayRef,
+        ),
+        (
+            "earlier_run",
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|&i| Some(i < base)),
+            )) as ArrayRef,
+        ),
     ])?)
 }
 
 /// The removed records and the benchmark item each contained.
 fn contaminated_batch(removed: &[Outcome]) -> Result<RecordBatch, PipelineError> {
-    let hit = |o: &Outcome| o.contamination.clone().expect("contaminated records carry their match");
-    let strings = |f: &dyn Fn(&Outcome) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(removed.iter().map(f))) };
+    let hit = |o: &Outcome| {
+        o.contamination
+            .clone()
+            .expect("contaminated records carry their match")
+    };
+    let strings = |f: &dyn Fn(&Outcome) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(removed.iter().map(f)))
+    };
     Ok(RecordBatch::try_from_iter([
         ("id", strings(&|o| o.entry.id.clone())),
         ("file", strings(&|o| o.entry.file.clone())),
-        ("record", Arc::new(UInt64Array::from_iter_values(removed.iter().map(|o| o.entry.record))) as ArrayRef),
-        ("benchmark_file", strings(&|o| redact_url(&hit(o).item.file))),
+        (
+            "record",
+            Arc::new(UInt64Array::from_iter_values(
+                removed.iter().map(|o| o.entry.record),
+            )) as ArrayRef,
+        ),
+        (
+            "benchmark_file",
+            strings(&|o| redact_url(&hit(o).item.file)),
+        ),
         ("benchmark_id", strings(&|o| hit(o).item.id)),
-        ("shared_ngrams", Arc::new(UInt32Array::from_iter_values(removed.iter().map(|o| hit(o).grams))) as ArrayRef),
+        (
+            "shared_ngrams",
+            Arc::new(UInt32Array::from_iter_values(
+                removed.iter().map(|o| hit(o).grams),
+            )) as ArrayRef,
+        ),
     ])?)
 }
 
@@ -288,18 +427,68 @@ fn contaminated_batch(removed: &[Outcome]) -> Result<RecordBatch, PipelineError>
 fn report_page(c: &Counts, new: &[Decision], output: &str) -> Page {
     let mut page = Page::new(
         &format!("steerflow dedup: {}", redact_url(output)),
-        &format!("{} records: {} kept, {} exact and {} near duplicates, {} contaminated.", c.records, c.kept, c.exact_duplicates, c.near_duplicates, c.contaminated),
+        &format!(
+            "{} records: {} kept, {} exact and {} near duplicates, {} contaminated.",
+            c.records, c.kept, c.exact_duplicates, c.near_duplicates, c.contaminated
+        ),
     );
     page.section("Kept and removed");
-    let outcome = [("kept", c.kept), ("exact duplicate", c.exact_duplicates), ("near duplicate", c.near_duplicates), ("contaminated", c.contaminated)];
-    let values: Vec<(String, f64)> = outcome.iter().map(|(k, v)| (k.to_string(), *v as f64)).collect();
-    page.push(&bars("Records kept and removed", ("records", "outcome"), &values, |v| format!("{v:.0}")));
+    let outcome = [
+        ("kept", c.kept),
+        ("exact duplicate", c.exact_duplicates),
+        ("near duplicate", c.near_duplicates),
+        ("contaminated", c.contaminated),
+    ];
+    let values: Vec<(String, f64)> = outcome
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v as f64))
+        .collect();
+    page.push(&bars(
+        "Records kept and removed",
+        ("records", "outcome"),
+        &values,
+        |v| format!("{v:.0}"),
+    ));
     page.section("Clusters");
-    let sizes: Vec<f64> = new.iter().filter(|d| d.cluster_size > 1 && d.matched.is_none()).map(|d| d.cluster_size as f64).collect();
-    page.push(&histogram("Records per cluster (kept by this run)", ("records in the cluster", "clusters"), &[Series { name: "clusters", color: BLUE, data: sizes }], 20));
-    let similarity: Vec<f64> = new.iter().filter(|d| d.matched.is_some()).map(|d| d.similarity).collect();
-    page.push(&histogram("Similarity of each duplicate to the record kept", ("Jaccard similarity, estimated from the signatures", "records"), &[Series { name: "duplicates", color: BLUE, data: similarity }], 20));
-    page.paragraph("graph", &format!("LSH found {} candidate pairs, {} of them at or above the threshold; {} records were compared against earlier runs'.", c.graph.candidate_pairs, c.graph.similar_pairs, c.earlier_records));
+    let sizes: Vec<f64> = new
+        .iter()
+        .filter(|d| d.cluster_size > 1 && d.matched.is_none())
+        .map(|d| d.cluster_size as f64)
+        .collect();
+    page.push(&histogram(
+        "Records per cluster (kept by this run)",
+        ("records in the cluster", "clusters"),
+        &[Series {
+            name: "clusters",
+            color: BLUE,
+            data: sizes,
+        }],
+        20,
+    ));
+    let similarity: Vec<f64> = new
+        .iter()
+        .filter(|d| d.matched.is_some())
+        .map(|d| d.similarity)
+        .collect();
+    page.push(&histogram(
+        "Similarity of each duplicate to the record kept",
+        (
+            "Jaccard similarity, estimated from the signatures",
+            "records",
+        ),
+        &[Series {
+            name: "duplicates",
+            color: BLUE,
+            data: similarity,
+        }],
+        20,
+    ));
+    let graph = format!(
+        "LSH found {} candidate pairs, {} of them at or above the threshold; {} records were \
+         compared against earlier runs'.",
+        c.graph.candidate_pairs, c.graph.similar_pairs, c.earlier_records
+    );
+    page.paragraph("graph", &graph);
     page
 }
 

@@ -24,10 +24,10 @@ use steerflow_pipeline::records::PromptKey;
 use steerflow_pipeline::reject::Reject;
 use steerflow_pipeline::report::plots::{bars, histogram, Series, GREEN, RED};
 use steerflow_pipeline::report::Page;
-use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::sink::{attributes_array, messages_array};
 use steerflow_pipeline::source::{read_prompts, InputFormat, RecordShape};
 use steerflow_pipeline::spec::Normalization;
+use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::store_run::{run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
 use steerflow_pipeline::PipelineError;
 
@@ -289,26 +289,56 @@ fn report_page(goodness: &[f64], outcome: &FilterOutcome, output: &str) -> Page 
     let kept = outcome.kept.iter().filter(|k| **k).count();
     let mut page = Page::new(
         &format!("steerflow filter-rank: {}", redact_url(output)),
-        &format!("{} rows scored: {kept} kept, {} removed.", goodness.len(), goodness.len() - kept),
+        &format!(
+            "{} rows scored: {kept} kept, {} removed.",
+            goodness.len(),
+            goodness.len() - kept
+        ),
     );
     page.section("Kept and removed");
     let mut counts = vec![("kept".to_string(), kept as f64)];
-    counts.extend(outcome.removed_by.iter().map(|(rule, n)| (format!("removed by {rule}"), *n as f64)));
-    page.push(&bars("Rows kept, and removed by each rule", ("rows", "outcome"), &counts, |v| format!("{v:.0}")));
+    counts.extend(
+        outcome
+            .removed_by
+            .iter()
+            .map(|(rule, n)| (format!("removed by {rule}"), *n as f64)),
+    );
+    page.push(&bars(
+        "Rows kept, and removed by each rule",
+        ("rows", "outcome"),
+        &counts,
+        |v| format!("{v:.0}"),
+    ));
     let split = |keep: bool| -> Vec<f64> {
-        goodness.iter().zip(&outcome.kept).filter(|(_, k)| **k == keep).map(|(g, _)| *g).collect()
+        goodness
+            .iter()
+            .zip(&outcome.kept)
+            .filter(|(_, k)| **k == keep)
+            .map(|(g, _)| *g)
+            .collect()
     };
     page.push(&histogram(
         "Goodness of kept and removed rows",
         ("goodness (weighted attributes)", "rows"),
         &[
-            Series { name: "kept", color: GREEN, data: split(true) },
-            Series { name: "removed", color: RED, data: split(false) },
+            Series {
+                name: "kept",
+                color: GREEN,
+                data: split(true),
+            },
+            Series {
+                name: "removed",
+                color: RED,
+                data: split(false),
+            },
         ],
         20,
     ));
     if let Some(t) = outcome.quantile_threshold {
-        page.paragraph("quantile-threshold", &format!("The quantile rule kept goodness ≥ {t:.4}."));
+        page.paragraph(
+            "quantile-threshold",
+            &format!("The quantile rule kept goodness ≥ {t:.4}."),
+        );
     }
     page
 }
@@ -356,10 +386,7 @@ pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<S
         rules,
         output: &config.output.path,
     };
-    Summary::from_outcome(run_on_store(
-        &job,
-        &store_spec(config, plan.max_rejects),
-    )?)
+    Summary::from_outcome(run_on_store(&job, &store_spec(config, plan.max_rejects))?)
 }
 
 /// Normalised goodness of every row (by the run, its prompt, or the reference) and how many

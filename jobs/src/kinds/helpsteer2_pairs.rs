@@ -19,16 +19,18 @@ use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::reject::{Reject, RejectReason};
-use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
+use steerflow_pipeline::report::examples::{pick, table};
+use steerflow_pipeline::report::plots::{histogram, Series, BLUE};
+use steerflow_pipeline::report::{ExamplePair, ExampleResponse, Page, PairLengths};
 use steerflow_pipeline::sink::{
     attributes_array, messages_array, write_parquet_shard, write_text_exports, PairText,
     PromptRenderer,
 };
-use steerflow_pipeline::report::examples::{pick, table};
-use steerflow_pipeline::report::plots::{histogram, Series, BLUE};
-use steerflow_pipeline::report::{ExamplePair, ExampleResponse, Page, PairLengths};
+use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
 use steerflow_pipeline::storage::redact_url;
-use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::store_run::{
+    read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob,
+};
 use steerflow_pipeline::PipelineError;
 
 /// What a helpsteer2-pairs run counted.
@@ -135,10 +137,18 @@ pub fn labelled_from(row: &Value, names: &[String]) -> Result<LabelledResponse, 
     let response = match row.get("response") {
         Some(Value::String(r)) => r.clone(),
         None | Some(Value::Null) => {
-            return Err((Some("response"), RejectReason::MissingField, "`response` is required".into()))
+            return Err((
+                Some("response"),
+                RejectReason::MissingField,
+                "`response` is required".into(),
+            ))
         }
         Some(_) => {
-            return Err((Some("response"), RejectReason::WrongType, "`response` must be a string".into()))
+            return Err((
+                Some("response"),
+                RejectReason::WrongType,
+                "`response` must be a string".into(),
+            ))
         }
     };
     let attributes: Vec<f64> = names
@@ -314,18 +324,31 @@ impl LabelledPairs<'_> {
         page.push(&histogram(
             &format!("Chosen − rejected {}", self.by),
             (&format!("margin ({})", self.by), "pairs"),
-            &[Series { name: "pairs", color: BLUE, data: pairs.iter().map(|p| p.2).collect() }],
+            &[Series {
+                name: "pairs",
+                color: BLUE,
+                data: pairs.iter().map(|p| p.2).collect(),
+            }],
             16,
         ));
         let lengths = PairLengths::new(
-            pairs.iter().map(|p| p.0.response.chars().count() as f64).collect(),
-            pairs.iter().map(|p| p.1.response.chars().count() as f64).collect(),
+            pairs
+                .iter()
+                .map(|p| p.0.response.chars().count() as f64)
+                .collect(),
+            pairs
+                .iter()
+                .map(|p| p.1.response.chars().count() as f64)
+                .collect(),
             "characters",
         );
         page.push(lengths.histogram());
         page.paragraph("pair-lengths", &lengths.sentence());
         page.section("Example pairs");
-        let keys: Vec<(&str, f64)> = pairs.iter().map(|p| (p.0.prompt_id.as_str(), p.2)).collect();
+        let keys: Vec<(&str, f64)> = pairs
+            .iter()
+            .map(|p| (p.0.prompt_id.as_str(), p.2))
+            .collect();
         let response = |r: &LabelledResponse| ExampleResponse {
             text: r.response.clone(),
             score: r.attributes[self.by_index],
@@ -467,10 +490,7 @@ pub fn run(config: &Common, _: &Section, _: &ClusterSpec) -> Result<Summary, Job
         rule: plan.pairs,
         seed: config.job.seed,
     };
-    Summary::from_outcome(run_on_store(
-        &job,
-        &store_spec(config, plan.max_rejects),
-    )?)
+    Summary::from_outcome(run_on_store(&job, &store_spec(config, plan.max_rejects))?)
 }
 
 #[cfg(test)]

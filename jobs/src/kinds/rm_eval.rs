@@ -18,9 +18,11 @@ use steerflow_pipeline::publish::ReadmeText;
 use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::report::plots::{bars, histogram, Series, BLUE};
 use steerflow_pipeline::report::Page;
-use steerflow_pipeline::storage::redact_url;
 use steerflow_pipeline::source::{conversation, FieldError, RecordShape};
-use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::storage::redact_url;
+use steerflow_pipeline::store_run::{
+    read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob,
+};
 use steerflow_pipeline::PipelineError;
 
 /// `[eval]`.
@@ -102,7 +104,11 @@ pub fn preference_case(value: &Value) -> Result<PreferenceCase, FieldError> {
     let (_, conversation) = conversation(value, RecordShape::Prompt)?;
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
     let (Some(chosen), Some(rejected)) = (text("chosen"), text("rejected")) else {
-        let field = if text("chosen").is_none() { "chosen" } else { "rejected" };
+        let field = if text("chosen").is_none() {
+            "chosen"
+        } else {
+            "rejected"
+        };
         let reason = match value.get(field) {
             None | Some(Value::Null) => RejectReason::MissingField,
             Some(_) => RejectReason::WrongType,
@@ -153,7 +159,9 @@ impl StoreJob for RmEval<'_> {
     }
 
     fn read(&self, file: &InputFile) -> Result<Parsed<PreferenceCase>, PipelineError> {
-        read_keyed(file, |value| preference_case(value).map(|case| (case, None)))
+        read_keyed(file, |value| {
+            preference_case(value).map(|case| (case, None))
+        })
     }
 
     fn process(
@@ -260,26 +268,49 @@ fn report_page(
 ) -> Page {
     let overall = report
         .overall
-        .map_or("no case in a category".to_string(), |o| format!("{:.1}%", 100.0 * o));
+        .map_or("no case in a category".to_string(), |o| {
+            format!("{:.1}%", 100.0 * o)
+        });
     let mut page = Page::new(
         &format!("steerflow rm-eval: {}", redact_url(output)),
-        &format!("{} preference cases; overall accuracy (mean of the categories) {overall}.", cases.len()),
+        &format!(
+            "{} preference cases; overall accuracy (mean of the categories) {overall}.",
+            cases.len()
+        ),
     );
-    let accuracy = |m: &BTreeMap<String, steerflow_operators::evaluation::Accuracy>| -> Vec<(String, f64)> {
-        m.iter()
-            .map(|(k, a)| (format!("{k} ({} cases)", a.cases), 100.0 * a.accuracy))
-            .collect()
-    };
+    let accuracy =
+        |m: &BTreeMap<String, steerflow_operators::evaluation::Accuracy>| -> Vec<(String, f64)> {
+            m.iter()
+                .map(|(k, a)| (format!("{k} ({} cases)", a.cases), 100.0 * a.accuracy))
+                .collect()
+        };
     let percent = |v: f64| format!("{v:.1}%");
     page.section("Accuracy");
-    page.push(&bars("Accuracy per category", ("accuracy (%)", "category"), &accuracy(&report.categories), percent));
-    page.push(&bars("Accuracy per subset", ("accuracy (%)", "subset"), &accuracy(&report.subsets), percent));
+    page.push(&bars(
+        "Accuracy per category",
+        ("accuracy (%)", "category"),
+        &accuracy(&report.categories),
+        percent,
+    ));
+    page.push(&bars(
+        "Accuracy per subset",
+        ("accuracy (%)", "subset"),
+        &accuracy(&report.subsets),
+        percent,
+    ));
     page.section("Margins");
-    let margins: Vec<f64> = cases.iter().map(|c| c.chosen_score - c.rejected_score).collect();
+    let margins: Vec<f64> = cases
+        .iter()
+        .map(|c| c.chosen_score - c.rejected_score)
+        .collect();
     page.push(&histogram(
         "Chosen score − rejected score",
         ("margin (score)", "cases"),
-        &[Series { name: "cases", color: BLUE, data: margins }],
+        &[Series {
+            name: "cases",
+            color: BLUE,
+            data: margins,
+        }],
         20,
     ));
     page.paragraph(

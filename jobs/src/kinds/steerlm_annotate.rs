@@ -20,11 +20,13 @@ use steerflow_pipeline::cluster::ClusterSpec;
 use steerflow_pipeline::formats::{ExportFormat, Shard};
 use steerflow_pipeline::input::InputFile;
 use steerflow_pipeline::publish::ReadmeText;
+use steerflow_pipeline::reject::{Reject, RejectReason};
 use steerflow_pipeline::report::plots::bars;
 use steerflow_pipeline::report::Page;
 use steerflow_pipeline::storage::redact_url;
-use steerflow_pipeline::reject::{Reject, RejectReason};
-use steerflow_pipeline::store_run::{read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob};
+use steerflow_pipeline::store_run::{
+    read_keyed, run_on_store, FinishRun, Finished, Keyed, Parsed, StoreJob,
+};
 use steerflow_pipeline::PipelineError;
 
 /// `[annotate]`.
@@ -400,7 +402,9 @@ fn report_page(turns: &[&TurnScore], names: &[String], output: &str) -> Page {
             .enumerate()
             .map(|(v, c)| (format!("{name}:{v}"), *c as f64))
             .collect();
-        page.push(&bars(name, ("turns", "label"), &values, |v| format!("{v:.0}")));
+        page.push(&bars(name, ("turns", "label"), &values, |v| {
+            format!("{v:.0}")
+        }));
     }
     page
 }
@@ -465,7 +469,11 @@ fn turns_batch(
     ])?)
 }
 
-pub fn run(config: &Common, annotate: &AnnotateSection, _: &ClusterSpec) -> Result<Summary, JobError> {
+pub fn run(
+    config: &Common,
+    annotate: &AnnotateSection,
+    _: &ClusterSpec,
+) -> Result<Summary, JobError> {
     check(config, annotate)?;
     let plan = plan(config)?;
     let reward = scoring_reward_model(config)?;
@@ -478,10 +486,7 @@ pub fn run(config: &Common, annotate: &AnnotateSection, _: &ClusterSpec) -> Resu
         }),
         output: &config.output.path,
     };
-    Summary::from_outcome(run_on_store(
-        &job,
-        &store_spec(config, plan.max_rejects),
-    )?)
+    Summary::from_outcome(run_on_store(&job, &store_spec(config, plan.max_rejects))?)
 }
 
 #[cfg(test)]
@@ -533,6 +538,9 @@ mod tests {
         ];
         let refs: Vec<&TurnScore> = turns.iter().collect();
         // 3.6 → 4, 2.5 → 2 (ties to even); -1 → 0, 9 → 4; the defaulted turn is not counted.
-        assert_eq!(label_distribution(&refs, 2), vec![[0, 0, 1, 0, 1], [1, 0, 0, 0, 1]]);
+        assert_eq!(
+            label_distribution(&refs, 2),
+            vec![[0, 0, 1, 0, 1], [1, 0, 0, 0, 1]]
+        );
     }
 }
