@@ -353,3 +353,38 @@ fn pair_strategies_through_the_job() {
     assert_eq!(two, tables[3].1);
     compare(&case, Value::Object(results));
 }
+
+#[test]
+fn dedup_of_a_hand_built_corpus() {
+    let case = support::workspace_root().join("tests/golden/dedup");
+    let out = tempfile::tempdir().unwrap();
+    let references = format!(
+        "dedup.decontaminate.references=[\"{}\"]",
+        case.join("benchmark.jsonl").display()
+    );
+    let config = support::golden_job_with(&case, out.path(), &[references]);
+    let summary = steerflow::run_any(&config).unwrap();
+    let read =
+        |suffix: &str| support::read_parquet_with_pyarrow(&run_file(out.path(), &summary, suffix));
+    let kept: Vec<Value> = read("train-00000-of-00001.parquet")
+        .into_iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    let mut clusters = read("clusters.parquet");
+    clusters.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let contaminated = read("contaminated.parquet");
+    let counts = &summary["counts"];
+    let actual = serde_json::json!({
+        "kept": kept,
+        "clusters": clusters,
+        "contaminated": contaminated.iter().map(|r| {
+            serde_json::json!({"id": r["id"], "benchmark_id": r["benchmark_id"], "shared_ngrams": r["shared_ngrams"]})
+        }).collect::<Vec<_>>(),
+        "counts": {
+            "records": counts["records"], "kept": counts["kept"],
+            "exact_duplicates": counts["exact_duplicates"], "near_duplicates": counts["near_duplicates"],
+            "contaminated": counts["contaminated"], "clusters": counts["clusters"], "rejected": counts["rejected"],
+        },
+    });
+    compare(&case, actual);
+}

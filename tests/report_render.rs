@@ -176,4 +176,17 @@ fn the_store_kinds_reports_show_their_results() {
     let pairs = run_and_render("helpsteer2-pairs", &dir.path().join("pairs"), &[]);
     readable("helpsteer2-pairs", &pairs);
     assert!(example_rows(&pairs) > 0 && pairs.contains("id=\"pair-lengths\""));
+
+    let bench = support::workspace_root().join("tests/golden/dedup/benchmark.jsonl");
+    let references = format!("dedup.decontaminate.references=[\"{}\"]", bench.display());
+    let dedup = run_and_render("dedup", &dir.path().join("dedup"), &[&references]);
+    // Kept and removed, cluster sizes, similarities, and the rejects.
+    assert_eq!(readable("dedup", &dedup), 3 + 1);
+    for bar in [
+        ">kept</text>",
+        ">near duplicate</text>",
+        ">contaminated</text>",
+    ] {
+        assert!(dedup.contains(bar), "{bar}: {dedup}");
+    }
 }
