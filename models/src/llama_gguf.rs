@@ -1,4 +1,6 @@
-//! The llama family (Llama 2/3, SmolLM2, Mistral-style GQA) from GGUF files: candle's quantized
+//! The llama family (Llama 2/3, SmolLM2, Mistral-style GQA) and the `qwen2` and `qwen3` GGUF
+//! architectures (q/k/v biases; per-head query and key norms; the NEOX rotary layout) from GGUF
+//! files: candle's quantized
 //! matmuls and norms, with a forward pass of our own that runs a *ragged batch*: each sequence
 //! brings its own chunk of tokens (a prompt to prefill or one token to decode) at its own
 //! position, the projections and the MLP run once over all the batch's tokens, and attention
@@ -67,6 +69,10 @@ struct Block {
     wq: QLinear,
     wk: QLinear,
     wv: QLinear,
+    /// q, k and v biases (`qwen2`).
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head query and key norms (`qwen3`).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     wo: QLinear,
     ffn_norm: RmsNorm,
     gate: QLinear,
@@ -102,21 +108,29 @@ impl Weights {
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
-        (context_length, kernel): (usize, CpuMatmul),
+        (arch, context_length, kernel): (&str, usize, CpuMatmul),
     ) -> candle_core::Result<Self> {
         let meta = |key: &str| {
+            let key = format!("{arch}.{key}");
             content
                 .metadata
-                .get(key)
+                .get(&key)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no `{key}` in the metadata")))
         };
-        let heads = meta("llama.attention.head_count")?.to_u32()? as usize;
-        let kv_heads = meta("llama.attention.head_count_kv")?.to_u32()? as usize;
-        let block_count = meta("llama.block_count")?.to_u32()? as usize;
-        let hidden = meta("llama.embedding_length")?.to_u32()? as usize;
-        let rope_dim = meta("llama.rope.dimension_count")?.to_u32()? as usize;
-        let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
-        let freq_base = meta("llama.rope.freq_base")
+        let heads = meta("attention.head_count")?.to_u32()? as usize;
+        let kv_heads = meta("attention.head_count_kv")?.to_u32()? as usize;
+        let block_count = meta("block_count")?.to_u32()? as usize;
+        let hidden = meta("embedding_length")?.to_u32()? as usize;
+        let head_dim = match meta("attention.key_length") {
+            Ok(v) => v.to_u32()? as usize,
+            Err(_) => hidden / heads,
+        };
+        let rope_dim = match meta("rope.dimension_count") {
+            Ok(v) => v.to_u32()? as usize,
+            Err(_) => head_dim,
+        };
+        let eps = meta("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let freq_base = meta("rope.freq_base")
             .and_then(|v| v.to_f32())
             .unwrap_or(10_000.0);
         let mut tensor = |name: &str| content.tensor(reader, name, device);
@@ -129,10 +143,28 @@ impl Weights {
         };
         let mut blocks = Vec::with_capacity(block_count);
         for i in 0..block_count {
+            let vector = |t: QTensor| t.dequantize(device);
+            let qkv_bias = match arch {
+                "qwen2" => Some([
+                    vector(tensor(&format!("blk.{i}.attn_q.bias"))?)?,
+                    vector(tensor(&format!("blk.{i}.attn_k.bias"))?)?,
+                    vector(tensor(&format!("blk.{i}.attn_v.bias"))?)?,
+                ]),
+                _ => None,
+            };
+            let qk_norm = match arch {
+                "qwen3" => Some((
+                    RmsNorm::from_qtensor(tensor(&format!("blk.{i}.attn_q_norm.weight"))?, eps)?,
+                    RmsNorm::from_qtensor(tensor(&format!("blk.{i}.attn_k_norm.weight"))?, eps)?,
+                )),
+                _ => None,
+            };
             let mut matmul = |name: &str| {
                 QLinear::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?, kernel)
             };
             blocks.push(Block {
+                qkv_bias,
+                qk_norm,
                 wq: matmul("attn_q")?,
                 wk: matmul("attn_k")?,
                 wv: matmul("attn_v")?,
@@ -164,8 +196,9 @@ impl Weights {
             output: QLinear::from_qtensor(output, kernel)?,
             heads,
             kv_heads,
-            head_dim: hidden / heads,
-            rope_neox: false, // the `llama` architecture: interleaved pairs
+            head_dim,
+            // `llama` GGUFs interleave the rotary pairs (convert permutes q and k); qwen's don't.
+            rope_neox: arch != "llama",
             cos: angles.cos()?,
             sin: angles.sin()?,
             device: device.clone(),
@@ -186,25 +219,38 @@ impl Weights {
             .forward(&Tensor::from_vec(ids, total, &self.device)?)?;
         for (b, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (q, k, v) = (
+            let (mut q, mut k, mut v) = (
                 block.wq.forward(&h)?,
                 block.wk.forward(&h)?,
                 block.wv.forward(&h)?,
             );
+            if let Some([bq, bk, bv]) = &block.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let (q_norm, k_norm) = match &block.qk_norm {
+                Some((q, k)) => (Some(q), Some(k)),
+                None => (None, None),
+            };
             let mut attended = Vec::with_capacity(chunks.len());
             let mut offset = 0;
             for (cache, chunk) in caches.iter_mut().zip(chunks) {
                 let t = chunk.len();
-                let rows = |m: &Tensor, heads: usize| {
-                    m.narrow(0, offset, t)?
-                        .reshape((1, t, heads, self.head_dim))?
-                        .transpose(1, 2)?
-                        .contiguous()
+                let rows = |m: &Tensor, heads: usize, norm: Option<&RmsNorm>| {
+                    let m = m
+                        .narrow(0, offset, t)?
+                        .reshape((1, t, heads, self.head_dim))?;
+                    let m = match norm {
+                        Some(n) => n.forward(&m.contiguous()?)?,
+                        None => m,
+                    };
+                    m.transpose(1, 2)?.contiguous()
                 };
                 let y = self.attend(
-                    rows(&q, self.heads)?,
-                    rows(&k, self.kv_heads)?,
-                    rows(&v, self.kv_heads)?,
+                    rows(&q, self.heads, q_norm)?,
+                    rows(&k, self.kv_heads, k_norm)?,
+                    rows(&v, self.kv_heads, None)?,
                     &mut cache.blocks[b],
                     cache.position,
                 )?;
@@ -313,14 +359,14 @@ impl GgufLlama {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if arch != "llama" {
+        if !["llama", "qwen2", "qwen3"].contains(&arch.as_str()) {
             return Err(gguf_error(format!(
-                "architecture `{arch}` is not supported by the GGUF loader (llama only)"
+                "architecture `{arch}` is not supported by the GGUF loader (llama, qwen2, qwen3)"
             )));
         }
         let context_length = content
             .metadata
-            .get("llama.context_length")
+            .get(&format!("{arch}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .map(|n| n as usize)
             .unwrap_or(MAX_SEQ_LEN)
@@ -360,9 +406,14 @@ impl GgufLlama {
         let weights = if slow && device.is_cpu() && !dequantize_all {
             let (content, mut bytes) =
                 requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
-            Weights::from_gguf(&content, &mut bytes, device, (context_length, kernel))
+            Weights::from_gguf(
+                &content,
+                &mut bytes,
+                device,
+                (&arch, context_length, kernel),
+            )
         } else {
-            Weights::from_gguf(&content, &mut file, device, (context_length, kernel))
+            Weights::from_gguf(&content, &mut file, device, (&arch, context_length, kernel))
         }
         .map_err(|e| gguf_error(e.to_string()))?;
         let id = path
