@@ -184,6 +184,7 @@ fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
     let mut drawn_in_steps = 0u64;
     let stats = policy.generate_many(
         requests.clone(),
+        &[],
         &params,
         &limits,
         (
@@ -229,6 +230,7 @@ fn continuous_batching_gives_the_tokens_of_one_sequence_at_a_time() {
     let mut again = vec![None; requests.len()];
     let stats = policy.generate_many(
         requests.clone(),
+        &[],
         &params,
         &tight,
         (|i, r| again[i] = Some(r.unwrap().0), |_| {}),

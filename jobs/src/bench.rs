@@ -104,6 +104,7 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
     let started = std::time::Instant::now();
     let stats = policy.generate_many(
         requests,
+        &[],
         &params,
         &limits,
         (
@@ -130,7 +131,7 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
             "samples_per_prompt": options.samples,
             "max_new_tokens": options.max_new_tokens,
             "max_batch_sequences": batch,
-            "policy": policy.model().id(),
+            "policy": policy.id(),
         },
         "prompt_tokens_prefilled": prefilled,
         "tokens_decoded": decoded,

@@ -8,8 +8,9 @@ pub mod exit_code {
     pub const CONFIG: i32 = 2;
     /// More records were rejected than `input.max_rejects` allows.
     pub const TOO_MANY_REJECTS: i32 = 3;
-    /// Storage failed in a way that may pass (5xx, throttling, resets, timeouts, after the
-    /// retries): nothing partial was committed; rerun the same command to resume.
+    /// Storage or a served model failed in a way that may pass (5xx, throttling, resets,
+    /// timeouts, after the retries): nothing partial was committed; rerun the same command to
+    /// resume.
     pub const RETRYABLE: i32 = 4;
 }
 
@@ -54,6 +55,9 @@ impl JobError {
             JobError::Pipeline(P::Storage {
                 retryable: true, ..
             }) => exit_code::RETRYABLE,
+            JobError::Pipeline(P::Model(e)) | JobError::Model(e) if e.is_transient() => {
+                exit_code::RETRYABLE
+            }
             _ => exit_code::FAILURE,
         }
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod job_kind;
 pub mod kinds;
 pub mod models;
+pub mod serve;
 pub mod summary;
 
 pub use error::{exit_code, invalid, JobError};
@@ -50,7 +51,8 @@ pub fn score_responses(
     device: Device,
 ) -> Result<steerflow_pipeline::score_file::ScoreReport, JobError> {
     let input_format = InputFormat::resolve(format.as_str(), input).map_err(invalid)?;
-    let model = models::load_reward_model(reward, None, device)?;
+    let counters = std::sync::Arc::new(steerflow_models::served::ServedCounters::default());
+    let model = models::load_reward_model(reward, None, device, &counters)?;
     Ok(steerflow_pipeline::score_file::score_file(
         input,
         input_format,

@@ -112,9 +112,9 @@ impl ClusterArgs {
     }
 }
 
-/// `steerflow score`.
+/// The reward model of `steerflow score` and `steerflow serve`.
 #[derive(clap::Args)]
-struct ScoreArgs {
+struct RewardArgs {
     /// The reward model: a checkpoint directory, a hub id in the local cache, a GGUF file or `default`.
     #[arg(long)]
     reward_model: String,
@@ -136,6 +136,35 @@ struct ScoreArgs {
     /// model (the checkpoint's own), nemo-steerlm-rm, nemo-steerlm, or a .jinja file.
     #[arg(long, default_value = "model")]
     chat_template: String,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = setting::<Device>)]
+    device: Device,
+    /// Ranks the reward model is split over (threads on the CPU, GPUs with cuda).
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel: usize,
+}
+
+impl RewardArgs {
+    fn section(&self) -> Result<RewardSection, JobError> {
+        Ok(RewardSection {
+            kind: self.kind,
+            model: self.reward_model.clone(),
+            attributes: Attributes::parse_flag(&self.attributes).map_err(invalid)?,
+            logit_index: self.logit_index,
+            max_tokens: self.max_tokens,
+            overlength: self.overlength,
+            chat_template: self.chat_template.clone(),
+            tensor_parallel: self.tensor_parallel,
+            served: None,
+        })
+    }
+}
+
+/// `steerflow score`.
+#[derive(clap::Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: RewardArgs,
     /// jsonl or parquet with `messages` ending in an assistant turn, or `prompt` + `response`.
     #[arg(long)]
     input: String,
@@ -145,12 +174,25 @@ struct ScoreArgs {
     /// The parquet file to write.
     #[arg(long)]
     output: String,
-    /// Where the model runs: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = setting::<Device>)]
-    device: Device,
-    /// Ranks the reward model is split over (threads on the CPU, GPUs with cuda).
-    #[arg(long, default_value_t = 1)]
-    tensor_parallel: usize,
+}
+
+/// `steerflow serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: RewardArgs,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// The model name `/v1/models` lists and replies carry (default: the reward model's id).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Most responses scored in one batch.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Milliseconds the batcher waits for more requests once one is in.
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
 }
 
 /// A config value given as a flag, parsed as the job file would parse it.
@@ -161,23 +203,36 @@ fn setting<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> {
 
 /// `steerflow score`: the reward model scores every response of the input.
 fn score(args: ScoreArgs) -> Result<(), JobError> {
-    let reward = RewardSection {
-        kind: args.kind,
-        model: args.reward_model,
-        attributes: Attributes::parse_flag(&args.attributes).map_err(invalid)?,
-        logit_index: args.logit_index,
-        max_tokens: args.max_tokens,
-        overlength: args.overlength,
-        chat_template: args.chat_template,
-        tensor_parallel: args.tensor_parallel,
-    };
-    let report =
-        steerflow::score_responses(&reward, &args.input, args.format, &args.output, args.device)?;
+    let reward = args.model.section()?;
+    let report = steerflow::score_responses(
+        &reward,
+        &args.input,
+        args.format,
+        &args.output,
+        args.model.device,
+    )?;
     eprintln!(
         "steerflow: {} responses scored, {} unscored (reason in the `error` column), {} rejected, {} with turns dropped; written to {}",
         report.scored, report.failed, report.rejected, report.truncated, args.output
     );
     Ok(())
+}
+
+/// `steerflow serve`: the reward model behind HTTP until SIGINT or SIGTERM.
+fn serve(args: ServeArgs) -> Result<(), JobError> {
+    let reward = args.model.section()?;
+    let counters = std::sync::Arc::new(steerflow_models::served::ServedCounters::default());
+    let model = steerflow::models::load_reward_model(&reward, None, args.model.device, &counters)?;
+    let options = steerflow::serve::ServeOptions {
+        listen: args.listen,
+        model_name: args.model_name,
+        max_batch: args.max_batch,
+        batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
+    };
+    steerflow::serve::serve(model, options, |address| {
+        // The line scripts and tests wait for (the port when `--listen` ends in `:0`).
+        println!("steerflow serve: listening on http://{address}");
+    })
 }
 
 #[derive(Subcommand)]
@@ -212,6 +267,9 @@ enum Command {
     },
     /// Score every response of a file with a reward model, to check a model before a long run.
     Score(ScoreArgs),
+    /// Serve a reward model over HTTP: OpenRLHF's `/get_reward` and vLLM's `/classify`
+    /// (docs/served.md).
+    Serve(ServeArgs),
     /// Measure the N-samples-per-prompt workload (prefill and decode tokens/s, responses scored/s,
     /// peak memory); prints JSON on stdout.
     Bench {
@@ -302,6 +360,7 @@ fn main() {
             set,
         } => launch_local(&config, processes, workers, &set),
         Command::Score(args) => score(args),
+        Command::Serve(args) => serve(args),
         Command::Bench {
             prompts,
             samples,

@@ -2,6 +2,7 @@
 //! (installed on first use for `default`) and loaded.
 
 use crate::config::sections::{Common, Device, RewardKind, RewardSection};
+use crate::config::served::{ProtocolSetting, ServedSection};
 use crate::error::{invalid, JobError};
 use std::sync::Arc;
 use steerflow_models::chat_template::named_template;
@@ -11,6 +12,11 @@ use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::Policy;
 use steerflow_models::registry::{locate_model, ModelLocation};
 use steerflow_models::reward::{NextTokenLogitReward, SequenceClassifierReward};
+use steerflow_models::served::judge::ServedJudge;
+use steerflow_models::served::policy::ServedPolicy;
+use steerflow_models::served::reward::{RewardProtocol, ServedReward};
+use steerflow_models::served::{local_text, ServedCounters};
+use steerflow_models::text::TextCodec;
 use steerflow_models::TemplatedModel;
 use steerflow_models::{LanguageModel, RewardModel};
 use steerflow_operators::attributes::HELPSTEER2;
@@ -65,13 +71,72 @@ pub fn load_language_model(
     })
 }
 
+/// The tokenizer and chat template (`template`, as `policy.chat_template`) and context length
+/// of a served model, from the local files `spec` names.
+fn served_text(spec: &str, template: &str) -> Result<(TextCodec, usize), JobError> {
+    let (text, context) = local_text(&locate_model(spec)?)?;
+    let text = match template {
+        "model" => text,
+        name => text.with_template(&named_template(name)?)?,
+    };
+    Ok((text, context))
+}
+
+/// The reward model of a reward section with `[reward.served]`: the judge over the server's
+/// log-probabilities, or a reward server.
+fn served_reward_model(
+    reward: &RewardSection,
+    section: &ServedSection,
+    counters: &Arc<ServedCounters>,
+) -> Result<Arc<dyn RewardModel>, JobError> {
+    let names = reward_names(reward)?;
+    let endpoint = section.endpoint("reward.served")?;
+    Ok(match (reward.kind, section.protocol) {
+        (RewardKind::Judge, _) => {
+            let (text, _) = served_text(&reward.model, &reward.chat_template)?;
+            Arc::new(ServedJudge::connect(
+                endpoint,
+                text,
+                helpsteer2_attributes(),
+                section.top_logprobs,
+                counters.clone(),
+            )?)
+        }
+        (_, ProtocolSetting::Classify) => Arc::new(ServedReward::new(
+            endpoint,
+            RewardProtocol::Classify,
+            names,
+            counters.clone(),
+        )?),
+        (_, ProtocolSetting::Openrlhf) => {
+            let (text, _) = served_text(&reward.model, &reward.chat_template)?;
+            Arc::new(ServedReward::new(
+                endpoint,
+                RewardProtocol::OpenRlhf(Box::new(text)),
+                names,
+                counters.clone(),
+            )?)
+        }
+    })
+}
+
 /// Loads the reward model a reward section describes (`policy` reuses `policy`).
-/// `device` is `job.device`; `reward.tensor_parallel` ranks start there.
+/// `device` is `job.device`; `reward.tensor_parallel` ranks start there; a served one counts its
+/// requests in `counters`.
 pub fn load_reward_model(
     reward: &RewardSection,
     policy: Option<&Arc<dyn LanguageModel>>,
     device: Device,
+    counters: &Arc<ServedCounters>,
 ) -> Result<Arc<dyn RewardModel>, JobError> {
+    if let Some(section) = &reward.served {
+        if reward.model == "policy" {
+            return Err(invalid(
+                "reward.served: set reward.model to the served model's local files (for its tokenizer and chat template), not `policy`",
+            ));
+        }
+        return served_reward_model(reward, section, counters);
+    }
     let names = reward_names(reward)?;
     let ranks = reward.tensor_parallel;
     if ranks == 0 {
@@ -146,12 +211,35 @@ pub fn with_chat_template(
 /// Loads the models a config names: the policy, and the reward model (the judge may be the
 /// policy model itself).
 pub fn load_models(config: &Common) -> Result<Models, JobError> {
+    let served = Arc::new(ServedCounters::default());
     let device = devices(config.job.device, 1)?.remove(0);
-    let model = load_language_model(&config.policy.model, &device)?;
-    // A judge that is the policy model rates with the model's own template.
-    let reward = load_reward_model(&config.reward, Some(&model), config.job.device)?;
-    let policy_model = with_chat_template(model, &config.policy.chat_template)?;
-    let mut policy = Policy::new(policy_model);
+    let (mut policy, reward) = match &config.policy.served {
+        Some(section) => {
+            let (text, context) = served_text(&config.policy.model, &config.policy.chat_template)?;
+            let endpoint = section.endpoint("policy.served")?;
+            let policy = Policy::served(ServedPolicy::connect(
+                endpoint,
+                text,
+                context,
+                served.clone(),
+            )?);
+            // `reward.model = "policy"` names the policy's model, loaded here to judge.
+            let mut reward_section = config.reward.clone();
+            if reward_section.model == "policy" && reward_section.served.is_none() {
+                reward_section.model = config.policy.model.clone();
+            }
+            let reward = load_reward_model(&reward_section, None, config.job.device, &served)?;
+            (policy, reward)
+        }
+        None => {
+            let model = load_language_model(&config.policy.model, &device)?;
+            // A judge that is the policy model rates with the model's own template.
+            let reward =
+                load_reward_model(&config.reward, Some(&model), config.job.device, &served)?;
+            let policy_model = with_chat_template(model, &config.policy.chat_template)?;
+            (Policy::new(policy_model), reward)
+        }
+    };
     if !config.sampling.steer.is_empty() {
         let label = steer_label(&config.sampling.steer)
             .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
@@ -159,7 +247,11 @@ pub fn load_models(config: &Common) -> Result<Models, JobError> {
             .with_steer(&label)
             .map_err(|e| invalid(format!("sampling.steer: {e}")))?;
     }
-    Ok(Models { policy, reward })
+    Ok(Models {
+        policy,
+        reward,
+        served,
+    })
 }
 
 /// The reward model of a scoring-only job; `reward.model = "policy"` means `policy.model`.
@@ -168,5 +260,10 @@ pub fn scoring_reward_model(config: &Common) -> Result<Arc<dyn RewardModel>, Job
     if reward_section.model == "policy" {
         reward_section.model = config.policy.model.clone();
     }
-    load_reward_model(&reward_section, None, config.job.device)
+    load_reward_model(
+        &reward_section,
+        None,
+        config.job.device,
+        &Arc::new(ServedCounters::default()),
+    )
 }

@@ -34,6 +34,15 @@ pub enum ModelError {
     Kernel(#[from] steerflow_kernels::KernelError),
     #[error("judge: {0}")]
     Judge(String),
+    /// A served model (an OpenAI-compatible server, a reward server) failed; `transient` when
+    /// it stayed unavailable (429, 5xx, resets, timeouts) through every retry, so rerunning the
+    /// same command may succeed.
+    #[error("served model {endpoint}: {message}{}", if *transient { " (transient: the server stayed unavailable through the retries; rerun the same command to resume)" } else { "" })]
+    Served {
+        endpoint: String,
+        message: String,
+        transient: bool,
+    },
 }
 
 impl ModelError {
@@ -43,6 +52,18 @@ impl ModelError {
         matches!(
             self,
             ModelError::ContextOverflow { .. } | ModelError::Template(_)
+        )
+    }
+
+    /// True when a served model stayed unavailable through its retries: the run stops with the
+    /// transient-failure exit code and nothing committed, and a rerun resumes.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Served {
+                transient: true,
+                ..
+            }
         )
     }
 }

@@ -6,6 +6,8 @@
 //! `smollm` is the GPT-2 byte-level split after splitting every digit on its own (SmolLM2's
 //! `Sequence[Digits(individual), ByteLevel]`).
 
+use crate::chat_template::ChatTemplate;
+use crate::text::TextCodec;
 use crate::ModelError;
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::models::bpe::BPE;
@@ -141,4 +143,72 @@ pub fn tokenizer_error(path: &std::path::Path, message: String) -> ModelError {
         path: path.to_path_buf(),
         message: format!("tokenizer: {message}"),
     }
+}
+
+/// Tokens that end a turn in the chat formats of the supported families; each one the vocabulary
+/// has also ends generation.
+const END_OF_TURN_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"];
+
+/// The text side of a GGUF model of architecture `arch` (tokenizer, chat template,
+/// end-of-sequence ids) and its context length (at most `max_len`), from the metadata alone.
+pub fn text_codec_from_gguf(
+    content: &Content,
+    path: &std::path::Path,
+    arch: &str,
+    max_len: usize,
+) -> Result<(TextCodec, usize), ModelError> {
+    let context_length = content
+        .metadata
+        .get(&format!("{arch}.context_length"))
+        .and_then(|v| v.to_u32().ok())
+        .map(|n| n as usize)
+        .unwrap_or(max_len)
+        .min(max_len);
+    let tokenizer = tokenizer_from_gguf(content).map_err(|m| tokenizer_error(path, m))?;
+    let token_text = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.id_to_token(id))
+            .unwrap_or_default()
+    };
+    let bos = token_text(metadata_token_id(content, "tokenizer.ggml.bos_token_id"));
+    let eos_id = metadata_token_id(content, "tokenizer.ggml.eos_token_id");
+    let eos = token_text(eos_id);
+    let template_source = content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| ModelError::Gguf {
+            path: path.to_path_buf(),
+            message: "no chat template (`tokenizer.chat_template`) in the metadata".into(),
+        })?;
+    let template = ChatTemplate::new(&template_source, &bos, &eos)?;
+    let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
+    for token in END_OF_TURN_TOKENS {
+        if let Some(id) = tokenizer.token_to_id(token) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+    }
+    Ok((TextCodec::new(tokenizer, template, eos_ids), context_length))
+}
+
+/// The text side of the GGUF file at `path` and its context length, read from the metadata
+/// without loading a weight (a served model's local tokenizer and template).
+pub fn text_codec_of_gguf_file(path: &std::path::Path) -> Result<(TextCodec, usize), ModelError> {
+    let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = Content::read(&mut file).map_err(|e| ModelError::Gguf {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    text_codec_from_gguf(&content, path, &arch, usize::MAX)
 }

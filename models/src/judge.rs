@@ -6,6 +6,7 @@
 //! The five questions differ only in their last sentence, so the conversation is prefilled once
 //! (the longest common token prefix of the five prompts) and each question forks that session.
 
+use crate::text::TextCodec;
 use crate::{LanguageModel, ModelError};
 use std::sync::Arc;
 use steerflow_kernels::judge_digits::digit_rating;
@@ -68,7 +69,7 @@ impl Judge {
         if attributes.is_empty() {
             return Err(ModelError::Judge("no attributes to rate".into()));
         }
-        let digit_ids = rating_token_ids(model.as_ref())?;
+        let digit_ids = rating_token_ids(model.text())?;
         Ok(Self {
             model,
             attributes,
@@ -91,14 +92,7 @@ impl Judge {
         response: &str,
         attribute: &JudgeAttribute,
     ) -> Result<Vec<u32>, ModelError> {
-        let text = self.model.text();
-        let messages = vec![
-            Message::new("system", JUDGE_SYSTEM),
-            Message::new("user", question(conversation, response, attribute)),
-        ];
-        let mut prompt = text.render(&messages, true)?;
-        prompt.push_str(ANSWER_PREFIX);
-        text.encode(&prompt)
+        question_tokens(self.model.text(), conversation, response, attribute)
     }
 
     /// Rates `response` (the assistant's reply to `conversation`) on every attribute.
@@ -253,9 +247,25 @@ fn question(conversation: &[Message], response: &str, attribute: &JudgeAttribute
     )
 }
 
+/// The token ids of the question about `attribute` for `response` to `conversation`, in the
+/// chat format of `text`; the next token is the rating.
+pub(crate) fn question_tokens(
+    text: &TextCodec,
+    conversation: &[Message],
+    response: &str,
+    attribute: &JudgeAttribute,
+) -> Result<Vec<u32>, ModelError> {
+    let messages = vec![
+        Message::new("system", JUDGE_SYSTEM),
+        Message::new("user", question(conversation, response, attribute)),
+    ];
+    let mut prompt = text.render(&messages, true)?;
+    prompt.push_str(ANSWER_PREFIX);
+    text.encode(&prompt)
+}
+
 /// The token of each rating digit as it follows the answer prefix, checked to be one token.
-fn rating_token_ids(model: &dyn LanguageModel) -> Result<Vec<u32>, ModelError> {
-    let text = model.text();
+pub(crate) fn rating_token_ids(text: &TextCodec) -> Result<Vec<u32>, ModelError> {
     let probe = format!(
         "{}{ANSWER_PREFIX}",
         text.render(

@@ -10,6 +10,7 @@
 //! - [`policy`]: N samples per prompt from one shared prompt prefill; [`engine`] runs many
 //!   prompts' samples in continuous ragged batches.
 //! - [`judge`]: the LLM-judge reward model (five HelpSteer2 attributes, 0..4).
+//! - [`served`]: a policy, a judge and reward models behind HTTP servers.
 //!
 //! Models implement [`LanguageModel`]; a [`LmSession`] is a position in one sequence whose
 //! KV cache can be forked, which is how a prompt is prefilled once for all its samples.
@@ -35,6 +36,7 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod registry;
 pub mod reward;
+pub mod served;
 pub mod tensor_parallel;
 pub mod text;
 pub mod transformer;
@@ -107,6 +109,20 @@ pub trait RewardModel: Send + Sync {
     /// Scores many (conversation, response) pairs; models that batch override this.
     fn score_batch(&self, items: &[(&[Message], &str)]) -> Vec<Result<RewardScores, ModelError>> {
         items.iter().map(|(c, r)| self.score(c, r)).collect()
+    }
+    /// Scores texts already rendered in the model's chat format (a conversation and its
+    /// response), as reward servers receive them (OpenRLHF's `query`). Models that need the
+    /// conversation's structure (the judge) refuse.
+    fn score_texts(&self, texts: &[&str]) -> Vec<Result<RewardScores, ModelError>> {
+        texts
+            .iter()
+            .map(|_| {
+                Err(ModelError::Template(format!(
+                    "`{}` scores conversations, not rendered texts: send messages",
+                    self.id()
+                )))
+            })
+            .collect()
     }
 }
 

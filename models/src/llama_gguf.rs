@@ -11,8 +11,7 @@
 //! the two); a KV cache is a list of reference-counted tensors, so forking a prefilled session
 //! shares the prompt's cache with every sample drawn from it.
 
-use crate::chat_template::ChatTemplate;
-use crate::gguf_tokenizer::{metadata_token_id, tokenizer_error, tokenizer_from_gguf};
+use crate::gguf_tokenizer::text_codec_from_gguf;
 use crate::qlinear::{CpuMatmul, QLinear};
 use crate::text::TextCodec;
 use crate::{LanguageModel, LmSession, ModelError};
@@ -24,9 +23,6 @@ use std::sync::Arc;
 
 /// The longest sequence run, as candle's quantized llama bounds it.
 pub const MAX_SEQ_LEN: usize = 4096;
-
-/// End-of-turn tokens that also end a generation when the vocabulary has them as specials.
-const END_OF_TURN_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"];
 
 /// Quantized formats without a SIMD dot product in candle's CPU kernels (they fall back to
 /// scalar code, about 10x slower than Q8_0 with AVX2).
@@ -364,38 +360,7 @@ impl GgufLlama {
                 "architecture `{arch}` is not supported by the GGUF loader (llama, qwen2, qwen3)"
             )));
         }
-        let context_length = content
-            .metadata
-            .get(&format!("{arch}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .map(|n| n as usize)
-            .unwrap_or(MAX_SEQ_LEN)
-            .min(MAX_SEQ_LEN);
-        let tokenizer = tokenizer_from_gguf(&content).map_err(|m| tokenizer_error(path, m))?;
-        let token_text = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.id_to_token(id))
-                .unwrap_or_default()
-        };
-        let bos = token_text(metadata_token_id(&content, "tokenizer.ggml.bos_token_id"));
-        let eos_id = metadata_token_id(&content, "tokenizer.ggml.eos_token_id");
-        let eos = token_text(eos_id);
-        let template_source = content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .ok_or_else(|| {
-                gguf_error("no chat template (`tokenizer.chat_template`) in the metadata".into())
-            })?;
-        let template = ChatTemplate::new(&template_source, &bos, &eos)?;
-        let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
-        for token in END_OF_TURN_TOKENS {
-            if let Some(id) = tokenizer.token_to_id(token) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
-            }
-        }
+        let (text, context_length) = text_codec_from_gguf(&content, path, &arch, MAX_SEQ_LEN)?;
         // candle's own switch: every matmul weight is dequantized to f32 at load, so there is
         // nothing to gain from requantizing first (and precision to lose).
         let dequantize_all = crate::qlinear::candle_dequantizes_all();
@@ -423,7 +388,7 @@ impl GgufLlama {
         Ok(Self {
             id,
             weights: Arc::new(weights),
-            text: TextCodec::new(tokenizer, template, eos_ids),
+            text,
             context_length,
         })
     }

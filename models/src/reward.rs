@@ -154,6 +154,38 @@ fn score_batch_with(
         .iter()
         .map(|(c, r)| fit_conversation(model, c, r, context, overlength))
         .collect();
+    run_fitted(model, fitted, pick)
+}
+
+/// Token ids of texts already in the model's chat format, refused when longer than `context`
+/// (a rendered text has no turns to drop).
+fn fit_texts(
+    model: &HfModel,
+    texts: &[&str],
+    context: usize,
+) -> Vec<Result<(Vec<u32>, u32), ModelError>> {
+    texts
+        .iter()
+        .map(|t| {
+            let ids = model.text_codec()?.encode(t)?;
+            if ids.len() > context {
+                return Err(ModelError::ContextOverflow {
+                    tokens: ids.len(),
+                    limit: context,
+                    what: "rendered text".into(),
+                });
+            }
+            Ok((ids, 0))
+        })
+        .collect()
+}
+
+/// Runs the fitted sequences together and maps each one's head outputs through `pick`.
+fn run_fitted(
+    model: &HfModel,
+    fitted: Vec<Result<(Vec<u32>, u32), ModelError>>,
+    pick: impl Fn(Vec<f32>) -> Vec<f64>,
+) -> Vec<Result<RewardScores, ModelError>> {
     let runnable: Vec<(usize, &[u32])> = fitted
         .iter()
         .enumerate()
@@ -161,12 +193,12 @@ fn score_batch_with(
         .collect();
     let seqs: Vec<&[u32]> = runnable.iter().map(|(_, s)| *s).collect();
     let outputs = model.last_token_outputs(&seqs);
-    let mut results: Vec<Result<RewardScores, ModelError>> = Vec::with_capacity(items.len());
+    let mut results: Vec<Result<RewardScores, ModelError>> = Vec::with_capacity(fitted.len());
     let mut outputs_iter = match outputs {
         Ok(o) => o.into_iter(),
         Err(e) => {
             let message = e.to_string();
-            return (0..items.len())
+            return (0..fitted.len())
                 .map(|_| Err(ModelError::Judge(message.clone())))
                 .collect();
         }
@@ -204,6 +236,12 @@ impl RewardModel for SequenceClassifierReward {
             v.into_iter().map(f64::from).collect()
         })
     }
+    fn score_texts(&self, texts: &[&str]) -> Vec<Result<RewardScores, ModelError>> {
+        let fitted = fit_texts(&self.model, texts, self.context);
+        run_fitted(&self.model, fitted, |v| {
+            v.into_iter().map(f64::from).collect()
+        })
+    }
 }
 
 impl RewardModel for NextTokenLogitReward {
@@ -223,5 +261,10 @@ impl RewardModel for NextTokenLogitReward {
         score_batch_with(&self.model, items, self.context, self.overlength, |v| {
             vec![f64::from(v[index])]
         })
+    }
+    fn score_texts(&self, texts: &[&str]) -> Vec<Result<RewardScores, ModelError>> {
+        let index = self.index;
+        let fitted = fit_texts(&self.model, texts, self.context);
+        run_fitted(&self.model, fitted, |v| vec![f64::from(v[index])])
     }
 }

@@ -66,4 +66,6 @@ pub struct RunSpec {
 pub struct Models {
     pub policy: Policy,
     pub reward: Arc<dyn RewardModel>,
+    /// Requests, retries and failures of the served models among them (zero when none is).
+    pub served: Arc<steerflow_models::served::ServedCounters>,
 }

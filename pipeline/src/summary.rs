@@ -28,6 +28,9 @@ pub struct StageCounters {
     pub finish_reasons: BTreeMap<String, u64>,
     pub pairs: u64,
     pub dropped: BTreeMap<String, u64>,
+    /// Requests to served models (policy, judge, reward server), counted once per process.
+    #[serde(default)]
+    pub served: steerflow_models::served::ServedStats,
 }
 
 impl StageCounters {
@@ -46,6 +49,7 @@ impl StageCounters {
         self.overlength_skipped += other.overlength_skipped;
         self.overlength_truncated += other.overlength_truncated;
         self.pairs += other.pairs;
+        self.served.add(other.served);
         for (k, v) in &other.finish_reasons {
             *self.finish_reasons.entry(k.clone()).or_default() += v;
         }

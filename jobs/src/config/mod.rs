@@ -9,6 +9,7 @@
 
 pub mod dedup;
 pub mod sections;
+pub mod served;
 
 pub use crate::error::ConfigError;
 use crate::kinds::KindSections;

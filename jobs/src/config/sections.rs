@@ -161,6 +161,9 @@ pub struct PolicySection {
     /// `model` (the model's own template), `nemo-steerlm` (NeMo's SteerLM format, for models
     /// trained on it), or a path to a `.jinja` file.
     pub chat_template: String,
+    /// The policy behind a server: `model` is then read only for its tokenizer and chat
+    /// template (docs/served.md).
+    pub served: Option<super::served::ServedSection>,
 }
 
 impl Default for PolicySection {
@@ -168,6 +171,7 @@ impl Default for PolicySection {
         Self {
             model: "default".into(),
             chat_template: "model".into(),
+            served: None,
         }
     }
 }
@@ -327,6 +331,9 @@ pub struct RewardSection {
     /// Ranks the reward model's decoder is split over (tensor parallelism): threads on the CPU,
     /// GPUs over NCCL with `job.device = "cuda"`. Checkpoint reward models only.
     pub tensor_parallel: usize,
+    /// The reward model behind a server: the judge over `/completions` log-probabilities, or a
+    /// reward server (`classify`, `openrlhf`); docs/served.md.
+    pub served: Option<super::served::ServedSection>,
 }
 
 impl Default for RewardSection {
@@ -340,6 +347,7 @@ impl Default for RewardSection {
             overlength: OverlengthSetting::Skip,
             chat_template: "model".into(),
             tensor_parallel: 1,
+            served: None,
         }
     }
 }

@@ -137,7 +137,7 @@ pub fn run_report(config: &Common, cluster: ClusterSpec) -> Result<RunReport, Jo
         format!(
             "Iterative-DPO pairs: {} samples per prompt from `{}`, scored by `{}`, goodness preset `{}`.",
             config.sampling.samples_per_prompt,
-            models.policy.model().id(),
+            models.policy.id(),
             models.reward.id(),
             config.goodness.preset.as_str()
         )

@@ -1,9 +1,12 @@
-"""An HTTP proxy that injects faults between steerflow and an object store (tests only).
+"""An HTTP proxy that injects faults between steerflow and a server: an object store, or a
+model server (tests only).
 
 usage: faulty_proxy.py LISTEN_PORT UPSTREAM_PORT [--fail-every N] [--reset-every N]
-       [--slow-every N --slow-seconds S] [--drop-create-replies] [--down-after N]
+       [--throttle-every N] [--slow-every N --slow-seconds S] [--drop-create-replies]
+       [--down-after N]
 
 --fail-every N        every N-th request is answered 503 SlowDown without reaching the store
+--throttle-every N    every N-th request is answered 429 with `Retry-After: 1`
 --reset-every N       every N-th request: the connection is closed with no reply
 --slow-every N        every N-th request waits S seconds before it is forwarded
 --drop-create-replies a conditional create (If-None-Match: *) reaches the store, then its
@@ -23,6 +26,7 @@ def main():
     p.add_argument("upstream", type=int)
     p.add_argument("--fail-every", type=int, default=0)
     p.add_argument("--reset-every", type=int, default=0)
+    p.add_argument("--throttle-every", type=int, default=0)
     p.add_argument("--slow-every", type=int, default=0)
     p.add_argument("--slow-seconds", type=float, default=0.0)
     p.add_argument("--drop-create-replies", action="store_true")
@@ -42,8 +46,10 @@ def main():
         def log_message(self, *a):
             pass
 
-        def reply(self, status, body=b""):
+        def reply(self, status, body=b"", headers=()):
             self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -60,6 +66,9 @@ def main():
             if args.fail_every and n % args.fail_every == 0:
                 count("503")
                 return self.reply(503, b"<Error><Code>SlowDown</Code></Error>")
+            if args.throttle_every and n % args.throttle_every == 0:
+                count("429")
+                return self.reply(429, b'{"error": "rate limited"}', [("Retry-After", "1")])
             if args.reset_every and n % args.reset_every == 0:
                 count("reset")
                 self.close_connection = True
@@ -69,7 +78,7 @@ def main():
                 count("slow")
                 time.sleep(args.slow_seconds)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-            up = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=60)
+            up = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=300)
             up.request(self.command, self.path, body=body, headers=headers)
             resp = up.getresponse()
             data = resp.read()

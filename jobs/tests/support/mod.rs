@@ -2,6 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod llama;
 pub mod runs;
 pub mod servers;
 

@@ -192,6 +192,17 @@ fn load_text(dir: &Path, config: &HfConfig) -> Result<Option<TextCodec>, ModelEr
     Ok(Some(TextCodec::new(tokenizer, template, eos_ids)))
 }
 
+/// The checkpoint's text side and context length (`max_position_embeddings`), read without
+/// loading a weight (a served model's local tokenizer and template).
+pub fn text_codec_of_checkpoint(dir: &Path) -> Result<(TextCodec, usize), ModelError> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+    let config: HfConfig = serde_json::from_str(&text)
+        .map_err(|e| bad(&config_path, format!("not a usable config: {e}")))?;
+    let codec = load_text(dir, &config)?.ok_or_else(|| bad(dir, "no tokenizer.json"))?;
+    Ok((codec, config.max_position_embeddings.unwrap_or(usize::MAX)))
+}
+
 impl HfModel {
     /// Loads the checkpoint in `dir` with the given head.
     pub fn load(dir: &Path, kind: HeadKind, device: &Device) -> Result<Self, ModelError> {

@@ -208,6 +208,10 @@ pub fn run_graph(
                 .probe_with(&probe);
         });
         timely_worker.step_while(|| !probe.done());
+        // The served models' counts are the process's: its first worker reports them.
+        if worker.index.is_multiple_of(spec.workers.max(1)) {
+            worker.counters.borrow_mut().served = worker.models.served.snapshot();
+        }
         let counters = worker.counters.borrow().clone();
         // Worker 0 gets every worker's counters, of every process, for process 0's summary.
         let cluster_counters = collect(timely_worker, vec![counters.clone()], Gather::WorkerZero);

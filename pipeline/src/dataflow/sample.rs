@@ -78,14 +78,23 @@ fn sample_prompts(
         .iter()
         .map(|r| r.prompt_tokens.len() as u32)
         .collect();
+    let messages: Vec<&[steerflow_operators::records::Message]> =
+        accepted.iter().map(|p| p.messages.as_slice()).collect();
     models.policy.generate_many(
         requests,
+        &messages,
         &spec.generation,
         &spec.engine,
         (
             |i, result| {
                 let prompt = &accepted[i];
                 match result {
+                    // A server that stayed down ends the run (nothing of this prompt is
+                    // committed, and the rerun samples it again).
+                    Err(e) if e.is_transient() => {
+                        worker.fail_unless_failed(crate::PipelineError::Model(e));
+                        return;
+                    }
                     Err(e) => out.push(reject(
                         prompt,
                         RejectReason::GenerationFailed,

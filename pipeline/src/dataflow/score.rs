@@ -35,6 +35,17 @@ fn score_samples(samples: Vec<Sample>, worker: &Worker) -> Vec<ScoredSample> {
         })
         .collect();
     let results = models.reward.score_batch(&items);
+    // A served reward model that stayed down ends the run: none of this prompt's samples go on
+    // (so no shard commits them), and the rerun scores them again.
+    if let Some(i) = results
+        .iter()
+        .position(|r| r.as_ref().is_err_and(|e| e.is_transient()))
+    {
+        if let Some(Err(e)) = results.into_iter().nth(i) {
+            worker.fail_unless_failed(crate::PipelineError::Model(e));
+        }
+        return Vec::new();
+    }
     let mut c = worker.counters.borrow_mut();
     let outcomes: Vec<Outcome> = results
         .into_iter()

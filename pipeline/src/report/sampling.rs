@@ -160,6 +160,16 @@ pub fn report_html(r: &SamplingReport<'_>) -> String {
     );
     let mut page = Page::new(r.title, &lead);
     page.throughput(&r.summary["timeline"]);
+    let served = &r.summary["served"];
+    if served["requests"].as_u64().unwrap_or(0) > 0 {
+        page.paragraph(
+            "served",
+            &format!(
+                "Served models: {} requests, {} retried after a transient failure, {} failed.",
+                served["requests"], served["retries"], served["failures"]
+            ),
+        );
+    }
     page.section("Scores");
     let goodness: Vec<f64> = r.responses.iter().map(|s| s.goodness).collect();
     page.push(&histogram(

@@ -129,6 +129,7 @@ pub(super) fn run_summary(f: RunFacts<'_>) -> serde_json::Value {
             "tokens_scored_per_second": per_second(c.tokens_scored, c.scoring_seconds, workers),
             "scoring_responses_per_second": per_second(c.samples_scored + c.samples_unscored, c.scoring_seconds, workers),
         },
+        "served": c.served,
         "files": f.files,
         "timeline": f.timeline,
     })

@@ -82,7 +82,7 @@ pub fn run_iterative_dpo(
     let input_identity = crate::input::input_identity(&files);
     tracing::info!(input = %redact_url(&spec.input), files = files.len(), "input");
     let ids = ModelIds {
-        policy: models.policy.model().id().to_string(),
+        policy: models.policy.id().to_string(),
         scorer: models.reward.id(),
         attribute_names: models.reward.attribute_names(),
     };
@@ -333,7 +333,7 @@ fn write_run(
             .iter()
             .flat_map(|o| o.samples.iter().map(|s| s.goodness)),
     );
-    let text = models.policy.model().text();
+    let text = models.policy.text();
     let render = |messages: &[steerflow_operators::records::Message]| text.render(messages, true);
     let mut files = Vec::new();
     for part in &settled.parts {

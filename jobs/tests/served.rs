@@ -1,0 +1,504 @@
+//! Served models against real servers on loopback: llama.cpp's `llama-server` (built by
+//! `scripts/test`) as the policy and the judge of an iterative-DPO run, behind the
+//! fault-injecting proxy, killed and resumed; and `steerflow serve` answering OpenRLHF's and
+//! vLLM's reward protocols with the scores `steerflow score` writes.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use support::llama::{http, llama_server};
+use support::runs::{committed_prompt_ids, run_job};
+use support::servers::{faulty_proxy, Server};
+use support::{python, workspace};
+
+/// The first eight demo prompts, in `dir`.
+fn prompts(dir: &Path) -> PathBuf {
+    let text =
+        std::fs::read_to_string(workspace().join("configs/data/demo-prompts.jsonl")).unwrap();
+    let path = dir.join("prompts.jsonl");
+    let lines: String = text.lines().take(8).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// An iterative-DPO job on eight demo prompts whose policy and judge are the server at `port`.
+fn served_job(dir: &Path, port: u16, output: &Path, retries: u32) -> PathBuf {
+    let prompts = prompts(dir);
+    let served = format!(
+        "url = \"http://127.0.0.1:{port}/v1\"\nserver = \"llama-cpp\"\nmax_in_flight = 4\nmax_retries = {retries}\ntimeout_seconds = 60\n"
+    );
+    let job = format!(
+        r#"[job]
+kind = "iterative-dpo"
+seed = 7
+workers = 1
+
+[input]
+path = "{prompts}"
+
+[policy]
+model = "default"
+
+[policy.served]
+{served}
+[sampling]
+samples_per_prompt = 2
+temperature = 0.8
+top_p = 0.95
+max_new_tokens = 16
+
+[reward]
+kind = "judge"
+model = "default"
+
+[reward.served]
+{served}
+[output]
+path = "{output}"
+shards = 4
+"#,
+        prompts = prompts.display(),
+        output = output.display(),
+    );
+    let path = dir.join("served.toml");
+    std::fs::write(&path, job).unwrap();
+    path
+}
+
+/// Every row of the parquet files under `dir`, read by pyarrow.
+fn parquet_rows(dir: &Path) -> Vec<Value> {
+    let script = "import json,sys,glob,pyarrow.parquet as pq\nrows=[]\nfor f in sorted(glob.glob(sys.argv[1]+'/**/*.parquet', recursive=True)): rows += pq.read_table(f).to_pylist()\nprint(json.dumps(rows, default=str))";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn summary(output: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap()
+}
+
+fn demo_prompt_ids() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(workspace().join("configs/data/demo-prompts.jsonl")).unwrap();
+    let mut ids: Vec<String> = text
+        .lines()
+        .take(8)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_demo_through_a_served_policy_and_judge_writes_valid_pairs_through_faults_and_a_kill() {
+    let server = llama_server(4);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Straight to the server.
+    let output = dir.path().join("direct");
+    let job = served_job(dir.path(), server.port, &output, 8);
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let rows = parquet_rows(&output.join("data"));
+    assert!(!rows.is_empty(), "no pairs");
+    for row in &rows {
+        let chosen = row["chosen"].as_array().unwrap();
+        let rejected = row["rejected"].as_array().unwrap();
+        assert_eq!(chosen.last().unwrap()["role"], "assistant");
+        assert_ne!(
+            chosen.last().unwrap()["content"],
+            rejected.last().unwrap()["content"]
+        );
+        assert!(row["chosen_score"].as_f64().unwrap() > row["rejected_score"].as_f64().unwrap());
+    }
+    let s = summary(&output);
+    assert!(
+        s["policy"]
+            .as_str()
+            .unwrap()
+            .starts_with("served:smollm2@http://127.0.0.1:"),
+        "{s}"
+    );
+    assert!(
+        s["scorer"]
+            .as_str()
+            .unwrap()
+            .starts_with("judge:served:smollm2@"),
+        "{s}"
+    );
+    // 8 prompts × 2 samples, and 5 questions per distinct response.
+    let served = &s["served"];
+    assert!(served["requests"].as_u64().unwrap() >= 16, "{s}");
+    assert_eq!(served["failures"], 0, "{s}");
+    let mut settled = committed_prompt_ids(
+        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap(),
+    );
+    settled.sort();
+    assert_eq!(settled, demo_prompt_ids());
+
+    // Through 429s, 503s, resets and slow replies: every prompt exactly once, with retries.
+    let proxy = faulty_proxy(
+        server.port,
+        &[
+            "--throttle-every",
+            "9",
+            "--fail-every",
+            "7",
+            "--reset-every",
+            "11",
+            "--slow-every",
+            "13",
+            "--slow-seconds",
+            "2",
+        ],
+    );
+    let faulty = dir.path().join("faulty");
+    let job = served_job(dir.path(), proxy.port, &faulty, 8);
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let s = summary(&faulty);
+    assert!(s["served"]["retries"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["served"]["failures"], 0, "{s}");
+    let mut settled = committed_prompt_ids(
+        &steerflow_pipeline::storage::Location::parse(faulty.to_str().unwrap(), true).unwrap(),
+    );
+    settled.sort();
+    assert_eq!(settled, demo_prompt_ids());
+
+    // Killed mid-run (aborted, like SIGKILL, once its second shard is committed), then rerun:
+    // each prompt committed once.
+    let killed = dir.path().join("killed");
+    let job = served_job(dir.path(), server.port, &killed, 8);
+    let crashed = run_job(&job, &[("STEERFLOW_CRASH_AT", "shard-marker:2")]);
+    assert_ne!(crashed.code, Some(0), "{}", crashed.stderr);
+    assert!(!killed.join("summary.json").exists());
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut settled = committed_prompt_ids(
+        &steerflow_pipeline::storage::Location::parse(killed.to_str().unwrap(), true).unwrap(),
+    );
+    settled.sort();
+    assert_eq!(settled, demo_prompt_ids());
+}
+
+#[test]
+fn a_server_that_stays_down_ends_the_run_as_transient_with_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = llama_server(1);
+    // Everything after the model list is answered 503.
+    let proxy = faulty_proxy(server.port, &["--down-after", "2"]);
+    let output = dir.path().join("out");
+    let job = served_job(dir.path(), proxy.port, &output, 2);
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, Some(4), "{}", run.stderr);
+    assert!(run.stderr.contains("transient"), "{}", run.stderr);
+    assert!(!output.join("summary.json").exists());
+    assert!(committed_prompt_ids(
+        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap()
+    )
+    .is_empty());
+}
+
+/// The served judge rates as the in-process judge on the same GGUF: within 0.3 on the 0..4 scale
+/// for every rating and 0.15 on average. Both read the same Q8_0 weights, but quantise the
+/// activations differently (llama.cpp per block of 32, steerflow's int8 kernel per row) and sum
+/// in other orders, and SmolLM2-135M's rating distribution is flat (its likeliest digit has
+/// about 0.23), so logit differences of a few hundredths move a rating by tenths: steerflow's
+/// own CPU paths (int8, candle's Q8_0, weights dequantised to f32) differ among themselves by up
+/// to 0.24 on these questions, and llama-server's by up to 0.09 between runs (batching).
+#[test]
+fn the_served_judge_agrees_with_the_in_process_judge() {
+    use steerflow::config::sections::{RewardKind, RewardSection};
+    use steerflow::config::served::{ServedSection, ServerSetting};
+    use steerflow_operators::records::Message;
+    let server = llama_server(2);
+    let counters = Arc::new(steerflow_models::served::ServedCounters::default());
+    let local = RewardSection {
+        kind: RewardKind::Judge,
+        model: "default".into(),
+        ..Default::default()
+    };
+    let served = RewardSection {
+        served: Some(ServedSection {
+            url: format!("http://127.0.0.1:{}/v1", server.port),
+            server: ServerSetting::LlamaCpp,
+            // One question at a time: the server's numbers then do not depend on batching.
+            max_in_flight: 1,
+            ..Default::default()
+        }),
+        ..local.clone()
+    };
+    let device = steerflow::config::sections::Device::Cpu;
+    let in_process = steerflow::models::load_reward_model(&local, None, device, &counters).unwrap();
+    let over_http = steerflow::models::load_reward_model(&served, None, device, &counters).unwrap();
+    let conversation = vec![Message::new("user", "What is the capital of France?")];
+    let responses = [
+        "The capital of France is Paris.",
+        "I think it might be Lyon, but I am not sure.",
+        "Paris. It has been the capital for centuries and is its largest city.",
+    ];
+    let items: Vec<(&[Message], &str)> = responses
+        .iter()
+        .map(|r| (conversation.as_slice(), *r))
+        .collect();
+    let a = in_process.score_batch(&items);
+    let b = over_http.score_batch(&items);
+    let mut differences = Vec::new();
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+        assert_eq!(y.attributes.len(), 5);
+        for (p, q) in x.attributes.iter().zip(&y.attributes) {
+            eprintln!("in process {p:.4}  served {q:.4}");
+            differences.push((p - q).abs());
+        }
+    }
+    let worst = differences.iter().copied().fold(0.0, f64::max);
+    let mean = differences.iter().sum::<f64>() / differences.len() as f64;
+    eprintln!("served judge vs in-process: largest difference {worst:.4}, mean {mean:.4}");
+    assert!(
+        worst < 0.3 && mean < 0.15,
+        "served judge differs by {worst} (mean {mean})"
+    );
+}
+
+/// `steerflow score`'s scores of `conversations` (written to `input` first), per attribute.
+fn steerflow_score(
+    fixture: &Path,
+    conversations: &[Value],
+    input: &Path,
+    dir: &Path,
+) -> Vec<Vec<f64>> {
+    let lines: String = conversations
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            serde_json::json!({"id": format!("c{k}"), "messages": c["messages"]}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(input, lines).unwrap();
+    let scored = dir.join("scores.parquet");
+    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(["score", "--reward-model"])
+        .arg(fixture)
+        .args([
+            "--kind",
+            "sequence-classification",
+            "--attributes",
+            "helpsteer2",
+            "--input",
+        ])
+        .arg(input)
+        .arg("--output")
+        .arg(&scored)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
+    let read = Command::new(python())
+        .args(["-c", script])
+        .arg(&scored)
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    rows.iter()
+        .map(|r| {
+            ATTRIBUTES
+                .iter()
+                .map(|a| r["scores"][a].as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// The attributes a `filter-rank` job writes for `input`, scoring in process or through the
+/// `steerflow serve` on `port`.
+fn filter_rank_scores(
+    fixture: &Path,
+    input: &Path,
+    dir: &Path,
+    port: Option<u16>,
+) -> Vec<Vec<f64>> {
+    let output = dir.join(if port.is_some() { "through" } else { "local" });
+    let served_section = if let Some(port) = port {
+        format!("[reward.served]\nurl = \"http://127.0.0.1:{port}/classify\"\nprotocol = \"classify\"\nmodel = \"seqcls5\"\n")
+    } else {
+        String::new()
+    };
+    let job = format!(
+        "[job]\nkind = \"filter-rank\"\n[input]\npath = \"{input}\"\n[reward]\nkind = \"sequence-classification\"\nmodel = \"{fixture}\"\nattributes = \"helpsteer2\"\n{served_section}[output]\npath = \"{out}\"\n",
+        input = input.display(),
+        fixture = fixture.display(),
+        out = output.display()
+    );
+    let path = dir.join("filter.toml");
+    std::fs::write(&path, job).unwrap();
+    let run = run_job(&path, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let summary = std::fs::read_to_string(output.join("summary.json")).unwrap();
+    assert_eq!(
+        summary.contains("served-reward:seqcls5@"),
+        port.is_some(),
+        "{summary}"
+    );
+    let mut rows = parquet_rows(&output.join("data"));
+    rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    rows.iter()
+        .map(|r| {
+            ATTRIBUTES
+                .iter()
+                .map(|a| {
+                    r["attributes"][*a]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{r}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `steerflow serve` on a port of its choosing; the port it printed.
+fn steerflow_serve(fixture: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steerflow"))
+        .args(["serve", "--reward-model"])
+        .arg(fixture)
+        .args([
+            "--kind",
+            "sequence-classification",
+            "--attributes",
+            "helpsteer2",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--model-name", "seqcls5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"));
+    Server::new(child, port)
+}
+
+const ATTRIBUTES: [&str; 5] = [
+    "helpfulness",
+    "correctness",
+    "coherence",
+    "complexity",
+    "verbosity",
+];
+
+#[test]
+fn steerflow_serve_answers_both_protocols_with_the_scores_of_steerflow_score() {
+    let fixture = workspace().join("tests/fixtures/hf/llama-seqcls5-f32");
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("conversations.json")).unwrap())
+            .unwrap();
+    let conversations: Vec<Value> = golden["conversations"].as_array().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let want = steerflow_score(&fixture, &conversations, &input, dir.path());
+    // The texts OpenRLHF would send: each conversation in the model's chat format.
+    let (codec, _) = steerflow_models::hf::text_codec_of_checkpoint(&fixture).unwrap();
+    let texts: Vec<String> = conversations
+        .iter()
+        .map(|c| {
+            let messages: Vec<steerflow_operators::records::Message> =
+                serde_json::from_value(c["messages"].clone()).unwrap();
+            codec.render(&messages, false).unwrap()
+        })
+        .collect();
+
+    let mut server = steerflow_serve(&fixture);
+    let port = server.port;
+    assert_eq!(http("GET", port, "/health", "").0, 200);
+    // Eight concurrent clients, each asking both protocols about every conversation.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for (k, c) in conversations.iter().enumerate() {
+                    let body = serde_json::json!({"model": "seqcls5", "messages": c["messages"], "use_activation": false});
+                    let (status, reply) = http("POST", port, "/classify", &body.to_string());
+                    assert_eq!(status, 200, "{reply}");
+                    let reply: Value = serde_json::from_str(&reply).unwrap();
+                    let probs = reply["data"][0]["probs"].as_array().unwrap();
+                    for (j, p) in probs.iter().enumerate() {
+                        let got = p.as_f64().unwrap();
+                        assert!((got - want[k][j]).abs() <= 1e-6, "classify c{k} {}: {got} vs {}", ATTRIBUTES[j], want[k][j]);
+                    }
+                }
+                let body = serde_json::json!({"query": texts, "prompts": [], "labels": []});
+                let (status, reply) = http("POST", port, "/get_reward", &body.to_string());
+                assert_eq!(status, 200, "{reply}");
+                let reply: Value = serde_json::from_str(&reply).unwrap();
+                for (k, r) in reply["rewards"].as_array().unwrap().iter().enumerate() {
+                    assert!((r.as_f64().unwrap() - want[k][0]).abs() <= 1e-6);
+                    let verbosity = reply["extra_logs"]["verbosity"][k].as_f64().unwrap();
+                    assert!((verbosity - want[k][4]).abs() <= 1e-6);
+                }
+            });
+        }
+    });
+    // A bad request names what is wrong; the metrics count what was served.
+    let (status, reply) = http(
+        "POST",
+        port,
+        "/classify",
+        r#"{"messages": [{"role": "user", "content": "q"}]}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(reply.contains("assistant"), "{reply}");
+    let (_, metrics) = http("GET", port, "/metrics", "");
+    assert!(
+        metrics.contains("steerflow_serve_items_total 64"),
+        "{metrics}"
+    );
+
+    // A job scoring through the server writes the scores of in-process scoring.
+    let local = filter_rank_scores(&fixture, &input, dir.path(), None);
+    let through = filter_rank_scores(&fixture, &input, dir.path(), Some(port));
+    assert_eq!(local.len(), conversations.len());
+    for (a, b) in local.iter().zip(&through) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
+        }
+    }
+
+    // SIGTERM: a graceful shutdown.
+    Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+}
