@@ -39,7 +39,7 @@ pub fn score_file(
         Vec::with_capacity(source.prompts.len());
     for chunk in source.prompts.chunks(SCORE_BATCH) {
         let items: Vec<(&[Message], &str)> = chunk.iter().map(split_response).collect();
-        results.extend(reward.score_batch(&items));
+        results.extend(crate::store_run::score_items(reward, &items)?);
     }
     let batch = scores_batch(&source.prompts, &results, reward)?;
     let (location, file) = Location::parse_file(output)?;

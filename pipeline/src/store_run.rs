@@ -57,6 +57,26 @@ impl<T> Default for Parsed<T> {
     }
 }
 
+/// Scores `items` with `reward`; a served model that stayed unavailable through its retries
+/// fails the whole call (the shard is not committed and the run ends as transient), while any
+/// other failure stays with its item.
+pub fn score_items(
+    reward: &dyn steerflow_models::RewardModel,
+    items: &[(&[steerflow_operators::records::Message], &str)],
+) -> Result<Vec<Result<steerflow_models::RewardScores, steerflow_models::ModelError>>, PipelineError>
+{
+    let mut results = reward.score_batch(items);
+    if let Some(i) = results
+        .iter()
+        .position(|r| r.as_ref().is_err_and(|e| e.is_transient()))
+    {
+        if let Err(e) = results.swap_remove(i) {
+            return Err(PipelineError::Model(e));
+        }
+    }
+    Ok(results)
+}
+
 /// Reads `file` through the one record reader (`values.rs`) and keys every record: its id (`id`,
 /// else `line-N` / `row-N`), the digest of its content, and the route `parse` gives (`None`: the
 /// id). A record that `parse` refuses becomes a reject naming its field, reason and id.

@@ -167,7 +167,7 @@ impl StoreJob for FilterRank<'_> {
             })
             .collect();
         let width = self.reward.attribute_names().len();
-        let scores = self.reward.score_batch(&split);
+        let scores = steerflow_pipeline::store_run::score_items(self.reward, &split)?;
         Ok(rows
             .iter()
             .zip(&split)

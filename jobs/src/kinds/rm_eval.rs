@@ -178,9 +178,7 @@ impl StoreJob for RmEval<'_> {
                 ]
             })
             .collect();
-        let scores: Vec<f64> = self
-            .reward
-            .score_batch(&items)
+        let scores: Vec<f64> = steerflow_pipeline::store_run::score_items(self.reward, &items)?
             .into_iter()
             .map(|r| {
                 r.map(|s| scalar_score(&s.attributes, &self.goodness))

@@ -271,7 +271,7 @@ impl StoreJob for Annotate<'_> {
             .zip(&contexts)
             .map(|(&(ci, k), ctx)| (ctx.as_slice(), conversations[ci].item.turns[k].1.as_str()))
             .collect();
-        let results = self.reward.score_batch(&items);
+        let results = steerflow_pipeline::store_run::score_items(self.reward, &items)?;
         let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); conversations.len()];
         let mut records: Vec<Value> = conversations
             .iter()

@@ -10,7 +10,7 @@
 use super::client::Client;
 use super::policy::served_model_name;
 use super::wire::{self, Candidate, CompletionRequest, Prompt};
-use super::{CompletionApi, Endpoint, ServedCounters};
+use super::{CompletionApi, Endpoint, Outage, ServedCounters};
 use crate::judge::{question_tokens, rating_token_ids, JudgeAttribute};
 use crate::text::TextCodec;
 use crate::{ModelError, RewardModel, RewardScores};
@@ -202,18 +202,18 @@ impl RewardModel for ServedJudge {
             }
         }
         let positions: Vec<(usize, usize)> = questions.iter().map(|(i, a, _)| (*i, *a)).collect();
-        let stopped = std::cell::Cell::new(false);
+        let outage = Outage::default();
         self.client.run_bounded(
             questions,
             |(_, _, tokens)| self.rate(tokens),
             |k, result| {
                 let (i, a) = positions[k];
                 if let Err(e) = &result {
-                    stopped.set(stopped.get() || e.is_transient());
+                    outage.note(e);
                 }
                 results[i][a] = Some(result);
             },
-            || stopped.get(),
+            || outage.happened(),
         );
         results
             .into_iter()
@@ -222,11 +222,7 @@ impl RewardModel for ServedJudge {
                 let mut tokens_run = 0;
                 for r in ratings {
                     let (rating, tokens) = r.unwrap_or_else(|| {
-                        Err(ModelError::Served {
-                            endpoint: self.client.endpoint().redacted(),
-                            message: "not rated: the server stayed unavailable".into(),
-                            transient: true,
-                        })
+                        Err(outage.unanswered(self.client.endpoint().redacted()))
                     })?;
                     attributes.push(rating.expected);
                     tokens_run += tokens;

@@ -183,6 +183,38 @@ impl ServedCounters {
     }
 }
 
+/// The first transient failure among a batch of requests: once there is one, no further request
+/// starts, and the items left unanswered fail with its message.
+#[derive(Default)]
+pub(crate) struct Outage(std::cell::RefCell<Option<String>>);
+
+impl Outage {
+    pub fn note(&self, error: &ModelError) {
+        if let ModelError::Served {
+            message,
+            transient: true,
+            ..
+        } = error
+        {
+            self.0.borrow_mut().get_or_insert_with(|| message.clone());
+        }
+    }
+
+    pub fn happened(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// The error of an item that was never answered.
+    pub fn unanswered(&self, endpoint: String) -> ModelError {
+        let cause = self.0.borrow().clone().unwrap_or_else(|| "no reply".into());
+        ModelError::Served {
+            endpoint,
+            message: format!("not answered after an earlier request failed: {cause}"),
+            transient: true,
+        }
+    }
+}
+
 /// The tokenizer, chat template and context length of a served model, read from its local
 /// files (a GGUF's metadata, a checkpoint's tokenizer files) without loading a weight.
 pub fn local_text(location: &ModelLocation) -> Result<(TextCodec, usize), ModelError> {

@@ -8,7 +8,7 @@
 //!   model's local chat template → `rewards`, one number per text.
 
 use super::client::Client;
-use super::{Endpoint, ServedCounters};
+use super::{Endpoint, Outage, ServedCounters};
 use crate::text::TextCodec;
 use crate::{ModelError, RewardModel, RewardScores};
 use serde_json::{json, Value};
@@ -137,10 +137,10 @@ impl RewardModel for ServedReward {
     fn score_batch(&self, items: &[(&[Message], &str)]) -> Vec<Result<RewardScores, ModelError>> {
         let mut out: Vec<Option<Result<Vec<f64>, ModelError>>> =
             items.iter().map(|_| None).collect();
-        let stopped = std::cell::Cell::new(false);
+        let outage = Outage::default();
         let mut record = |i: usize, r: Result<Vec<f64>, ModelError>| {
             if let Err(e) = &r {
-                stopped.set(stopped.get() || e.is_transient());
+                outage.note(e);
             }
             out[i] = Some(r);
         };
@@ -149,7 +149,7 @@ impl RewardModel for ServedReward {
                 items.to_vec(),
                 |(c, r)| self.classify(c, r),
                 &mut record,
-                || stopped.get(),
+                || outage.happened(),
             ),
             RewardProtocol::OpenRlhf(text) => {
                 let mut chunks: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
@@ -192,19 +192,14 @@ impl RewardModel for ServedReward {
                             }
                         }
                     },
-                    || stopped.get(),
+                    || outage.happened(),
                 );
             }
         }
         out.into_iter()
             .map(|r| {
-                let attributes = r.unwrap_or_else(|| {
-                    Err(ModelError::Served {
-                        endpoint: self.client.endpoint().redacted(),
-                        message: "not scored: the server stayed unavailable".into(),
-                        transient: true,
-                    })
-                })?;
+                let attributes =
+                    r.unwrap_or_else(|| Err(outage.unanswered(self.client.endpoint().redacted())))?;
                 Ok(RewardScores {
                     attributes,
                     tokens_run: 0,
