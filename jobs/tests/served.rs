@@ -524,3 +524,72 @@ fn a_scoring_job_whose_reward_server_stays_down_ends_as_transient() {
     assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
     assert!(!output.join("summary.json").exists());
 }
+
+/// The served policy on both routes: a sample is a function of its seed (the same seeds give
+/// the same texts, one request at a time), and the chat route gets the server's own template.
+#[test]
+fn served_samples_follow_their_seeds_on_both_routes() {
+    use steerflow_models::engine::{EngineLimits, GenerationRequest};
+    use steerflow_models::generation::GenerationParams;
+    use steerflow_models::policy::Policy;
+    use steerflow_models::served::policy::ServedPolicy;
+    use steerflow_models::served::{local_text, CompletionApi, Endpoint, ServerKind};
+    use steerflow_operators::records::Message;
+    let server = llama_server(2);
+    let location = steerflow_models::registry::locate_model("default").unwrap();
+    let messages = vec![Message::new("user", "Name a colour.")];
+    let params = GenerationParams {
+        sampling: steerflow_kernels::sampling::SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+        },
+        max_new_tokens: 12,
+        stop: Vec::new(),
+    };
+    for api in [CompletionApi::Completions, CompletionApi::Chat] {
+        let mut endpoint = Endpoint::new(
+            &format!("http://127.0.0.1:{}/v1", server.port),
+            ServerKind::LlamaCpp,
+        );
+        endpoint.api = api;
+        endpoint.max_in_flight = 1;
+        let (text, context) = local_text(&location).unwrap();
+        let counters = Arc::new(steerflow_models::served::ServedCounters::default());
+        let policy = Policy::served(
+            ServedPolicy::connect(endpoint, text, context, counters.clone()).unwrap(),
+        );
+        let tokens = policy.prompt_tokens(&messages).unwrap();
+        let sample = |seeds: Vec<u64>| {
+            let mut out = None;
+            let request = GenerationRequest {
+                prompt_tokens: tokens.clone(),
+                seeds,
+            };
+            policy.generate_many(
+                vec![request],
+                &[messages.as_slice()],
+                &params,
+                &EngineLimits::default(),
+                (|_, r| out = Some(r), |_| {}),
+                || false,
+            );
+            let (generations, work) = out.unwrap().unwrap();
+            assert!(work.tokens_decoded > 0 && work.prompt_tokens_prefilled > 0);
+            generations.into_iter().map(|g| g.text).collect::<Vec<_>>()
+        };
+        let first = sample(vec![1, 2, 3, 4]);
+        assert_eq!(
+            first,
+            sample(vec![1, 2, 3, 4]),
+            "{api:?}: the same seeds, other texts"
+        );
+        let distinct: std::collections::BTreeSet<&String> = first.iter().collect();
+        assert!(
+            distinct.len() > 1,
+            "{api:?}: four seeds, one text: {first:?}"
+        );
+        // Four samples, one request each.
+        assert_eq!(counters.snapshot().requests, 1 + 8);
+    }
+}
