@@ -24,6 +24,11 @@ pub fn default_gguf() -> PathBuf {
 
 /// `llama-server` serving the default GGUF as `smollm2` with `slots` parallel slots.
 pub fn llama_server(slots: usize) -> Server {
+    llama_server_with(&default_gguf(), slots, &[])
+}
+
+/// `llama-server` serving `model` as `smollm2` with `slots` parallel slots and `extra` flags.
+pub fn llama_server_with(model: &std::path::Path, slots: usize, extra: &[&str]) -> Server {
     let bin = workspace().join("target/llama.cpp/build-quick/bin/llama-server");
     assert!(
         bin.exists(),
@@ -33,10 +38,11 @@ pub fn llama_server(slots: usize) -> Server {
     let port = free_port();
     let mut child = Command::new(bin)
         .arg("-m")
-        .arg(default_gguf())
+        .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--alias", "smollm2", "-np", &slots.to_string()])
         .args(["-c", &(2048 * slots).to_string(), "-t", "2", "--no-webui"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,0 +1,186 @@
+//! Greedy decoding through steerflow's GGUF forward gives llama.cpp's own tokens on the same
+//! files: the tiny `qwen2` and `qwen3` GGUF fixtures (f32 and Q8_0, written from the tiny
+//! checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
+//! `scripts/test`) with greedy sampling, no prompt cache, an f32 KV cache and no flash
+//! attention; and the log-probabilities after each prompt agree.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::qlinear::CpuMatmul;
+use steerflow_models::LanguageModel;
+use support::llama::{http, llama_server_with};
+use support::workspace;
+
+const STEPS: usize = 8;
+
+/// llama.cpp's greedy continuation of `prompt`: `STEPS` tokens, or fewer ending with an
+/// end-of-sequence token. `ignore_eos` is not used: it bans end tokens, which
+/// would change the argmax wherever one is the likeliest.
+fn llama_cpp_greedy(port: u16, prompt: &[u32]) -> Vec<u32> {
+    let body = serde_json::json!({
+        "prompt": prompt, "n_predict": STEPS, "temperature": 0.0, "cache_prompt": false,
+        "return_tokens": true, "top_k": 1,
+    });
+    let (status, reply) = http("POST", port, "/completion", &body.to_string());
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    reply["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tokens in {reply}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// llama.cpp's log-probabilities of every token after `prompt` (`n_probs` = the vocabulary);
+/// `None` when the server holds its first token back (an incomplete UTF-8 sequence, for which
+/// it reports no probabilities).
+fn llama_cpp_logprobs(port: u16, prompt: &[u32], vocab: usize) -> Option<Vec<f64>> {
+    let body = serde_json::json!({
+        "prompt": prompt, "n_predict": 1, "temperature": 0.0, "cache_prompt": false,
+        "top_k": 1, "n_probs": vocab,
+    });
+    let (status, reply) = http("POST", port, "/completion", &body.to_string());
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    let mut out = vec![f64::NEG_INFINITY; vocab];
+    for c in reply["completion_probabilities"][0]["top_logprobs"].as_array()? {
+        out[c["id"].as_u64().unwrap() as usize] = c["logprob"].as_f64().unwrap();
+    }
+    Some(out)
+}
+
+/// The largest difference between steerflow's log-probabilities after `prompt` and `theirs`.
+fn logprob_difference(model: &GgufLlama, prompt: &[u32], theirs: &[f64]) -> f64 {
+    let logits: Vec<f32> = model.start().extend(prompt).unwrap().to_vec1().unwrap();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_total = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln();
+    logits
+        .iter()
+        .zip(theirs)
+        .map(|(&l, t)| (l as f64 - max - log_total - t).abs())
+        .fold(0.0, f64::max)
+}
+
+/// steerflow's greedy continuation, and the gap between the two largest logits at each step.
+fn steerflow_greedy(model: &GgufLlama, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
+    let mut session = model.start();
+    let mut logits: Vec<f32> = session.extend(prompt).unwrap().to_vec1().unwrap();
+    let (mut tokens, mut gaps) = (Vec::new(), Vec::new());
+    for _ in 0..STEPS {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        gaps.push(logits[order[0]] - logits[order[1]]);
+        tokens.push(order[0] as u32);
+        logits = session
+            .extend(&[order[0] as u32])
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+    }
+    (tokens, gaps)
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp_on_the_qwen_gguf_fixtures() {
+    let fixtures = workspace().join("tests/fixtures");
+    // f32 files: both sides compute in f32 (llama.cpp's KV cache set to f32 and its flash
+    // attention, which rounds to f16 on the CPU, off), so only the order of sums differs.
+    // Q8_0 files through candle's kernel: the same weights and the same activation quantisation
+    // as llama.cpp (8 bits per block of 32). Q8_0 files through steerflow's int8 kernel: the
+    // same weights, activations quantised per row (log-probabilities within 0.05 of llama.cpp's,
+    // measured). A step whose top two logits are closer than `tie` may go either way, and the
+    // comparison of that input stops there; `tie` is twice the largest log-probability
+    // difference allowed, and checked, after each prompt.
+    for (case, file, kernel, tie) in [
+        ("qwen2-f32", "qwen2-f32.gguf", CpuMatmul::Int8, 1e-4f32),
+        ("qwen3-f32", "qwen3-f32.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen2-f32", "qwen2-q8_0.gguf", CpuMatmul::Candle, 1e-4),
+        ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Candle, 1e-4),
+        ("qwen2-f32", "qwen2-q8_0.gguf", CpuMatmul::Int8, 0.12),
+        ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Int8, 0.12),
+    ] {
+        let path = fixtures.join("gguf").join(file);
+        let golden: Value = serde_json::from_slice(
+            &std::fs::read(fixtures.join("hf").join(case).join("golden.json")).unwrap(),
+        )
+        .unwrap();
+        let server = llama_server_with(
+            &path,
+            1,
+            &[
+                "--cache-type-k",
+                "f32",
+                "--cache-type-v",
+                "f32",
+                "--flash-attn",
+                "off",
+            ],
+        );
+        let model = GgufLlama::load_with(&path, &candle_core::Device::Cpu, kernel).unwrap();
+        let (mut compared, mut checked) = (0, 0);
+        for input in golden["inputs"].as_array().unwrap() {
+            let prompt: Vec<u32> = input
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            let vocab = model.start().extend(&prompt).unwrap().dims1().unwrap();
+            if let Some(logprobs) = llama_cpp_logprobs(server.port, &prompt, vocab) {
+                let d = logprob_difference(&model, &prompt, &logprobs);
+                eprintln!("{file} ({kernel:?}): log-probabilities within {d:.2e} of llama.cpp's");
+                assert!(
+                    d < f64::from(tie) / 2.0,
+                    "{file} ({kernel:?}): log-probabilities differ by {d}"
+                );
+                checked += 1;
+            }
+            let theirs = llama_cpp_greedy(server.port, &prompt);
+            let (ours, gaps) = steerflow_greedy(&model, &prompt);
+            for step in 0..STEPS {
+                if step == theirs.len() {
+                    // llama.cpp stops after an end-of-sequence token (which it returns).
+                    let last = theirs.last().copied().unwrap_or_default();
+                    assert!(
+                        model.text().is_eos(last),
+                        "{file} ({kernel:?}): llama.cpp stopped after {last}"
+                    );
+                    break;
+                }
+                if gaps[step] < tie {
+                    eprintln!(
+                        "{file} ({kernel:?}): a near tie at step {step} ({}); compared up to it",
+                        gaps[step]
+                    );
+                    break;
+                }
+                assert_eq!(
+                    ours[step], theirs[step],
+                    "{file} ({kernel:?}): step {step}: ours {ours:?}, llama.cpp {theirs:?}"
+                );
+                compared += 1;
+            }
+        }
+        eprintln!("{file} ({kernel:?}): {compared} greedy tokens equal to llama.cpp's");
+        // The tiny random models' top logits are often within 0.12 of each other, so the int8
+        // kernel's greedy comparison stops early; its log-probability bound is the check.
+        let needed = if tie > 1e-3 { 1 } else { STEPS };
+        assert!(
+            compared >= needed,
+            "{file} ({kernel:?}): too few steps compared ({compared})"
+        );
+        assert!(
+            checked > 0,
+            "{file} ({kernel:?}): no log-probabilities compared"
+        );
+    }
+}
