@@ -74,6 +74,11 @@ pub fn load_language_model(
 /// The tokenizer and chat template (`template`, as `policy.chat_template`) and context length
 /// of a served model, from the local files `spec` names.
 fn served_text(spec: &str, template: &str) -> Result<(TextCodec, usize), JobError> {
+    if spec == "policy" {
+        return Err(invalid(
+            "a served judge or OpenRLHF reward server renders its texts locally: set reward.model to the served model's local files (a GGUF or checkpoint directory, for its tokenizer and chat template), not `policy`",
+        ));
+    }
     let (text, context) = local_text(&locate_model(spec)?)?;
     let text = match template {
         "model" => text,
@@ -130,11 +135,6 @@ pub fn load_reward_model(
     counters: &Arc<ServedCounters>,
 ) -> Result<Arc<dyn RewardModel>, JobError> {
     if let Some(section) = &reward.served {
-        if reward.model == "policy" {
-            return Err(invalid(
-                "reward.served: set reward.model to the served model's local files (for its tokenizer and chat template), not `policy`",
-            ));
-        }
         return served_reward_model(reward, section, counters);
     }
     let names = reward_names(reward)?;
@@ -213,6 +213,14 @@ pub fn with_chat_template(
 pub fn load_models(config: &Common) -> Result<Models, JobError> {
     let served = Arc::new(ServedCounters::default());
     let device = devices(config.job.device, 1)?.remove(0);
+    // `reward.model = "policy"` names the policy's model when either is served: loaded here to
+    // judge, or read for its tokenizer and template.
+    let mut reward_section = config.reward.clone();
+    if reward_section.model == "policy"
+        && (config.policy.served.is_some() || reward_section.served.is_some())
+    {
+        reward_section.model = config.policy.model.clone();
+    }
     let (mut policy, reward) = match &config.policy.served {
         Some(section) => {
             let (text, context) = served_text(&config.policy.model, &config.policy.chat_template)?;
@@ -223,11 +231,6 @@ pub fn load_models(config: &Common) -> Result<Models, JobError> {
                 context,
                 served.clone(),
             )?);
-            // `reward.model = "policy"` names the policy's model, loaded here to judge.
-            let mut reward_section = config.reward.clone();
-            if reward_section.model == "policy" && reward_section.served.is_none() {
-                reward_section.model = config.policy.model.clone();
-            }
             let reward = load_reward_model(&reward_section, None, config.job.device, &served)?;
             (policy, reward)
         }
@@ -235,7 +238,7 @@ pub fn load_models(config: &Common) -> Result<Models, JobError> {
             let model = load_language_model(&config.policy.model, &device)?;
             // A judge that is the policy model rates with the model's own template.
             let reward =
-                load_reward_model(&config.reward, Some(&model), config.job.device, &served)?;
+                load_reward_model(&reward_section, Some(&model), config.job.device, &served)?;
             let policy_model = with_chat_template(model, &config.policy.chat_template)?;
             (Policy::new(policy_model), reward)
         }
@@ -254,16 +257,16 @@ pub fn load_models(config: &Common) -> Result<Models, JobError> {
     })
 }
 
-/// The reward model of a scoring-only job; `reward.model = "policy"` means `policy.model`.
-pub fn scoring_reward_model(config: &Common) -> Result<Arc<dyn RewardModel>, JobError> {
+/// The reward model of a scoring-only job (`reward.model = "policy"` means `policy.model`), and
+/// the counts of its requests when it is served.
+pub fn scoring_reward_model(
+    config: &Common,
+) -> Result<(Arc<dyn RewardModel>, Arc<ServedCounters>), JobError> {
     let mut reward_section = config.reward.clone();
     if reward_section.model == "policy" {
         reward_section.model = config.policy.model.clone();
     }
-    load_reward_model(
-        &reward_section,
-        None,
-        config.job.device,
-        &Arc::new(ServedCounters::default()),
-    )
+    let counters = Arc::new(ServedCounters::default());
+    let model = load_reward_model(&reward_section, None, config.job.device, &counters)?;
+    Ok((model, counters))
 }

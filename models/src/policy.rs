@@ -69,14 +69,6 @@ impl Policy {
         }
     }
 
-    /// The in-process model; `None` for a served policy.
-    pub fn model(&self) -> Option<&Arc<dyn LanguageModel>> {
-        match &self.backend {
-            Backend::InProcess(m) => Some(m),
-            Backend::Served(_) => None,
-        }
-    }
-
     /// SteerLM 2.0 sampling: prompts carry target attributes (`helpfulness:4,...`) through the
     /// template variable `steer_label`; a template that does not use it is refused, since the
     /// attributes would silently do nothing.
@@ -149,7 +141,7 @@ impl Policy {
             (|_, r| result = Some(r), |_| {}),
             || false,
         );
-        result.unwrap_or_else(|| Err(ModelError::Judge("the policy returned nothing".into())))
+        result.expect("every request is reported")
     }
 
     /// Samples many prompts: in process in continuous batches ([`crate::engine`]), or on the

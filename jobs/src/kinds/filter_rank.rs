@@ -115,6 +115,8 @@ pub struct ScoredRow {
 /// normalisation, top-k and the quantile apply over the whole run when it is finished.
 struct FilterRank<'a> {
     reward: &'a dyn RewardModel,
+    /// Requests to the reward server, when it is served (this launch's).
+    served: &'a steerflow_models::served::ServedCounters,
     goodness: BoundGoodness,
     normalization: Normalization,
     rules: FilterRules,
@@ -253,6 +255,7 @@ impl StoreJob for FilterRank<'_> {
         let summary = json!({
             "job": "filter-rank",
             "output": self.output,
+            "served": self.served.snapshot(),
             "scorer": self.reward.id(),
             "normalization": self.normalization.name(),
             "counts": Counts {
@@ -346,7 +349,7 @@ fn report_page(goodness: &[f64], outcome: &FilterOutcome, output: &str) -> Page 
 pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<Summary, JobError> {
     check(config, filter)?;
     let plan = plan(config)?;
-    let reward = scoring_reward_model(config)?;
+    let (reward, served) = scoring_reward_model(config)?;
     let names = reward.attribute_names();
     let scalar = names == ["reward"];
     if scalar && (plan.normalization == Normalization::Run || filter.quantile.is_some()) {
@@ -375,6 +378,7 @@ pub fn run(config: &Common, filter: &FilterSection, _: &ClusterSpec) -> Result<S
     };
     let job = FilterRank {
         reward: reward.as_ref(),
+        served: &served,
         goodness,
         normalization: plan.normalization,
         lineage: json!({

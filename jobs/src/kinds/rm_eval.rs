@@ -144,6 +144,8 @@ fn scalar_score(attributes: &[f64], goodness: &BoundGoodness) -> f64 {
 /// The evaluation on the run store.
 struct RmEval<'a> {
     reward: &'a dyn RewardModel,
+    /// Requests to the reward server, when it is served (this launch's).
+    served: &'a steerflow_models::served::ServedCounters,
     goodness: BoundGoodness,
     categories: BTreeMap<String, String>,
     lineage: Value,
@@ -231,6 +233,7 @@ impl StoreJob for RmEval<'_> {
         )?;
         let summary = json!({
             "job": "rm-eval", "scorer": self.reward.id(), "output": self.output,
+            "served": self.served.snapshot(),
             "counts": Counts { cases: cases.len() as u64, rejected: rejects.len() as u64 },
             "report": report,
         });
@@ -335,13 +338,14 @@ pub fn check(config: &Common, _: &Section) -> Result<(), JobError> {
 
 pub fn run(config: &Common, eval: &EvalSection, _: &ClusterSpec) -> Result<Summary, JobError> {
     let plan = plan(config)?;
-    let reward = scoring_reward_model(config)?;
+    let (reward, served) = scoring_reward_model(config)?;
     let goodness = plan
         .weights
         .bind(&reward.attribute_names())
         .map_err(|e| invalid(format!("goodness: {e}")))?;
     let job = RmEval {
         reward: reward.as_ref(),
+        served: &served,
         goodness,
         categories: eval.categories.map(),
         lineage: json!({

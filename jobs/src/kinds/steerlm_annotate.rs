@@ -215,6 +215,8 @@ pub struct Annotated {
 /// The annotation on the run store.
 struct Annotate<'a> {
     reward: &'a dyn RewardModel,
+    /// Requests to the reward server, when it is served (this launch's).
+    served: &'a steerflow_models::served::ServedCounters,
     default_label: &'a str,
     lineage: Value,
     output: &'a str,
@@ -344,6 +346,7 @@ impl StoreJob for Annotate<'_> {
         let defaulted = all.iter().filter(|t| t.defaulted).count();
         let summary = json!({
             "job": "steerlm-annotate", "scorer": self.reward.id(), "output": self.output,
+            "served": self.served.snapshot(),
             "counts": Counts {
                 conversations: annotated.len() as u64,
                 turns_labelled: (all.len() - defaulted) as u64,
@@ -476,9 +479,10 @@ pub fn run(
 ) -> Result<Summary, JobError> {
     check(config, annotate)?;
     let plan = plan(config)?;
-    let reward = scoring_reward_model(config)?;
+    let (reward, served) = scoring_reward_model(config)?;
     let job = Annotate {
         reward: reward.as_ref(),
+        served: &served,
         default_label: &annotate.default_label,
         lineage: json!({
             "job": "steerlm-annotate", "scorer": reward.id(), "attributes": reward.attribute_names(),

@@ -20,11 +20,15 @@ pub enum Items {
 }
 
 impl Items {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Items::Conversations(c) => c.len(),
             Items::Texts(t) => t.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -84,7 +88,8 @@ impl Batcher {
         Self { queue, stats }
     }
 
-    /// Scores `items` with whatever else is waiting.
+    /// Scores `items` with whatever else is waiting; fewer scores than items (none) when the
+    /// scoring thread is gone.
     pub async fn score(&self, items: Items) -> Scores {
         let (reply, answer) = oneshot::channel();
         if self.queue.send(Job { items, reply }).is_err() {

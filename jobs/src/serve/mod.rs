@@ -146,7 +146,18 @@ async fn metrics(State(app): State<Shared>) -> String {
 /// Scores `items`, or answers 400 with the first item's error (a record the model refuses,
 /// such as one longer than its context) and 500 when the model failed.
 async fn score(app: &App, items: Items) -> Result<batcher::Scores, Response> {
+    let expected = items.len();
     let scores = app.batcher.score(items).await;
+    if scores.len() != expected {
+        return Err(error(
+            app,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{} of {expected} items scored: the scoring thread stopped",
+                scores.len()
+            ),
+        ));
+    }
     match protocol::first_error(&scores) {
         None => Ok(scores),
         Some(message) => {
