@@ -61,11 +61,13 @@ pub fn score_responses(
     )?)
 }
 
-/// Sizes the compute thread pools so that `workers` dataflow workers, each running model kernels
-/// on the shared pools, do not oversubscribe the cores: threads = max(1, cores / workers).
-/// `RAYON_NUM_THREADS` wins when set. Call once, at start-up before any other thread or model
-/// runs; returns the pool size.
-pub fn configure_threads(workers: usize) -> usize {
+/// Sizes the compute threads so that `workers` dataflow workers, each running model kernels on
+/// a pool of its own (`steerflow_kernels::threads`), do not oversubscribe the cores: threads =
+/// max(1, cores / workers) per worker. `RAYON_NUM_THREADS` wins when set. Call once, at start-up
+/// before any other thread or model runs; the calling thread joins a pool of that size (for
+/// what it computes itself: the scoring-only kinds, `bench`), which it keeps while the returned
+/// [`ComputePool`](steerflow_kernels::threads::ComputePool) lives.
+pub fn configure_threads(workers: usize) -> steerflow_kernels::threads::ComputePool {
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -79,9 +81,5 @@ pub fn configure_threads(workers: usize) -> usize {
     // candle sizes its own pools from this variable, and without it re-reads /proc/cpuinfo on
     // every f32 matmul (6% of decode time in `steerflow bench --generate-only`).
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    // Fails only if the pool already exists (a second job in one process); the first size stays.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-    rayon::current_num_threads()
+    steerflow_kernels::threads::join(threads)
 }

@@ -204,6 +204,7 @@ fn setting<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> {
 /// `steerflow score`: the reward model scores every response of the input.
 fn score(args: ScoreArgs) -> Result<(), JobError> {
     let reward = args.model.section()?;
+    let _compute = steerflow::configure_threads(1);
     let report = steerflow::score_responses(
         &reward,
         &args.input,
@@ -381,7 +382,7 @@ fn main() {
                 reward_model,
                 device,
             };
-            steerflow::configure_threads(workers);
+            let _compute = steerflow::configure_threads(workers);
             let report = if generate_only {
                 steerflow::bench::run_generation_bench(&options, batch)
             } else {
@@ -570,10 +571,10 @@ fn run(
         );
         return Ok(());
     }
-    let threads = steerflow::configure_threads(config.job.workers);
+    let compute = steerflow::configure_threads(config.job.workers);
     tracing::info!(
         workers = config.job.workers,
-        compute_threads = threads,
+        compute_threads = compute.threads(),
         "threads"
     );
     let cluster = cluster.resolve(config.job.workers)?;

@@ -5,8 +5,9 @@
 //! - [`device_sampling`]: batched sampling as the GPU does it (threshold cuts, one launch per
 //!   batch); its CPU code is the reference for the CUDA kernel.
 //! - [`judge_digits`]: the judge's rating from next-token logits, per row or batched.
-//! - [`qgemm`]: int8 matrix products on the CPU (Q8_0 weights × int8 activations), AVX2 and
-//!   a plain reference.
+//! - [`qgemm`]: int8 matrix products on the CPU (Q8_0 weights × int8 activations): AVX-512
+//!   VNNI, AVX2 and a plain reference, bit-identical to each other.
+//! - [`threads`]: each thread of work's own pool of compute threads.
 //! - [`communicator`]: all-reduce between ranks: threads in-process, NCCL on GPUs.
 //! - `cuda` (the `cuda` feature): the CUDA kernels (NVRTC) and the NCCL communicator.
 
@@ -18,6 +19,7 @@ pub mod judge_digits;
 pub mod qgemm;
 pub mod row_kernel;
 pub mod sampling;
+pub mod threads;
 
 /// The `[start, end)` of a contiguous layout, or an error naming `what` (every op here reads its
 /// input as one flat run, on the CPU and on the device).

@@ -63,6 +63,9 @@ impl Batcher {
         std::thread::Builder::new()
             .name("steerflow-serve-batcher".into())
             .spawn(move || {
+                let _compute = steerflow_kernels::threads::join(
+                    steerflow_kernels::threads::configured_threads(),
+                );
                 while let Some(first) = jobs.blocking_recv() {
                     let mut batch = vec![first];
                     let mut size = batch[0].items.len();

@@ -3,33 +3,38 @@
 //! quantized the same way, block by block of each row at each call (their scales rounded to f16
 //! as GGUF's Q8_0 stores them), the way llama.cpp's `vec_dot_q8_0_q8_0` does.
 //!
-//! The weights are repacked at load for the kernel to read in order: four output columns at a
-//! time, block by block (`[column quad][block][column][32]`), with their four scales side by
-//! side. Each (row, column) dot product is computed by the same sequence of operations whatever
-//! the other rows of the call, so a row's result is bit-identical in any batch.
+//! The weights are repacked at load ([`pack`]) in the layout their kernel reads in order. Every
+//! path computes each (row, column) the same way, which [`reference`] defines: per block the
+//! exact integer sum, then `sum = fma(isum, row scale × column scale, sum)` block after block. The
+//! paths are therefore bit-identical to each other (so output does not depend on which one a
+//! machine runs), and a row's result is bit-identical in any batch.
 //!
-//! Paths: AVX2 + FMA ([`avx2`], chosen at run time where the CPU has both) and the plain Rust
-//! reference ([`Path::Reference`]), which every other path is tested against.
+//! Paths: AVX-512 VNNI ([`avx512`]) and AVX2 + FMA ([`avx2`]), chosen at run time where the CPU
+//! has them, and the plain Rust reference ([`Path::Reference`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod pack;
 #[cfg(test)]
 mod tests;
 
+pub use pack::{Layout, Q8Rows, Q8Weights};
 use rayon::prelude::*;
 
 /// Values per block (and per scale).
 pub const BLOCK: usize = 32;
-/// Output columns a kernel call computes together.
-const QUAD: usize = 4;
 
 /// A kernel implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// Plain Rust: the definition the others are checked against.
+    /// Plain Rust: the definition the others are checked against. Reads any layout.
     Reference,
-    /// AVX2 integer dot products with FMA accumulation.
+    /// AVX2 integer dot products, a column's block at a time, with FMA accumulation.
     Avx2,
+    /// AVX-512 VNNI (`vpdpbusd`): sixteen columns per instruction, four rows per weight load.
+    Avx512Vnni,
 }
 
 impl Path {
@@ -38,14 +43,27 @@ impl Path {
         Self::available().last().copied().unwrap_or(Path::Reference)
     }
 
-    /// Every path this CPU runs, the reference first.
+    /// Every path this CPU runs, the reference first and the fastest last.
     pub fn available() -> Vec<Self> {
         let mut paths = vec![Path::Reference];
         #[cfg(target_arch = "x86_64")]
-        if avx2::Avx2::detect().is_some() {
-            paths.push(Path::Avx2);
+        {
+            if avx2::Avx2::detect().is_some() {
+                paths.push(Path::Avx2);
+            }
+            if avx512::Avx512Vnni::detect().is_some() {
+                paths.push(Path::Avx512Vnni);
+            }
         }
         paths
+    }
+
+    /// The layout of the weights this path reads (the reference reads any).
+    pub fn layout(self) -> Layout {
+        match self {
+            Path::Reference | Path::Avx2 => Layout::Quads,
+            Path::Avx512Vnni => Layout::Tiles,
+        }
     }
 }
 
@@ -55,27 +73,41 @@ enum Kernel {
     Reference,
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni(avx512::Avx512Vnni),
 }
 
 impl Kernel {
     /// The kernel of `path`; panics when this CPU does not run it (not in [`Path::available`]).
     fn of(path: Path) -> Self {
+        fn missing(path: Path) -> ! {
+            panic!("{path:?} does not run on this CPU")
+        }
         match path {
             Path::Reference => Kernel::Reference,
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => Kernel::Avx2(
-                avx2::Avx2::detect().unwrap_or_else(|| panic!("{path:?} does not run on this CPU")),
-            ),
+            Path::Avx2 => Kernel::Avx2(avx2::Avx2::detect().unwrap_or_else(|| missing(path))),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => {
+                Kernel::Avx512Vnni(avx512::Avx512Vnni::detect().unwrap_or_else(|| missing(path)))
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Path::Avx2 => panic!("{path:?} does not run on this CPU"),
+            Path::Avx2 | Path::Avx512Vnni => missing(path),
         }
     }
 
-    fn quad_dots(self, row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; QUAD] {
+    /// Every row of `rows` times the columns of group `g`: `out` is `[row][width]`.
+    fn group_dots(self, rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
         match self {
-            Kernel::Reference => quad_reference(row, quad),
+            Kernel::Reference => reference(rows, w, g, out),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(avx2) => avx2.quad_dots(row, quad),
+            Kernel::Avx2(avx2) => {
+                for (r, dots) in out.chunks_exact_mut(4).enumerate() {
+                    dots.copy_from_slice(&avx2.quad_dots(&rows.row(r), w.group(g)));
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni(vnni) => vnni.tile_dots(rows, w.group(g), out),
         }
     }
 }
@@ -91,212 +123,95 @@ pub enum QgemmError {
         got: usize,
         expected: usize,
     },
+    #[error("the {path:?} path reads weights laid out as {wants:?}, not {got:?}")]
+    Layout {
+        path: Path,
+        wants: Layout,
+        got: Layout,
+    },
 }
 
-/// Quantizes one block: the scale is max|x| / 127 and each value rounds (half away from zero)
-/// to the nearest multiple of it, so the largest maps to ±127 and none to -128.
-fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (q, v) in out.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
-    }
-    d
-}
-
-/// The weights of a linear layer with `n` outputs and `k` inputs, repacked.
-#[derive(Debug, Clone)]
-pub struct Q8Weights {
-    n: usize,
-    k: usize,
-    /// `[quad][block][column of the quad][BLOCK]`; columns past `n` are zero.
-    quants: Vec<i8>,
-    /// `[quad][block][column of the quad]`.
-    scales: Vec<f32>,
-}
-
-impl Q8Weights {
-    /// Quantizes `w`, `[n, k]` row-major (one row per output, as a linear layer's weight).
-    /// Q8_0 weights (values that are a multiple of their block's scale, the largest ±127 of
-    /// it) come back exactly as they were.
-    pub fn quantize(w: &[f32], n: usize, k: usize) -> Result<Self, QgemmError> {
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(QgemmError::InnerDimension { k });
+/// The definition every path computes, in plain Rust, for column group `g`: per (row, column),
+/// per block the exact integer sum, then `sum = fma(isum, row scale × column scale, sum)` block
+/// after block.
+fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
+    let width = w.layout().width();
+    out.fill(0.0);
+    for c in 0..width {
+        let col = g * width + c;
+        if col >= w.n {
+            break;
         }
-        if w.len() != n * k {
-            return Err(QgemmError::Length {
-                what: "the weight",
-                got: w.len(),
-                expected: n * k,
-            });
-        }
-        let (quads, blocks) = (n.div_ceil(QUAD), k / BLOCK);
-        let mut quants = vec![0i8; quads * blocks * QUAD * BLOCK];
-        let mut scales = vec![0f32; quads * blocks * QUAD];
-        for col in 0..n {
-            let (quad, c) = (col / QUAD, col % QUAD);
-            for b in 0..blocks {
-                let at = (quad * blocks + b) * QUAD + c;
-                scales[at] = quantize_block(
-                    &w[col * k + b * BLOCK..col * k + (b + 1) * BLOCK],
-                    &mut quants[at * BLOCK..(at + 1) * BLOCK],
-                );
+        for b in 0..w.blocks() {
+            let (values, w_scale) = w.column_block(col, b);
+            for (r, dots) in out.chunks_exact_mut(width).enumerate() {
+                let row = rows.row(r);
+                let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
+                let isum: i32 = a
+                    .iter()
+                    .zip(&values)
+                    .map(|(x, y)| i32::from(*x) * i32::from(*y))
+                    .sum();
+                dots[c] = (isum as f32).mul_add(row.scales[b] * w_scale, dots[c]);
             }
         }
-        Ok(Self {
-            n,
-            k,
-            quants,
-            scales,
-        })
     }
-
-    pub fn outputs(&self) -> usize {
-        self.n
-    }
-
-    pub fn inputs(&self) -> usize {
-        self.k
-    }
-
-    fn blocks(&self) -> usize {
-        self.k / BLOCK
-    }
-
-    /// The blocks and scales of column quad `q`.
-    fn quad(&self, q: usize) -> (&[i8], &[f32]) {
-        let b = self.blocks();
-        (
-            &self.quants[q * b * QUAD * BLOCK..(q + 1) * b * QUAD * BLOCK],
-            &self.scales[q * b * QUAD..(q + 1) * b * QUAD],
-        )
-    }
-}
-
-/// Activation rows quantized per block, with the absolute values the AVX2 path multiplies.
-#[derive(Debug, Clone)]
-pub struct Q8Rows {
-    k: usize,
-    quants: Vec<i8>,
-    /// |quants| as unsigned bytes.
-    magnitudes: Vec<u8>,
-    /// `[row][block]`.
-    scales: Vec<f32>,
-}
-
-impl Q8Rows {
-    /// Quantizes `x`, `[m, k]` row-major.
-    pub fn quantize(x: &[f32], k: usize) -> Result<Self, QgemmError> {
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(QgemmError::InnerDimension { k });
-        }
-        if !x.len().is_multiple_of(k) {
-            return Err(QgemmError::Length {
-                what: "the input",
-                got: x.len(),
-                expected: x.len() / k * k,
-            });
-        }
-        let mut quants = vec![0i8; x.len()];
-        let scales = x
-            .chunks(BLOCK)
-            .zip(quants.chunks_mut(BLOCK))
-            // Each block's scale rounded to f16, as llama.cpp's (and candle's) `block_q8_0`
-            // stores it: the products then equal theirs (log-probabilities of whole models
-            // within 2e-6 of llama.cpp's, jobs/tests/llama_cpp_parity.rs; with f32 scales they
-            // were up to 0.05 apart on the tiny fixtures).
-            .map(|(block, out)| half::f16::from_f32(quantize_block(block, out)).to_f32())
-            .collect();
-        let magnitudes = quants.iter().map(|q| q.unsigned_abs()).collect();
-        Ok(Self {
-            k,
-            quants,
-            magnitudes,
-            scales,
-        })
-    }
-
-    pub fn rows(&self) -> usize {
-        self.quants.len() / self.k
-    }
-
-    /// Row `r`: its quants, magnitudes and block scales.
-    fn row(&self, r: usize) -> (&[i8], &[u8], &[f32]) {
-        let blocks = self.k / BLOCK;
-        (
-            &self.quants[r * self.k..(r + 1) * self.k],
-            &self.magnitudes[r * self.k..(r + 1) * self.k],
-            &self.scales[r * blocks..(r + 1) * blocks],
-        )
-    }
-}
-
-/// The four dot products of one activation row with one column quad, in plain Rust: per block
-/// the exact integer sum, then `sum += isum × (row scale × column scale)` block after block.
-fn quad_reference(row: (&[i8], &[u8], &[f32]), quad: (&[i8], &[f32])) -> [f32; QUAD] {
-    let (a, _, a_scales) = row;
-    let (w, w_scales) = quad;
-    let mut out = [0f32; QUAD];
-    for (b, &da) in a_scales.iter().enumerate() {
-        let a = &a[b * BLOCK..(b + 1) * BLOCK];
-        for (c, o) in out.iter_mut().enumerate() {
-            let at = b * QUAD + c;
-            let w = &w[at * BLOCK..(at + 1) * BLOCK];
-            let isum: i32 = a
-                .iter()
-                .zip(w)
-                .map(|(x, y)| i32::from(*x) * i32::from(*y))
-                .sum();
-            *o += isum as f32 * (da * w_scales[at]);
-        }
-    }
-    out
 }
 
 /// `x · Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major, on `path` (which must be one of
-/// [`Path::available`]), the column quads split over rayon's threads.
+/// [`Path::available`], reading the weights' layout), the column groups split over rayon's
+/// threads.
 pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
+    if path != Path::Reference && path.layout() != w.layout() {
+        return Err(QgemmError::Layout {
+            path,
+            wants: path.layout(),
+            got: w.layout(),
+        });
+    }
     let kernel = Kernel::of(path);
     let rows = Q8Rows::quantize(x, w.k)?;
-    let (m, n) = (rows.rows(), w.n);
-    let quads = n.div_ceil(QUAD);
-    // Enough pieces for every thread to stay busy, each a run of quads for every row.
-    let pieces = (rayon::current_num_threads() * 4).min(quads).max(1);
-    let per = quads.div_ceil(pieces);
-    let parts: Vec<(usize, Vec<[f32; QUAD]>)> = (0..quads)
+    let (m, n, width, groups) = (rows.rows(), w.n, w.layout().width(), w.groups());
+    // Enough pieces for every thread to stay busy, each a run of groups for every row.
+    let pieces = (rayon::current_num_threads() * 4).min(groups).max(1);
+    let per = groups.div_ceil(pieces);
+    let parts: Vec<(usize, Vec<f32>)> = (0..groups)
         .step_by(per)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|first| {
-            let last = (first + per).min(quads);
-            let mut out = Vec::with_capacity((last - first) * m);
-            for q in first..last {
-                let quad = w.quad(q);
-                for r in 0..m {
-                    out.push(kernel.quad_dots(rows.row(r), quad));
-                }
+            let last = (first + per).min(groups);
+            let mut out = vec![0f32; (last - first) * m * width];
+            for (g, dots) in (first..last).zip(out.chunks_exact_mut(m * width)) {
+                kernel.group_dots(&rows, w, g, dots);
             }
             (first, out)
         })
         .collect();
     let mut y = vec![0f32; m * n];
     for (first, out) in parts {
-        for (i, dots) in out.iter().enumerate() {
-            let (q, r) = (first + i / m, i % m);
-            for (c, v) in dots.iter().enumerate() {
-                let col = q * QUAD + c;
-                if col < n {
-                    y[r * n + col] = *v;
-                }
-            }
+        for (i, dots) in out.chunks_exact(width).enumerate() {
+            let (g, r) = (first + i / m, i % m);
+            let cols = (n - g * width).min(width);
+            y[r * n + g * width..][..cols].copy_from_slice(&dots[..cols]);
         }
     }
     Ok(y)
 }
 
-/// `x · Wᵀ` on the fastest path of this CPU (found once per process).
+/// `x · Wᵀ` on the fastest path of this CPU (found once per process) that reads the weights'
+/// layout.
 pub fn matmul(x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
     static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-    matmul_with(*BEST.get_or_init(Path::best), x, w)
+    let best = *BEST.get_or_init(Path::best);
+    let path = if best.layout() == w.layout() {
+        best
+    } else {
+        Path::available()
+            .into_iter()
+            .rev()
+            .find(|p| p.layout() == w.layout())
+            .unwrap_or(Path::Reference)
+    };
+    matmul_with(path, x, w)
 }

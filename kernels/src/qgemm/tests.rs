@@ -10,20 +10,22 @@ fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
 fn dequantized_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     let (rows, weights) = (
         Q8Rows::quantize(x, k).unwrap(),
-        Q8Weights::quantize(w, n, k).unwrap(),
+        Q8Weights::quantize_as(Layout::Quads, w, n, k).unwrap(),
     );
     let value = |q: i8, d: f32| f64::from(q) * f64::from(d);
     let mut y = vec![0f64; m * n];
     for r in 0..m {
-        let (a, _, sa) = rows.row(r);
+        let row = rows.row(r);
         for col in 0..n {
-            let (blocks, scales) = weights.quad(col / QUAD);
-            let c = col % QUAD;
-            y[r * n + col] = (0..k)
-                .map(|i| {
-                    let (b, j) = (i / BLOCK, i % BLOCK);
-                    let at = b * QUAD + c;
-                    value(a[i], sa[b]) * value(blocks[at * BLOCK + j], scales[at])
+            y[r * n + col] = (0..k / BLOCK)
+                .map(|b| {
+                    let (values, scale) = weights.column_block(col, b);
+                    (0..BLOCK)
+                        .map(|j| {
+                            value(row.quants[b * BLOCK + j], row.scales[b])
+                                * value(values[j], scale)
+                        })
+                        .sum::<f64>()
                 })
                 .sum();
         }
@@ -32,27 +34,34 @@ fn dequantized_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Ve
 }
 
 /// Shapes of the models (576, 1536 inner dimensions: not multiples of 256), single rows,
-/// ragged batches and outputs that are not a multiple of four.
-const SHAPES: [(usize, usize, usize); 6] = [
+/// ragged batches (row counts that are not a multiple of four) and outputs that are not a
+/// multiple of four or sixteen.
+const SHAPES: [(usize, usize, usize); 7] = [
     (1, 576, 576),
     (3, 1536, 576),
     (5, 576, 1536),
     (7, 6, 64),
     (1, 1, 32),
     (17, 193, 96),
+    (8, 40, 576),
 ];
+
+fn operands(s: usize) -> (Vec<f32>, Vec<f32>) {
+    let (m, n, k) = SHAPES[s];
+    (
+        random(m * k, s as u64, 3.0),
+        random(n * k, 100 + s as u64, 0.1),
+    )
+}
 
 #[test]
 fn every_path_of_this_cpu_matches_the_exact_product_of_the_quantized_operands() {
     eprintln!("paths on this CPU: {:?}", Path::available());
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
-        let (x, w) = (
-            random(m * k, s as u64, 3.0),
-            random(n * k, 100 + s as u64, 0.1),
-        );
+        let (x, w) = operands(s);
         let exact = dequantized_product(&x, &w, m, n, k);
-        let weights = Q8Weights::quantize(&w, n, k).unwrap();
         for path in Path::available() {
+            let weights = Q8Weights::quantize_as(path.layout(), &w, n, k).unwrap();
             let y = matmul_with(path, &x, &weights).unwrap();
             assert_eq!(y.len(), m * n);
             for (i, (got, want)) in y.iter().zip(&exact).enumerate() {
@@ -62,6 +71,24 @@ fn every_path_of_this_cpu_matches_the_exact_product_of_the_quantized_operands() 
                     (f64::from(*got) - want).abs() <= tolerance,
                     "{path:?} ({m}, {n}, {k}) element {i}: {got} vs {want}"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_path_is_bit_identical_to_the_reference_on_either_layout() {
+    for (s, &(_, n, k)) in SHAPES.iter().enumerate() {
+        let (x, w) = operands(s);
+        for layout in [Layout::Quads, Layout::Tiles] {
+            let weights = Q8Weights::quantize_as(layout, &w, n, k).unwrap();
+            let reference = matmul_with(Path::Reference, &x, &weights).unwrap();
+            for path in Path::available() {
+                if path.layout() == layout {
+                    let y = matmul_with(path, &x, &weights).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y), bits(&reference), "{path:?} on shape {s}");
+                }
             }
         }
     }
@@ -90,8 +117,8 @@ fn the_int8_product_approximates_the_float_product() {
 fn a_row_is_bit_identical_alone_and_in_any_batch() {
     let (m, n, k) = (9, 40, 576);
     let (x, w) = (random(m * k, 5, 2.0), random(n * k, 6, 0.2));
-    let weights = Q8Weights::quantize(&w, n, k).unwrap();
     for path in Path::available() {
+        let weights = Q8Weights::quantize_as(path.layout(), &w, n, k).unwrap();
         let batched = matmul_with(path, &x, &weights).unwrap();
         for r in 0..m {
             let alone = matmul_with(path, &x[r * k..(r + 1) * k], &weights).unwrap();
@@ -101,22 +128,24 @@ fn a_row_is_bit_identical_alone_and_in_any_batch() {
 }
 
 #[test]
-fn q8_0_weights_repack_exactly_and_bad_shapes_are_errors() {
+fn q8_0_weights_repack_exactly_in_either_layout_and_bad_shapes_are_errors() {
     // Values that are multiples of their block's scale with ±127 present: GGUF's Q8_0.
     let d = 0.0123f32;
-    let w: Vec<f32> = (0..2 * 64)
-        .map(|i| if i % 32 == 0 { 127.0 * d } else { ((i * 37) % 255) as f32 - 127.0 } * if i % 32 == 0 { 1.0 } else { d })
+    let w: Vec<f32> = (0..3 * 64)
+        .map(|i| match i % 32 {
+            0 => 127.0 * d,
+            _ => (((i * 37) % 255) as f32 - 127.0) * d,
+        })
         .collect();
-    let q = Q8Weights::quantize(&w, 2, 64).unwrap();
-    for col in 0..2 {
-        for b in 0..2 {
-            let at = b * QUAD + col;
-            assert_eq!(q.scales[at], d);
-            for j in 0..BLOCK {
-                assert_eq!(
-                    f32::from(q.quants[at * BLOCK + j]) * d,
-                    w[col * 64 + b * BLOCK + j]
-                );
+    for layout in [Layout::Quads, Layout::Tiles] {
+        let q = Q8Weights::quantize_as(layout, &w, 3, 64).unwrap();
+        for col in 0..3 {
+            for b in 0..2 {
+                let (values, scale) = q.column_block(col, b);
+                assert_eq!(scale, d);
+                for (j, v) in values.iter().enumerate() {
+                    assert_eq!(f32::from(*v) * d, w[col * 64 + b * BLOCK + j], "{layout:?}");
+                }
             }
         }
     }
@@ -128,10 +157,18 @@ fn q8_0_weights_repack_exactly_and_bad_shapes_are_errors() {
         matmul(&[0.0; 33], &Q8Weights::quantize(&[0.0; 32], 1, 32).unwrap()),
         Err(QgemmError::Length { .. })
     ));
-    // A zero block has scale 0 and multiplies to 0.
-    assert_eq!(matmul(&[0.0; 32], &q_zero()).unwrap(), vec![0.0]);
-}
-
-fn q_zero() -> Q8Weights {
-    Q8Weights::quantize(&[1.0; 32], 1, 32).unwrap()
+    let tiles = Q8Weights::quantize_as(Layout::Tiles, &[0.5; 32], 1, 32).unwrap();
+    assert_eq!(
+        matmul_with(Path::Avx2, &[0.0; 32], &tiles).unwrap_err(),
+        QgemmError::Layout {
+            path: Path::Avx2,
+            wants: Layout::Quads,
+            got: Layout::Tiles
+        }
+    );
+    // Zero activations have block scale 0 and multiply to 0 in either layout.
+    for layout in [Layout::Quads, Layout::Tiles] {
+        let q = Q8Weights::quantize_as(layout, &[1.0; 32], 1, 32).unwrap();
+        assert_eq!(matmul(&[0.0; 32], &q).unwrap(), vec![0.0]);
+    }
 }

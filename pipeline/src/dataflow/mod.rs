@@ -170,6 +170,9 @@ pub fn run_graph(
     let (sample_bar_w, score_bar_w) = (sample_bar.clone(), score_bar.clone());
     let guards = timely::execute(spec.cluster.timely_config(), move |timely_worker| {
         connected.store(true, Ordering::SeqCst);
+        // This worker's own compute threads (itself first), for its models' kernels.
+        let _compute =
+            steerflow_kernels::threads::join(steerflow_kernels::threads::configured_threads());
         let worker = worker::Worker {
             spec: spec.clone(),
             models: models.clone(),
