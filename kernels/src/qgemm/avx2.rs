@@ -83,3 +83,79 @@ unsafe fn quad_dots_avx2(
     unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
     out
 }
+
+impl Avx2 {
+    /// `rounds` of eight independent chains of the AVX2 multiply-add (`maddubs` + `madd` +
+    /// `add`: 32 multiply-adds each), chain i multiplying `a + i` by `b` in even rounds and by
+    /// `b ^ flip` in odd ones (so no product is the same from one round to the next or between
+    /// chains): the kernel's peak integer rate, for `super::peak`. Each pair of products must
+    /// stay within i16. Returns every lane of every chain summed.
+    pub(super) fn maddubs_chains(self, rounds: u32, a: u8, b: i8, flip: i8) -> i64 {
+        // SAFETY: `self` exists only where the CPU has AVX2 and FMA (`detect`).
+        #[allow(unsafe_code)]
+        unsafe {
+            maddubs_chains(rounds, a, b, flip)
+        }
+    }
+
+    /// `rounds` of eight independent FMA chains `x = x·1 + c` on 8 lanes: the f32 peak rate.
+    pub(super) fn fma_chains(self, rounds: u32, c: f32) -> f64 {
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        unsafe {
+            fma_chains(rounds, c)
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn maddubs_chains(rounds: u32, a: u8, b: i8, flip: i8) -> i64 {
+    let a = std::hint::black_box(a);
+    let avs: [__m256i; 8] =
+        std::array::from_fn(|i| _mm256_set1_epi8(a.wrapping_add(i as u8) as i8));
+    let (mut y, flip, ones) = (
+        _mm256_set1_epi8(std::hint::black_box(b)),
+        _mm256_set1_epi8(std::hint::black_box(flip)),
+        _mm256_set1_epi16(1),
+    );
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for _ in 0..rounds {
+        for (x, av) in acc.iter_mut().zip(&avs) {
+            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(*av, y), ones);
+            *x = _mm256_add_epi32(*x, products);
+        }
+        y = _mm256_xor_si256(y, flip);
+    }
+    let mut lanes = [0i32; 8];
+    let mut total = 0i64;
+    for x in acc {
+        // SAFETY: `lanes` holds eight i32.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
+        total += lanes.iter().map(|v| i64::from(*v)).sum::<i64>();
+    }
+    total
+}
+
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains(rounds: u32, c: f32) -> f64 {
+    let (one, cv) = (
+        _mm256_set1_ps(std::hint::black_box(1.0)),
+        _mm256_set1_ps(std::hint::black_box(c)),
+    );
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = _mm256_fmadd_ps(*x, one, cv);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let mut total = 0f64;
+    for x in acc {
+        // SAFETY: `lanes` holds eight f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+        total += lanes.iter().map(|v| f64::from(*v)).sum::<f64>();
+    }
+    total
+}

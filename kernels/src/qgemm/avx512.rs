@@ -77,9 +77,10 @@ impl Avx512Vnni {
     }
 }
 
-/// `R` rows times one tile; `out` is `[R][16]`. The caller guarantees the CPU features and that
-/// each row holds `blocks × 32` biased bytes and `blocks` scales, the tile `blocks × 512` values
-/// and `blocks × 16` scales and sums, and `out` `R × 16` floats.
+/// `R` rows (1 or 4) times one tile; `out` is `[R][16]`. The caller guarantees the CPU features
+/// and that each row holds `blocks × 32` biased bytes and `blocks` scales, the tile `blocks ×
+/// 512` values and `blocks × 16` scales and sums, and `out` `R × 16` floats. The rows' sums and
+/// accumulators are named variables (not arrays), so that they stay in registers.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn rows_times_tile<const R: usize>(
@@ -89,42 +90,124 @@ unsafe fn rows_times_tile<const R: usize>(
 ) {
     let (w, w_scales, w_sums) = tile;
     let blocks = w_scales.len() / TILE;
-    let mut acc = [_mm512_setzero_ps(); R];
+    // Raw pointers, so that the loops compile to straight-line code without bounds checks (the
+    // caller checked every length). Row i of a one-row call reads row 0 again (unused).
+    let a: [*const u8; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].0.as_ptr());
+    let sc: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].1.as_ptr());
+    let zero = _mm512_setzero_ps();
+    let (mut acc0, mut acc1, mut acc2, mut acc3) = (zero, zero, zero, zero);
     for b in 0..blocks {
-        let mut isum = [_mm512_setzero_si512(); R];
+        let zero = _mm512_setzero_si512();
+        let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
         for g in 0..BLOCK / 4 {
-            // SAFETY: b < blocks and g < 8, so these 64 bytes lie within the tile's
-            // blocks × 512 values; unaligned loads take any address.
-            let wv = unsafe {
-                _mm512_loadu_si512(w.as_ptr().add(b * TILE * BLOCK + g * TILE * 4).cast())
-            };
-            for (sum, (biased, _)) in isum.iter_mut().zip(&rows) {
-                // SAFETY: bytes b·32 + 4g .. + 4 lie within the row's blocks × 32.
-                let four = unsafe {
-                    biased
-                        .as_ptr()
-                        .add(b * BLOCK + g * 4)
-                        .cast::<i32>()
-                        .read_unaligned()
-                };
-                *sum = _mm512_dpbusd_epi32(*sum, _mm512_set1_epi32(four), wv);
+            let at = b * BLOCK + g * 4;
+            // SAFETY: b < blocks and g < 8: these 64 bytes lie within the tile's blocks × 512
+            // values, and bytes `at .. at + 4` within each row's blocks × 32; unaligned loads and
+            // reads take any address.
+            unsafe {
+                let wv = _mm512_loadu_si512(w.as_ptr().add(b * TILE * BLOCK + g * TILE * 4).cast());
+                let four =
+                    |row: *const u8| _mm512_set1_epi32(row.add(at).cast::<i32>().read_unaligned());
+                s0 = _mm512_dpbusd_epi32(s0, four(a[0]), wv);
+                if R == 4 {
+                    s1 = _mm512_dpbusd_epi32(s1, four(a[1]), wv);
+                    s2 = _mm512_dpbusd_epi32(s2, four(a[2]), wv);
+                    s3 = _mm512_dpbusd_epi32(s3, four(a[3]), wv);
+                }
             }
         }
-        // SAFETY: entries b·16 .. b·16 + 16 lie within the tile's blocks × 16.
-        let (bias, ws) = unsafe {
-            (
-                _mm512_loadu_si512(w_sums.as_ptr().add(b * TILE).cast()),
-                _mm512_loadu_ps(w_scales.as_ptr().add(b * TILE)),
-            )
-        };
-        for ((a, sum), (_, scales)) in acc.iter_mut().zip(isum).zip(&rows) {
-            let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
-            let scale = _mm512_mul_ps(ws, _mm512_set1_ps(scales[b]));
-            *a = _mm512_fmadd_ps(exact, scale, *a);
+        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales and sums, and scale b of each
+        // row, are in bounds.
+        unsafe {
+            let bias = _mm512_loadu_si512(w_sums.as_ptr().add(b * TILE).cast());
+            let ws = _mm512_loadu_ps(w_scales.as_ptr().add(b * TILE));
+            // The exact sums, times (column scale × row scale), added with one FMA.
+            let step = |sum: __m512i, row_scales: *const f32, acc: __m512| {
+                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
+                _mm512_fmadd_ps(
+                    exact,
+                    _mm512_mul_ps(ws, _mm512_set1_ps(*row_scales.add(b))),
+                    acc,
+                )
+            };
+            acc0 = step(s0, sc[0], acc0);
+            if R == 4 {
+                acc1 = step(s1, sc[1], acc1);
+                acc2 = step(s2, sc[2], acc2);
+                acc3 = step(s3, sc[3], acc3);
+            }
         }
     }
-    for (r, a) in acc.iter().enumerate() {
+    for (r, acc) in [acc0, acc1, acc2, acc3].into_iter().take(R).enumerate() {
         // SAFETY: floats r·16 .. r·16 + 16 lie within `out`'s R × 16.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * TILE), *a) };
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * TILE), acc) };
     }
+}
+
+impl Avx512Vnni {
+    /// `rounds` of eight independent `vpdpbusd` chains of `a` × `b` (64 multiply-adds each): the
+    /// instruction's peak rate, for `super::peak`. Returns every lane of every chain summed.
+    pub(super) fn dpbusd_chains(self, rounds: u32, a: u8, b: i8) -> i64 {
+        // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`).
+        #[allow(unsafe_code)]
+        unsafe {
+            dpbusd_chains(rounds, a, b)
+        }
+    }
+
+    /// `rounds` of eight independent FMA chains `x = x·1 + c` on 16 lanes: the f32 peak rate.
+    /// Returns every lane of every chain summed.
+    pub(super) fn fma_chains(self, rounds: u32, c: f32) -> f64 {
+        // SAFETY: as above (FMA on zmm registers is AVX-512F).
+        #[allow(unsafe_code)]
+        unsafe {
+            fma_chains(rounds, c)
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpbusd_chains(rounds: u32, a: u8, b: i8) -> i64 {
+    let (av, bv) = (
+        _mm512_set1_epi8(std::hint::black_box(a) as i8),
+        _mm512_set1_epi8(std::hint::black_box(b)),
+    );
+    let mut acc = [_mm512_setzero_si512(); 8];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = _mm512_dpbusd_epi32(*x, av, bv);
+        }
+    }
+    let mut lanes = [0i32; 16];
+    let mut total = 0i64;
+    for x in acc {
+        // SAFETY: `lanes` holds sixteen i32.
+        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), x) };
+        total += lanes.iter().map(|v| i64::from(*v)).sum::<i64>();
+    }
+    total
+}
+
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains(rounds: u32, c: f32) -> f64 {
+    let (one, cv) = (
+        _mm512_set1_ps(std::hint::black_box(1.0)),
+        _mm512_set1_ps(std::hint::black_box(c)),
+    );
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = _mm512_fmadd_ps(*x, one, cv);
+        }
+    }
+    let mut lanes = [0f32; 16];
+    let mut total = 0f64;
+    for x in acc {
+        // SAFETY: `lanes` holds sixteen f32.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
+        total += lanes.iter().map(|v| f64::from(*v)).sum::<f64>();
+    }
+    total
 }

@@ -42,9 +42,17 @@ pub(super) fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (q, v) in out.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = round_half_away(v * id) as i8;
     }
     d
+}
+
+/// `x.round()` for |x| < 2²³ (and 0 for NaN) without libm's `roundf` call, which was 4% of decode
+/// time: truncate, then step away from zero when the exact remainder is at least one half.
+pub(super) fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let rest = x - t as f32;
+    t + i32::from(rest >= 0.5) - i32::from(rest <= -0.5)
 }
 
 fn check_inner(k: usize) -> Result<(), QgemmError> {

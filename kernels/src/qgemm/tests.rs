@@ -172,3 +172,25 @@ fn q8_0_weights_repack_exactly_in_either_layout_and_bad_shapes_are_errors() {
         assert_eq!(matmul(&[0.0; 32], &q).unwrap(), vec![0.0]);
     }
 }
+
+#[test]
+fn rounding_is_half_away_from_zero_as_f32_round() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let halves = (-300..=300).map(|i| i as f32 * 0.5);
+    let near = [
+        0.49999997f32,
+        -0.49999997,
+        126.49999,
+        126.5,
+        -126.5,
+        127.0,
+        f32::EPSILON,
+    ];
+    let randoms: Vec<f32> = (0..100_000)
+        .map(|_| rng.random_range(-128.0..128.0))
+        .collect();
+    for x in halves.chain(near).chain(randoms) {
+        assert_eq!(pack::round_half_away(x), x.round() as i32, "{x}");
+    }
+    assert_eq!(pack::round_half_away(f32::NAN), 0);
+}
