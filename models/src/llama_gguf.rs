@@ -12,7 +12,7 @@
 //! shares the prompt's cache with every sample drawn from it.
 
 use crate::gguf_tokenizer::text_codec_from_gguf;
-use crate::qlinear::{CpuMatmul, QLinear};
+use crate::qlinear::{CpuMatmul, FusedLinear, QLinear};
 use crate::text::TextCodec;
 use crate::{LanguageModel, LmSession, ModelError};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -62,17 +62,16 @@ pub fn requantize(
 /// One transformer block's weights.
 struct Block {
     attn_norm: RmsNorm,
-    wq: QLinear,
-    wk: QLinear,
-    wv: QLinear,
+    /// q, k and v as one product where the int8 kernel runs them.
+    qkv: FusedLinear,
     /// q, k and v biases (`qwen2`).
     qkv_bias: Option<[Tensor; 3]>,
     /// Per-head query and key norms (`qwen3`).
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     wo: QLinear,
     ffn_norm: RmsNorm,
-    gate: QLinear,
-    up: QLinear,
+    /// The feed-forward's gate and up as one product where the int8 kernel runs them.
+    gate_up: FusedLinear,
     down: QLinear,
 }
 
@@ -155,19 +154,17 @@ impl Weights {
                 )),
                 _ => None,
             };
-            let mut matmul = |name: &str| {
-                QLinear::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?, kernel)
-            };
+            let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            let qkv = vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?];
+            let gate_up = vec![weight("ffn_gate")?, weight("ffn_up")?];
+            let (wo, down) = (weight("attn_output")?, weight("ffn_down")?);
             blocks.push(Block {
                 qkv_bias,
                 qk_norm,
-                wq: matmul("attn_q")?,
-                wk: matmul("attn_k")?,
-                wv: matmul("attn_v")?,
-                wo: matmul("attn_output")?,
-                gate: matmul("ffn_gate")?,
-                up: matmul("ffn_up")?,
-                down: matmul("ffn_down")?,
+                qkv: FusedLinear::from_qtensors(qkv, kernel)?,
+                wo: QLinear::from_qtensor(wo, kernel)?,
+                gate_up: FusedLinear::from_qtensors(gate_up, kernel)?,
+                down: QLinear::from_qtensor(down, kernel)?,
                 attn_norm: RmsNorm::from_qtensor(
                     tensor(&format!("blk.{i}.attn_norm.weight"))?,
                     eps,
@@ -215,11 +212,10 @@ impl Weights {
             .forward(&Tensor::from_vec(ids, total, &self.device)?)?;
         for (b, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (mut q, mut k, mut v) = (
-                block.wq.forward(&h)?,
-                block.wk.forward(&h)?,
-                block.wv.forward(&h)?,
-            );
+            let [mut q, mut k, mut v]: [Tensor; 3] =
+                block.qkv.forward(&h)?.try_into().map_err(|_| {
+                    candle_core::Error::Msg("q, k and v: not three products".into())
+                })?;
             if let Some([bq, bk, bv]) = &block.qkv_bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -258,8 +254,12 @@ impl Weights {
             }
             let x1 = (block.wo.forward(&Tensor::cat(&attended, 0)?)? + &x)?;
             let h = block.ffn_norm.forward(&x1)?;
-            let gated =
-                (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            let [gate, up]: [Tensor; 2] = block
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("gate and up: not two products".into()))?;
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
             x = (block.down.forward(&gated)? + x1)?;
         }
         let mut last = Vec::with_capacity(chunks.len());

@@ -100,22 +100,120 @@ impl QLinear {
         match self {
             Self::Candle(m) => m.forward(x),
             Self::Int8(w, path) => {
-                let mut dims = x.dims().to_vec();
-                let xs = x
-                    .flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?;
-                let y = match path {
-                    Some(path) => matmul_with(*path, &xs, w),
-                    None => matmul(&xs, w),
-                }
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let (y, mut dims) = int8_product(w, *path, x)?;
                 if let Some(last) = dims.last_mut() {
                     *last = w.outputs();
                 }
                 Tensor::from_vec(y, dims, x.device())
             }
         }
+    }
+}
+
+/// `x · Wᵀ` on the int8 kernel: the product, row-major, and `x`'s dimensions.
+fn int8_product(
+    w: &Q8Weights,
+    path: Option<Path>,
+    x: &Tensor,
+) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    let xs = x
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    let y = match path {
+        Some(path) => matmul_with(path, &xs, w),
+        None => matmul(&xs, w),
+    }
+    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok((y, x.dims().to_vec()))
+}
+
+/// Linear layers that read the same input (q, k and v; gate and up), run as one product where
+/// the int8 kernel runs them all: the input is quantized once and one pass covers every output
+/// column, which keeps the narrow k and v products from running alone. Each column's result is
+/// what it is alone (the kernel computes every (row, column) the same way), so fusing changes
+/// no bit.
+#[derive(Debug, Clone)]
+pub enum FusedLinear {
+    /// The layers' weights stacked, the path that runs them, and each layer's outputs.
+    Int8 {
+        weights: Arc<Q8Weights>,
+        path: Option<Path>,
+        outputs: Vec<usize>,
+    },
+    /// Each layer on its own (candle's kernel, or weights the int8 kernel does not take).
+    Separate(Vec<QLinear>),
+}
+
+impl FusedLinear {
+    /// The layers of `tensors` (each `[outputs, inputs]`, the same inputs), fused where every
+    /// one is Q8_0 on the CPU and `kernel` is the int8 kernel.
+    pub fn from_qtensors(tensors: Vec<QTensor>, kernel: CpuMatmul) -> candle_core::Result<Self> {
+        let path = match kernel {
+            CpuMatmul::Int8 => Some(None),
+            CpuMatmul::Int8On(path) => Some(Some(path)),
+            CpuMatmul::Candle => None,
+        };
+        let shapes: Vec<Option<(usize, usize)>> =
+            tensors.iter().map(|t| t.shape().dims2().ok()).collect();
+        let inputs = shapes.first().copied().flatten().map(|(_, k)| k);
+        let fusable = tensors.iter().zip(&shapes).all(|(t, shape)| {
+            t.device().is_cpu()
+                && t.dtype() == GgmlDType::Q8_0
+                && shape.is_some_and(|(_, k)| Some(k) == inputs)
+        });
+        if let (Some(path), true, Some(k)) = (path, fusable, inputs) {
+            let mut stacked = Vec::new();
+            let mut outputs = Vec::with_capacity(tensors.len());
+            for (t, shape) in tensors.iter().zip(&shapes) {
+                stacked.extend(t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?);
+                outputs.push(shape.map_or(0, |(n, _)| n));
+            }
+            let layout = path.unwrap_or_else(Path::best).layout();
+            let n = outputs.iter().sum();
+            if let Ok(weights) = Q8Weights::quantize_as(layout, &stacked, n, k) {
+                return Ok(Self::Int8 {
+                    weights: Arc::new(weights),
+                    path,
+                    outputs,
+                });
+            }
+        }
+        let layers = tensors
+            .into_iter()
+            .map(|t| QLinear::from_qtensor(t, kernel))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self::Separate(layers))
+    }
+
+    /// Each layer's `x · Wᵀ`, in the order the layers were given.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (weights, path, outputs) = match self {
+            Self::Separate(layers) => return layers.iter().map(|l| l.forward(x)).collect(),
+            Self::Int8 {
+                weights,
+                path,
+                outputs,
+            } => (weights, *path, outputs),
+        };
+        let (y, dims) = int8_product(weights, path, x)?;
+        let total = weights.outputs();
+        let rows = y.len() / total.max(1);
+        let mut first = 0;
+        let mut parts = Vec::with_capacity(outputs.len());
+        for &n in outputs {
+            let mut part = Vec::with_capacity(rows * n);
+            for row in y.chunks_exact(total) {
+                part.extend_from_slice(&row[first..first + n]);
+            }
+            let mut dims = dims.clone();
+            if let Some(last) = dims.last_mut() {
+                *last = n;
+            }
+            parts.push(Tensor::from_vec(part, dims, x.device())?);
+            first += n;
+        }
+        Ok(parts)
     }
 }
 
@@ -150,5 +248,51 @@ mod tests {
             .unwrap();
         let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         assert!(diff <= 2e-3 * scale, "{diff} of {scale}");
+    }
+
+    #[test]
+    fn fused_layers_compute_the_bits_of_each_layer_alone() {
+        let k = 576;
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| ((i * 104729) % 997) as f32 / 99.7 - 5.0)
+            .collect();
+        let x = Tensor::from_vec(x, (3, k), &Device::Cpu).unwrap();
+        let layer = |n: usize, seed: usize| {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| (((i + seed) * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+        };
+        let shapes = [(576, 1), (192, 2), (40, 3)];
+        for kernel in [CpuMatmul::Int8, CpuMatmul::Candle] {
+            let fused = FusedLinear::from_qtensors(
+                shapes.iter().map(|&(n, s)| layer(n, s)).collect(),
+                kernel,
+            )
+            .unwrap();
+            assert_eq!(
+                matches!(fused, FusedLinear::Int8 { .. }),
+                kernel == CpuMatmul::Int8
+            );
+            let parts = fused.forward(&x).unwrap();
+            for (part, &(n, s)) in parts.iter().zip(&shapes) {
+                let alone = QLinear::from_qtensor(layer(n, s), kernel)
+                    .unwrap()
+                    .forward(&x)
+                    .unwrap();
+                assert_eq!(part.dims(), &[3, n]);
+                let bits = |t: &Tensor| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(bits(part), bits(&alone), "{kernel:?} layer of {n}");
+            }
+        }
     }
 }
