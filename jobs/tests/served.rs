@@ -219,13 +219,13 @@ fn a_server_that_stays_down_ends_the_run_as_transient_with_nothing_committed() {
 }
 
 /// The served judge rates as the in-process judge on the same GGUF: within 0.3 on the 0..4 scale
-/// for every rating and 0.15 on average (measured: 0.22 and 0.10). The weights are quantised
-/// differently: llama.cpp runs the file's Q4_1 weights with activations quantised per block of
-/// 32, steerflow requantises them to Q8_0 at load and its int8 kernel quantises activations per
-/// row. SmolLM2-135M's rating distribution is flat (its likeliest digit has about 0.23), so
-/// logit differences of a few hundredths move a rating by tenths: steerflow's own CPU paths
-/// (int8, candle's Q8_0, weights dequantised to f32) differ among themselves by up to 0.24 on
-/// these questions, and llama-server's by up to 0.09 between runs when slots batch together.
+/// for every rating and 0.15 on average (measured: 0.18 and 0.10 on the int8 kernel; 0.23 and
+/// 0.08 on candle's Q8_0 kernel; 0.19 and 0.05 with the weights dequantised to f32). The weights
+/// are quantised differently: llama.cpp runs the file's Q4_1 weights, steerflow requantises them
+/// to Q8_0 at load (both quantise activations per block of 32 with f16 scales). SmolLM2-135M's
+/// rating distribution is flat (its likeliest digit has about 0.23), so logit differences of a
+/// few hundredths move a rating by tenths; llama-server's own ratings move by up to 0.09 between
+/// runs when its slots batch together.
 #[test]
 fn the_served_judge_agrees_with_the_in_process_judge() {
     use steerflow::config::sections::{RewardKind, RewardSection};
