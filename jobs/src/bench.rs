@@ -25,6 +25,31 @@ pub struct BenchOptions {
     pub reward_model: String,
     /// `job.device` of the run.
     pub device: crate::config::sections::Device,
+    /// With `--generate-only`: each prompt's text repeated until its templated prompt holds at
+    /// least this many tokens (prefill at the judge's prompt lengths).
+    pub prompt_tokens: Option<usize>,
+}
+
+/// `messages`' last message repeated (joined by blank lines) until the templated prompt holds
+/// at least `min` tokens; its token ids.
+fn lengthened(
+    policy: &steerflow_models::policy::Policy,
+    mut messages: Vec<steerflow_operators::records::Message>,
+    min: Option<usize>,
+) -> Result<Vec<u32>, JobError> {
+    let mut tokens = policy.prompt_tokens(&messages)?;
+    let Some(min) = min else { return Ok(tokens) };
+    let Some(text) = messages.last().map(|m| m.content.clone()) else {
+        return Ok(tokens);
+    };
+    while tokens.len() < min && !text.is_empty() {
+        if let Some(last) = messages.last_mut() {
+            last.content.push_str("\n\n");
+            last.content.push_str(&text);
+        }
+        tokens = policy.prompt_tokens(&messages)?;
+    }
+    Ok(tokens)
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), where the OS reports it.
@@ -89,7 +114,7 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
     let mut requests = Vec::with_capacity(records.prompts.len());
     for prompt in &records.prompts {
         requests.push(GenerationRequest {
-            prompt_tokens: policy.prompt_tokens(&prompt.messages)?,
+            prompt_tokens: lengthened(&policy, prompt.messages.clone(), options.prompt_tokens)?,
             seeds: (0..options.samples)
                 .map(|s| steerflow_operators::seeding::sample_seed(1, &prompt.id, s))
                 .collect(),
@@ -131,6 +156,7 @@ pub fn run_generation_bench(options: &BenchOptions, batch: usize) -> Result<Valu
             "samples_per_prompt": options.samples,
             "max_new_tokens": options.max_new_tokens,
             "max_batch_sequences": batch,
+            "min_prompt_tokens": options.prompt_tokens,
             "policy": policy.id(),
         },
         "prompt_tokens_prefilled": prefilled,

@@ -297,6 +297,10 @@ enum Command {
         /// The judge model (as `reward.model`; `policy` reuses the policy).
         #[arg(long, default_value = "policy")]
         reward_model: String,
+        /// With `--generate-only`: repeat each prompt's text until it holds at least this many
+        /// tokens (prefill at the judge's prompt lengths, ~300).
+        #[arg(long)]
+        prompt_tokens: Option<usize>,
     },
     /// Describe an output: files, schemas, row counts, first rows, summary.
     Inspect {
@@ -372,6 +376,7 @@ fn main() {
             batch,
             policy,
             reward_model,
+            prompt_tokens,
         } => {
             let options = steerflow::bench::BenchOptions {
                 prompts,
@@ -381,6 +386,7 @@ fn main() {
                 policy,
                 reward_model,
                 device,
+                prompt_tokens,
             };
             let _compute = steerflow::configure_threads(workers);
             let report = if generate_only {
