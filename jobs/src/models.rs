@@ -225,6 +225,14 @@ pub fn load_models(config: &Common) -> Result<Models, JobError> {
         Some(section) => {
             let (text, context) = served_text(&config.policy.model, &config.policy.chat_template)?;
             let endpoint = section.endpoint("policy.served")?;
+            if endpoint.server == steerflow_models::served::ServerKind::OpenAi
+                && config.sampling.top_k != 0
+            {
+                return Err(invalid(format!(
+                    "sampling.top_k = {}: OpenAI's API has no top-k; set it to 0, or name the server (policy.served.server = \"llama-cpp\", \"vllm\" or \"sglang\")",
+                    config.sampling.top_k
+                )));
+            }
             let policy = Policy::served(ServedPolicy::connect(
                 endpoint,
                 text,

@@ -8,68 +8,15 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::llama::{http, llama_server};
+use support::llama::{default_gguf, http, llama_server, llama_server_with};
 use support::runs::{committed_prompt_ids, run_job};
+use support::served_jobs::{demo_prompt_ids, served_job};
 use support::servers::{faulty_proxy, Server};
 use support::{python, workspace};
-
-/// The first six demo prompts, in `dir`.
-fn prompts(dir: &Path) -> PathBuf {
-    let text =
-        std::fs::read_to_string(workspace().join("configs/data/demo-prompts.jsonl")).unwrap();
-    let path = dir.join("prompts.jsonl");
-    let lines: String = text.lines().take(6).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, lines).unwrap();
-    path
-}
-
-/// An iterative-DPO job on six demo prompts whose policy and judge are the server at `port`.
-fn served_job(dir: &Path, port: u16, output: &Path, retries: u32) -> PathBuf {
-    let prompts = prompts(dir);
-    let served = format!(
-        "url = \"http://127.0.0.1:{port}/v1\"\nserver = \"llama-cpp\"\nmax_in_flight = 4\nmax_retries = {retries}\ntimeout_seconds = 60\n"
-    );
-    let job = format!(
-        r#"[job]
-kind = "iterative-dpo"
-seed = 7
-workers = 1
-
-[input]
-path = "{prompts}"
-
-[policy]
-model = "default"
-
-[policy.served]
-{served}
-[sampling]
-samples_per_prompt = 2
-temperature = 0.8
-top_p = 0.95
-max_new_tokens = 16
-
-[reward]
-kind = "judge"
-model = "default"
-
-[reward.served]
-{served}
-[output]
-path = "{output}"
-shards = 4
-"#,
-        prompts = prompts.display(),
-        output = output.display(),
-    );
-    let path = dir.join("served.toml");
-    std::fs::write(&path, job).unwrap();
-    path
-}
 
 /// Every row of the parquet files under `dir`, read by pyarrow.
 fn parquet_rows(dir: &Path) -> Vec<Value> {
@@ -89,23 +36,6 @@ fn parquet_rows(dir: &Path) -> Vec<Value> {
 
 fn summary(output: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap()
-}
-
-fn demo_prompt_ids() -> Vec<String> {
-    let text =
-        std::fs::read_to_string(workspace().join("configs/data/demo-prompts.jsonl")).unwrap();
-    let mut ids: Vec<String> = text
-        .lines()
-        .take(6)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    ids.sort();
-    ids
 }
 
 #[test]
@@ -211,6 +141,35 @@ fn a_server_that_stays_down_ends_the_run_as_transient_with_nothing_committed() {
     let run = run_job(&job, &[]);
     assert_eq!(run.code, Some(4), "{}", run.stderr);
     assert!(run.stderr.contains("transient"), "{}", run.stderr);
+    assert!(!output.join("summary.json").exists());
+    assert!(committed_prompt_ids(
+        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap()
+    )
+    .is_empty());
+}
+
+/// A server that refuses every request (here llama-server with `--api-key` and a wrong key:
+/// 401 on every completion) ends the run at once, not as transient, with nothing committed,
+/// instead of rejecting prompt after prompt.
+#[test]
+fn a_server_that_refuses_the_key_ends_the_run_at_once_with_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = llama_server_with(&default_gguf(), 1, &["--api-key", "the-right-key"]);
+    let output = dir.path().join("out");
+    let job = served_job(dir.path(), server.port, &output, 2);
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "timeout_seconds = 60\n",
+        "timeout_seconds = 60\napi_key_env = \"STEERFLOW_TEST_SERVED_KEY\"\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let run = run_job(&job, &[("STEERFLOW_TEST_SERVED_KEY", "a-wrong-key")]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("401") && run.stderr.contains("refuses every request"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("a-wrong-key"), "{}", run.stderr);
     assert!(!output.join("summary.json").exists());
     assert!(committed_prompt_ids(
         &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap()

@@ -34,15 +34,38 @@ pub enum ModelError {
     Kernel(#[from] steerflow_kernels::KernelError),
     #[error("judge: {0}")]
     Judge(String),
-    /// A served model (an OpenAI-compatible server, a reward server) failed; `transient` when
-    /// it stayed unavailable (429, 5xx, resets, timeouts) through every retry, so rerunning the
-    /// same command may succeed.
-    #[error("served model {endpoint}: {message}{}", if *transient { " (transient: the server stayed unavailable through the retries; rerun the same command to resume)" } else { "" })]
+    /// A served model (an OpenAI-compatible server, a reward server) failed, for one record or
+    /// for the whole endpoint (`failure`).
+    #[error("served model {endpoint}: {message}{}", failure.explanation())]
     Served {
         endpoint: String,
         message: String,
-        transient: bool,
+        failure: ServedFailure,
     },
+}
+
+/// What a served model's failure says about the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFailure {
+    /// This record's request was refused or answered in a shape that cannot be read (400, 422,
+    /// a reply without a choice): the record goes to rejects and the run goes on.
+    Record,
+    /// The endpoint refuses every request (401, 403, 404: a wrong key, route or model name):
+    /// the run stops with nothing of the affected prompts committed.
+    Endpoint,
+    /// The server stayed unavailable (429, 5xx, resets, timeouts) through every retry: the run
+    /// stops with the transient-failure exit code, and rerunning the same command resumes.
+    Unavailable,
+}
+
+impl ServedFailure {
+    fn explanation(self) -> &'static str {
+        match self {
+            ServedFailure::Record => "",
+            ServedFailure::Endpoint => " (the endpoint refuses every request: check its url, model and api_key_env; nothing of this prompt was committed)",
+            ServedFailure::Unavailable => " (transient: the server stayed unavailable through the retries; rerun the same command to resume)",
+        }
+    }
 }
 
 impl ModelError {
@@ -61,9 +84,45 @@ impl ModelError {
         matches!(
             self,
             ModelError::Served {
-                transient: true,
+                failure: ServedFailure::Unavailable,
                 ..
             }
         )
+    }
+
+    /// True when a served model's failure is not one record's: the endpoint refuses every
+    /// request or stayed unavailable. The run stops rather than reject record after record.
+    pub fn stops_the_run(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Served {
+                failure: ServedFailure::Endpoint | ServedFailure::Unavailable,
+                ..
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_served_failure_says_whether_the_run_stops_and_why() {
+        let served = |failure| ModelError::Served {
+            endpoint: "http://127.0.0.1:8080/v1".into(),
+            message: "/completions: HTTP 401".into(),
+            failure,
+        };
+        let record = served(ServedFailure::Record);
+        assert!(!record.stops_the_run() && !record.is_transient());
+        assert!(!record.to_string().contains('('));
+        let refused = served(ServedFailure::Endpoint);
+        assert!(refused.stops_the_run() && !refused.is_transient());
+        assert!(refused.to_string().contains("refuses every request"));
+        let down = served(ServedFailure::Unavailable);
+        assert!(down.stops_the_run() && down.is_transient());
+        assert!(down.to_string().contains("rerun the same command"));
+        assert!(!ModelError::Judge("x".into()).stops_the_run());
     }
 }

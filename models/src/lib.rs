@@ -41,7 +41,7 @@ pub mod tensor_parallel;
 pub mod text;
 pub mod transformer;
 
-pub use error::ModelError;
+pub use error::{ModelError, ServedFailure};
 
 use candle_core::Tensor;
 use steerflow_operators::records::Message;

@@ -168,6 +168,11 @@ fn fit_texts(
         .iter()
         .map(|t| {
             let ids = model.text_codec()?.encode(t)?;
+            if ids.is_empty() {
+                return Err(ModelError::Template(
+                    "an empty text has no token to score".into(),
+                ));
+            }
             if ids.len() > context {
                 return Err(ModelError::ContextOverflow {
                     tokens: ids.len(),

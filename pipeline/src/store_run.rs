@@ -57,9 +57,9 @@ impl<T> Default for Parsed<T> {
     }
 }
 
-/// Scores `items` with `reward`; a served model that stayed unavailable through its retries
-/// fails the whole call (the shard is not committed and the run ends as transient), while any
-/// other failure stays with its item.
+/// Scores `items` with `reward`; a served model that stayed unavailable through its retries, or
+/// refuses every request (401, 403, 404), fails the whole call (the shard is not committed; the
+/// run ends as transient in the first case), while any other failure stays with its item.
 pub fn score_items(
     reward: &dyn steerflow_models::RewardModel,
     items: &[(&[steerflow_operators::records::Message], &str)],
@@ -68,7 +68,7 @@ pub fn score_items(
     let mut results = reward.score_batch(items);
     if let Some(i) = results
         .iter()
-        .position(|r| r.as_ref().is_err_and(|e| e.is_transient()))
+        .position(|r| r.as_ref().is_err_and(|e| e.stops_the_run()))
     {
         if let Err(e) = results.swap_remove(i) {
             return Err(PipelineError::Model(e));

@@ -80,8 +80,23 @@ impl Default for ServedSection {
 impl ServedSection {
     /// The endpoint, with the API key read from `api_key_env`; `what` names the section.
     pub fn endpoint(&self, what: &str) -> Result<Endpoint, JobError> {
-        let parsed = url::Url::parse(&self.url)
-            .map_err(|e| invalid(format!("{what}.url `{}`: {e}", self.url)))?;
+        let parsed = url::Url::parse(&self.url).map_err(|e| {
+            invalid(format!(
+                "{what}.url `{}`: {e}",
+                steerflow_models::served::redact_url(&self.url)
+            ))
+        })?;
+        // Secrets in a URL travel into error messages and logs: the key goes in `api_key_env`.
+        if !parsed.username().is_empty()
+            || parsed.password().is_some()
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+        {
+            return Err(invalid(format!(
+                "{what}.url `{}` carries credentials, a query or a fragment: give the key by `api_key_env` and the server's base URL alone",
+                steerflow_models::served::redact_url(&self.url)
+            )));
+        }
         if !["http", "https"].contains(&parsed.scheme()) {
             return Err(invalid(format!(
                 "{what}.url must be http or https, not `{}`",
@@ -148,5 +163,17 @@ mod tests {
         };
         let e = missing_key.endpoint("policy.served").unwrap_err();
         assert!(e.to_string().contains("STEERFLOW_TEST_SURELY_UNSET_KEY"));
+        for url in [
+            "http://user:s3cret@x/v1",
+            "http://x/v1?key=s3cret",
+            "http://x/v1#s3cret",
+        ] {
+            let section = ServedSection {
+                url: url.into(),
+                ..Default::default()
+            };
+            let e = section.endpoint("reward.served").unwrap_err().to_string();
+            assert!(e.contains("api_key_env") && !e.contains("s3cret"), "{e}");
+        }
     }
 }

@@ -143,15 +143,17 @@ async fn metrics(State(app): State<Shared>) -> String {
     )
 }
 
-/// Scores `items`, or answers 400 with the first item's error (a record the model refuses,
-/// such as one longer than its context) and 500 when the model failed.
+/// Scores `items`, or answers with the first item's error: 400 for a record the model refuses
+/// (one longer than its context, an empty text), 422 when the model failed on these items
+/// (the same request would fail again: a client must not retry it), 503 when the scoring thread
+/// is gone.
 async fn score(app: &App, items: Items) -> Result<batcher::Scores, Response> {
     let expected = items.len();
     let scores = app.batcher.score(items).await;
     if scores.len() != expected {
         return Err(error(
             app,
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "{} of {expected} items scored: the scoring thread stopped",
                 scores.len()
@@ -167,7 +169,7 @@ async fn score(app: &App, items: Items) -> Result<batcher::Scores, Response> {
             let status = if record {
                 StatusCode::BAD_REQUEST
             } else {
-                StatusCode::INTERNAL_SERVER_ERROR
+                StatusCode::UNPROCESSABLE_ENTITY
             };
             Err(error(app, status, message))
         }

@@ -4,6 +4,7 @@
 
 pub mod llama;
 pub mod runs;
+pub mod served_jobs;
 pub mod servers;
 
 use std::net::TcpListener;

@@ -9,7 +9,7 @@
 //! server's message.
 
 use super::{Endpoint, ServedCounters};
-use crate::ModelError;
+use crate::{ModelError, ServedFailure};
 use futures::StreamExt;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,10 @@ enum Attempt {
     Done(Value),
     /// Worth retrying, after the server's `Retry-After` if it sent one.
     Transient(String, Option<Duration>),
+    /// This request is refused (400, 422, a reply that is not JSON).
     Permanent(String),
+    /// Every request will be (401, 403, 404, 405, a request that cannot be built).
+    Refused(String),
 }
 
 impl Client {
@@ -38,7 +41,7 @@ impl Client {
         let error = |message: String| ModelError::Served {
             endpoint: endpoint.redacted(),
             message,
-            transient: false,
+            failure: ServedFailure::Endpoint,
         };
         let http = reqwest::Client::builder()
             .timeout(endpoint.timeout)
@@ -56,7 +59,14 @@ impl Client {
             http,
             runtime,
             counters,
-            jitter: AtomicU64::new(0),
+            // Each process (and client) draws its own waits, so that workers retrying after one
+            // outage do not come back in step.
+            jitter: AtomicU64::new(
+                u64::from(std::process::id()) << 32
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
         })
     }
 
@@ -73,11 +83,11 @@ impl Client {
         format!("{}{route}", self.endpoint.url)
     }
 
-    fn error(&self, message: String, transient: bool) -> ModelError {
+    fn error(&self, message: String, failure: ServedFailure) -> ModelError {
         ModelError::Served {
             endpoint: self.endpoint.redacted(),
             message,
-            transient,
+            failure,
         }
     }
 
@@ -85,14 +95,14 @@ impl Client {
     pub fn get(&self, route: &str) -> Result<Value, ModelError> {
         self.runtime
             .block_on(self.send(route, None))
-            .map_err(|(m, t)| self.error(m, t))
+            .map_err(|(m, f)| self.error(m, f))
     }
 
     /// POST `body` to `route`, with retries.
     pub async fn post(&self, route: &str, body: &Value) -> Result<Value, ModelError> {
         self.send(route, Some(body))
             .await
-            .map_err(|(m, t)| self.error(m, t))
+            .map_err(|(m, f)| self.error(m, f))
     }
 
     /// Runs `work(item)` for every item with at most `max_in_flight` at a time and calls
@@ -125,7 +135,11 @@ impl Client {
         });
     }
 
-    async fn send(&self, route: &str, body: Option<&Value>) -> Result<Value, (String, bool)> {
+    async fn send(
+        &self,
+        route: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, (String, ServedFailure)> {
         let mut retries = 0u32;
         loop {
             self.counters.request();
@@ -133,13 +147,20 @@ impl Client {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Permanent(message) => {
                     self.counters.failure();
-                    return Err((message, false));
+                    return Err((message, ServedFailure::Record));
+                }
+                Attempt::Refused(message) => {
+                    self.counters.failure();
+                    return Err((message, ServedFailure::Endpoint));
                 }
                 Attempt::Transient(message, retry_after) => (message, retry_after),
             };
             if retries >= self.endpoint.max_retries {
                 self.counters.failure();
-                return Err((format!("{message}, still after {retries} retries"), true));
+                return Err((
+                    format!("{message}, still after {retries} retries"),
+                    ServedFailure::Unavailable,
+                ));
             }
             retries += 1;
             self.counters.retry();
@@ -173,6 +194,14 @@ impl Client {
         }
         let response = match request.send().await {
             Ok(r) => r,
+            // A request that cannot be built (a key that is not a valid header value) never
+            // succeeds: no retries.
+            Err(e) if e.is_builder() => {
+                return Attempt::Refused(format!(
+                    "{route}: cannot build the request: {}",
+                    chain(&e)
+                ))
+            }
             Err(e) => {
                 let what = if e.is_timeout() {
                     "timed out"
@@ -208,10 +237,10 @@ impl Client {
             };
         }
         let message = format!("{route}: HTTP {status}: {}", excerpt(&text));
-        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Attempt::Transient(message, retry_after)
-        } else {
-            Attempt::Permanent(message)
+        match status.as_u16() {
+            408 | 429 | 500..=599 => Attempt::Transient(message, retry_after),
+            401 | 403 | 404 | 405 => Attempt::Refused(message),
+            _ => Attempt::Permanent(message),
         }
     }
 }

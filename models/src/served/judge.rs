@@ -99,11 +99,13 @@ impl ServedJudge {
             |m: String| ModelError::Judge(format!("{}: {m}", self.client.endpoint().redacted()));
         let candidates = wire::first_token_candidates(&reply)
             .map_err(judge_error)?
-            .ok_or_else(|| {
-                judge_error(
-                    "the server returned no log-probabilities (a served judge needs `logprobs` on /completions)"
+            // Every request would be answered the same way: the run stops.
+            .ok_or_else(|| ModelError::Served {
+                endpoint: self.client.endpoint().redacted(),
+                message:
+                    "/completions returned no log-probabilities (a served judge needs `logprobs`)"
                         .into(),
-                )
+                failure: crate::ServedFailure::Endpoint,
             })?;
         let prompt_tokens = reply
             .pointer("/usage/prompt_tokens")

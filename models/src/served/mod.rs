@@ -22,7 +22,7 @@ mod wire;
 
 use crate::registry::ModelLocation;
 use crate::text::TextCodec;
-use crate::ModelError;
+use crate::{ModelError, ServedFailure};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -183,20 +183,23 @@ impl ServedCounters {
     }
 }
 
-/// The first transient failure among a batch of requests: once there is one, no further request
-/// starts, and the items left unanswered fail with its message.
+/// The first failure among a batch of requests that stops the run (the endpoint refuses every
+/// request, or stayed unavailable): once there is one, no further request starts, and the items
+/// left unanswered fail with its message and kind.
 #[derive(Default)]
-pub(crate) struct Outage(std::cell::RefCell<Option<String>>);
+pub(crate) struct Outage(std::cell::RefCell<Option<(String, ServedFailure)>>);
 
 impl Outage {
     pub fn note(&self, error: &ModelError) {
         if let ModelError::Served {
-            message,
-            transient: true,
-            ..
+            message, failure, ..
         } = error
         {
-            self.0.borrow_mut().get_or_insert_with(|| message.clone());
+            if error.stops_the_run() {
+                self.0
+                    .borrow_mut()
+                    .get_or_insert_with(|| (message.clone(), *failure));
+            }
         }
     }
 
@@ -206,11 +209,15 @@ impl Outage {
 
     /// The error of an item that was never answered.
     pub fn unanswered(&self, endpoint: String) -> ModelError {
-        let cause = self.0.borrow().clone().unwrap_or_else(|| "no reply".into());
+        let (cause, failure) = self
+            .0
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| ("no reply".into(), ServedFailure::Unavailable));
         ModelError::Served {
             endpoint,
             message: format!("not answered after an earlier request failed: {cause}"),
-            transient: true,
+            failure,
         }
     }
 }

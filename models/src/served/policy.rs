@@ -13,7 +13,7 @@ use super::{server_seed, CompletionApi, Endpoint, ServedCounters};
 use crate::engine::{GenerationRequest, GenerationResult};
 use crate::generation::{Generation, GenerationCounters, GenerationParams};
 use crate::text::TextCodec;
-use crate::ModelError;
+use crate::{ModelError, ServedFailure};
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,6 +140,9 @@ impl ServedPolicy {
         );
         let stopped = std::cell::Cell::new(false);
         let started = Instant::now();
+        // Each prompt's share of the wall time: from the previous prompt's completion to its
+        // own, so that the shares add up to the time spent (as the engine's do).
+        let last_done = std::cell::Cell::new(started);
         self.client.run_bounded(
             jobs,
             |job| self.sample(job, params),
@@ -154,7 +157,7 @@ impl ServedPolicy {
                 match result {
                     Err(e) => {
                         p.failed = true;
-                        stopped.set(stopped.get() || e.is_transient());
+                        stopped.set(stopped.get() || e.stops_the_run());
                         on_done(request, Err(e));
                     }
                     Ok((generation, prompt_tokens)) => {
@@ -163,7 +166,9 @@ impl ServedPolicy {
                         p.counters.tokens_decoded += u64::from(generation.new_tokens);
                         p.generations[sample] = Some(generation);
                         if p.generations.iter().all(Option::is_some) {
-                            p.counters.decode_seconds = started.elapsed().as_secs_f64();
+                            let now = Instant::now();
+                            p.counters.decode_seconds =
+                                (now - last_done.replace(now)).as_secs_f64();
                             let generations = p.generations.iter_mut().flat_map(Option::take);
                             on_done(request, Ok((generations.collect(), p.counters)));
                         }
@@ -196,7 +201,7 @@ impl ServedPolicy {
         let choice = wire::parse_choice(&reply, api).map_err(|m| ModelError::Served {
             endpoint: self.client.endpoint().redacted(),
             message: format!("{}: {m}", wire::route(api)),
-            transient: false,
+            failure: ServedFailure::Record,
         })?;
         let finish = match choice.finish_reason.as_str() {
             "length" => FinishReason::Length,
@@ -223,7 +228,7 @@ pub(crate) fn served_model_name(client: &Client) -> Result<String, ModelError> {
     let error = |message: String| ModelError::Served {
         endpoint: client.endpoint().redacted(),
         message,
-        transient: false,
+        failure: ServedFailure::Endpoint,
     };
     match &client.endpoint().model {
         Some(name) if listed.contains(name) => Ok(name.clone()),

@@ -10,7 +10,7 @@
 use super::client::Client;
 use super::{Endpoint, Outage, ServedCounters};
 use crate::text::TextCodec;
-use crate::{ModelError, RewardModel, RewardScores};
+use crate::{ModelError, RewardModel, RewardScores, ServedFailure};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use steerflow_operators::records::Message;
@@ -50,7 +50,7 @@ impl ServedReward {
                     "OpenRLHF's protocol returns one reward per text, not {} attributes",
                     names.len()
                 ),
-                transient: false,
+                failure: ServedFailure::Endpoint,
             });
         }
         let model = endpoint.model.clone().unwrap_or_else(|| "-".into());
@@ -67,7 +67,7 @@ impl ServedReward {
         ModelError::Served {
             endpoint: self.client.endpoint().redacted(),
             message,
-            transient: false,
+            failure: ServedFailure::Record,
         }
     }
 
@@ -178,15 +178,19 @@ impl RewardModel for ServedReward {
                             }
                         }
                         Err(e) => {
-                            let message = e.to_string();
-                            let transient = e.is_transient();
+                            let (message, failure) = match e {
+                                ModelError::Served {
+                                    message, failure, ..
+                                } => (message, failure),
+                                other => (other.to_string(), ServedFailure::Record),
+                            };
                             for &i in &indices[k] {
                                 record(
                                     i,
                                     Err(ModelError::Served {
                                         endpoint: self.client.endpoint().redacted(),
                                         message: message.clone(),
-                                        transient,
+                                        failure,
                                     }),
                                 );
                             }

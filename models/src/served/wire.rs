@@ -56,6 +56,10 @@ pub(crate) fn completion_body(server: ServerKind, request: &CompletionRequest<'_
     body.insert("top_p".into(), json!(s.top_p));
     body.insert("seed".into(), json!(request.seed));
     body.insert("stream".into(), json!(false));
+    // Penalties off: a server may default them from its command line or the model's
+    // `generation_config.json` (vLLM and SGLang take `repetition_penalty` from there).
+    body.insert("presence_penalty".into(), json!(0.0));
+    body.insert("frequency_penalty".into(), json!(0.0));
     if !request.stop.is_empty() {
         body.insert("stop".into(), json!(request.stop));
     }
@@ -63,11 +67,18 @@ pub(crate) fn completion_body(server: ServerKind, request: &CompletionRequest<'_
         ServerKind::LlamaCpp => {
             body.insert("top_k".into(), json!(s.top_k));
             body.insert("min_p".into(), json!(0.0));
+            // llama-server's other samplers, which its command line can turn on.
+            body.insert("repeat_penalty".into(), json!(1.0));
+            body.insert("typical_p".into(), json!(1.0));
+            body.insert("dry_multiplier".into(), json!(0.0));
+            body.insert("xtc_probability".into(), json!(0.0));
+            body.insert("mirostat".into(), json!(0));
         }
         ServerKind::Vllm | ServerKind::Sglang => {
             let top_k: i64 = if s.top_k == 0 { -1 } else { s.top_k as i64 };
             body.insert("top_k".into(), json!(top_k));
             body.insert("min_p".into(), json!(0.0));
+            body.insert("repetition_penalty".into(), json!(1.0));
         }
         ServerKind::OpenAi => {}
     }
@@ -235,13 +246,19 @@ mod tests {
         assert_eq!(llama["prompt"], json!([1, 2, 3]));
         assert_eq!(llama["top_k"], json!(0));
         assert_eq!(llama["min_p"], json!(0.0));
+        assert_eq!(llama["repeat_penalty"], json!(1.0));
+        assert_eq!(llama["dry_multiplier"], json!(0.0));
+        assert_eq!(llama["frequency_penalty"], json!(0.0));
         assert_eq!(llama["seed"], json!(7));
         assert_eq!(llama["stop"], json!(["\n\n"]));
         let vllm = completion_body(ServerKind::Vllm, &request(&sampling, &[]));
         assert_eq!(vllm["top_k"], json!(-1));
+        assert_eq!(vllm["repetition_penalty"], json!(1.0));
         assert!(vllm.get("stop").is_none());
         let openai = completion_body(ServerKind::OpenAi, &request(&sampling, &[]));
         assert!(openai.get("top_k").is_none() && openai.get("min_p").is_none());
+        assert!(openai.get("repetition_penalty").is_none());
+        assert_eq!(openai["presence_penalty"], json!(0.0));
         assert_eq!(openai["temperature"], json!(0.7));
         assert_eq!(openai["max_tokens"], json!(64));
     }

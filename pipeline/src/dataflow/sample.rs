@@ -89,9 +89,9 @@ fn sample_prompts(
             |i, result| {
                 let prompt = &accepted[i];
                 match result {
-                    // A server that stayed down ends the run (nothing of this prompt is
-                    // committed, and the rerun samples it again).
-                    Err(e) if e.is_transient() => {
+                    // A server that stayed down, or refuses every request, ends the run
+                    // (nothing of this prompt is committed, and the rerun samples it again).
+                    Err(e) if e.stops_the_run() => {
                         worker.fail_unless_failed(crate::PipelineError::Model(e));
                         return;
                     }

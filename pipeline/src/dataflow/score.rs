@@ -35,11 +35,11 @@ fn score_samples(samples: Vec<Sample>, worker: &Worker) -> Vec<ScoredSample> {
         })
         .collect();
     let results = models.reward.score_batch(&items);
-    // A served reward model that stayed down ends the run: none of this prompt's samples go on
-    // (so no shard commits them), and the rerun scores them again.
+    // A served reward model that stayed down, or refuses every request, ends the run: none of
+    // this prompt's samples go on (so no shard commits them), and the rerun scores them again.
     if let Some(i) = results
         .iter()
-        .position(|r| r.as_ref().is_err_and(|e| e.is_transient()))
+        .position(|r| r.as_ref().is_err_and(|e| e.stops_the_run()))
     {
         if let Some(Err(e)) = results.into_iter().nth(i) {
             worker.fail_unless_failed(crate::PipelineError::Model(e));
