@@ -2,22 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("STEERFLOW_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv-test/bin/python"))
-}
+use support::workspace;
 
 #[test]
 fn score_command_writes_every_row_with_transformers_scores_whole_and_tensor_parallel() {
-    let fixture = root().join("tests/fixtures/hf/llama-seqcls5-f32");
+    let fixture = workspace().join("tests/fixtures/hf/llama-seqcls5-f32");
     let golden: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture.join("conversations.json")).unwrap())
             .unwrap();
@@ -62,18 +54,7 @@ fn score_command_writes_every_row_with_transformers_scores_whole_and_tensor_para
             stderr.contains("4 responses scored") && stderr.contains("1 rejected"),
             "{stderr}"
         );
-        let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
-        let read = Command::new(python())
-            .args(["-c", script])
-            .arg(&output)
-            .output()
-            .unwrap();
-        assert!(
-            read.status.success(),
-            "{}",
-            String::from_utf8_lossy(&read.stderr)
-        );
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&read.stdout).unwrap();
+        let rows = support::read_parquet(&output);
         assert_eq!(rows.len(), 4);
         for (k, row) in rows.iter().enumerate() {
             assert_eq!(row["id"], format!("c{k}"));

@@ -13,26 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use support::llama::{default_gguf, http, llama_server, llama_server_with};
-use support::runs::{committed_prompt_ids, run_job};
+use support::runs::{committed_prompt_ids_at, run_job};
 use support::served_jobs::{demo_prompt_ids, served_job};
 use support::servers::{faulty_proxy, Server};
-use support::{python, workspace};
-
-/// Every row of the parquet files under `dir`, read by pyarrow.
-fn parquet_rows(dir: &Path) -> Vec<Value> {
-    let script = "import json,sys,glob,pyarrow.parquet as pq\nrows=[]\nfor f in sorted(glob.glob(sys.argv[1]+'/**/*.parquet', recursive=True)): rows += pq.read_table(f).to_pylist()\nprint(json.dumps(rows, default=str))";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use support::{read_parquet, workspace};
 
 fn summary(output: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap()
@@ -48,7 +32,7 @@ fn the_demo_through_a_served_policy_and_judge_writes_valid_pairs_through_faults_
     let job = served_job(dir.path(), server.port, &output, 8);
     let run = run_job(&job, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let rows = parquet_rows(&output.join("data"));
+    let rows = read_parquet(&output.join("data"));
     assert!(!rows.is_empty(), "no pairs");
     for row in &rows {
         let chosen = row["chosen"].as_array().unwrap();
@@ -79,9 +63,7 @@ fn the_demo_through_a_served_policy_and_judge_writes_valid_pairs_through_faults_
     let served = &s["served"];
     assert!(served["requests"].as_u64().unwrap() >= 12, "{s}");
     assert_eq!(served["failures"], 0, "{s}");
-    let mut settled = committed_prompt_ids(
-        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap(),
-    );
+    let mut settled = committed_prompt_ids_at(&output);
     settled.sort();
     assert_eq!(settled, demo_prompt_ids());
 
@@ -108,9 +90,7 @@ fn the_demo_through_a_served_policy_and_judge_writes_valid_pairs_through_faults_
     let s = summary(&faulty);
     assert!(s["served"]["retries"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["served"]["failures"], 0, "{s}");
-    let mut settled = committed_prompt_ids(
-        &steerflow_pipeline::storage::Location::parse(faulty.to_str().unwrap(), true).unwrap(),
-    );
+    let mut settled = committed_prompt_ids_at(&faulty);
     settled.sort();
     assert_eq!(settled, demo_prompt_ids());
 
@@ -123,9 +103,7 @@ fn the_demo_through_a_served_policy_and_judge_writes_valid_pairs_through_faults_
     assert!(!killed.join("summary.json").exists());
     let run = run_job(&job, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let mut settled = committed_prompt_ids(
-        &steerflow_pipeline::storage::Location::parse(killed.to_str().unwrap(), true).unwrap(),
-    );
+    let mut settled = committed_prompt_ids_at(&killed);
     settled.sort();
     assert_eq!(settled, demo_prompt_ids());
 }
@@ -142,10 +120,7 @@ fn a_server_that_stays_down_ends_the_run_as_transient_with_nothing_committed() {
     assert_eq!(run.code, Some(4), "{}", run.stderr);
     assert!(run.stderr.contains("transient"), "{}", run.stderr);
     assert!(!output.join("summary.json").exists());
-    assert!(committed_prompt_ids(
-        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap()
-    )
-    .is_empty());
+    assert!(committed_prompt_ids_at(&output).is_empty());
 }
 
 /// A server that refuses every request (here llama-server with `--api-key` and a wrong key:
@@ -171,10 +146,7 @@ fn a_server_that_refuses_the_key_ends_the_run_at_once_with_nothing_committed() {
     );
     assert!(!run.stderr.contains("a-wrong-key"), "{}", run.stderr);
     assert!(!output.join("summary.json").exists());
-    assert!(committed_prompt_ids(
-        &steerflow_pipeline::storage::Location::parse(output.to_str().unwrap(), true).unwrap()
-    )
-    .is_empty());
+    assert!(committed_prompt_ids_at(&output).is_empty());
 }
 
 /// The served judge rates as the in-process judge on the same GGUF: within 0.3 on the 0..4 scale
@@ -276,13 +248,7 @@ fn steerflow_score(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let script = "import json,sys,pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
-    let read = Command::new(python())
-        .args(["-c", script])
-        .arg(&scored)
-        .output()
-        .unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    let rows = read_parquet(&scored);
     rows.iter()
         .map(|r| {
             ATTRIBUTES
@@ -327,7 +293,7 @@ fn filter_rank_scores(
     let served: Value = serde_json::from_str(&summary).unwrap();
     let requests = if port.is_some() { 4 } else { 0 };
     assert_eq!(served["served"]["requests"], requests, "{summary}");
-    let mut rows = parquet_rows(&output.join("data"));
+    let mut rows = read_parquet(&output.join("data"));
     rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     rows.iter()
         .map(|r| {

@@ -130,6 +130,11 @@ pub fn snapshot(location: &Location) -> BTreeMap<String, String> {
     snap
 }
 
+/// [`committed_prompt_ids`] of the output folder `path`.
+pub fn committed_prompt_ids_at(path: &Path) -> Vec<String> {
+    committed_prompt_ids(&Location::parse(path.to_str().unwrap(), true).unwrap())
+}
+
 /// Prompt ids of every committed run, checked for duplicates.
 pub fn committed_prompt_ids(location: &Location) -> Vec<String> {
     let rt = io_runtime().unwrap();
