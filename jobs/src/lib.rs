@@ -68,16 +68,7 @@ pub fn score_responses(
 /// what it computes itself: the scoring-only kinds, `bench`), which it keeps while the returned
 /// [`ComputePool`](steerflow_kernels::threads::ComputePool) lives.
 pub fn configure_threads(workers: usize) -> steerflow_kernels::threads::ComputePool {
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            (cores / workers.max(1)).max(1)
-        });
+    let threads = steerflow_kernels::threads::configured_threads(workers);
     // candle sizes its own pools from this variable, and without it re-reads /proc/cpuinfo on
     // every f32 matmul (6% of decode time in `steerflow bench --generate-only`).
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());

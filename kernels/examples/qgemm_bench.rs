@@ -30,7 +30,7 @@ fn per_call(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let threads = steerflow_kernels::threads::configured_threads();
+    let threads = steerflow_kernels::threads::configured_threads(1);
     let _pool = steerflow_kernels::threads::join(threads);
     println!("threads: {threads}; paths: {:?}\n", Path::available());
     // Each peak is the best of three measurements, all taken before any product runs (a pool

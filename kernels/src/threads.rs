@@ -20,14 +20,17 @@ impl ComputePool {
     }
 }
 
-/// The compute threads each thread of work gets: `RAYON_NUM_THREADS` (which the job sets to
-/// cores ÷ workers at start-up), else the cores.
-pub fn configured_threads() -> usize {
+/// The compute threads each of `workers` threads of work gets: `RAYON_NUM_THREADS` when set
+/// (the job sets it at start-up), else max(1, cores ÷ workers).
+pub fn configured_threads(workers: usize) -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / workers.max(1)).max(1)
+        })
 }
 
 /// Makes the calling thread the first of a pool of `threads` (it and `threads - 1` helpers). A

@@ -76,21 +76,56 @@ fn env_set(name: &str, value: Option<&str>) -> bool {
     })
 }
 
+impl CpuMatmul {
+    /// The int8 kernel's path this choice runs (`Some(None)`: the fastest), or `None` for
+    /// candle's kernel.
+    fn int8_path(self) -> Option<Option<Path>> {
+        match self {
+            CpuMatmul::Int8 => Some(None),
+            CpuMatmul::Int8On(path) => Some(Some(path)),
+            CpuMatmul::Candle => None,
+        }
+    }
+}
+
+/// `tensors` (each `[outputs, inputs]`, the same inputs) stacked into the int8 kernel's weights
+/// in the layout of `path` (`None`: the fastest), with each tensor's outputs; `None` unless
+/// every one is Q8_0 on the CPU.
+fn stacked_q8_0(
+    tensors: &[QTensor],
+    path: Option<Path>,
+) -> candle_core::Result<Option<(Q8Weights, Vec<usize>)>> {
+    let shapes: Vec<Option<(usize, usize)>> =
+        tensors.iter().map(|t| t.shape().dims2().ok()).collect();
+    let inputs = shapes.first().copied().flatten().map(|(_, k)| k);
+    let q8_0 = tensors.iter().zip(&shapes).all(|(t, shape)| {
+        t.device().is_cpu()
+            && t.dtype() == GgmlDType::Q8_0
+            && shape.is_some_and(|(_, k)| Some(k) == inputs)
+    });
+    let Some(k) = inputs.filter(|_| q8_0) else {
+        return Ok(None);
+    };
+    let mut stacked = Vec::new();
+    let mut outputs = Vec::with_capacity(tensors.len());
+    for (t, shape) in tensors.iter().zip(&shapes) {
+        stacked.extend(t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?);
+        outputs.push(shape.map_or(0, |(n, _)| n));
+    }
+    let layout = path.unwrap_or_else(Path::best).layout();
+    Ok(
+        Q8Weights::quantize_as(layout, &stacked, outputs.iter().sum(), k)
+            .ok()
+            .map(|weights| (weights, outputs)),
+    )
+}
+
 impl QLinear {
     /// The layer of `t` (`[outputs, inputs]`), on `kernel` where it applies (Q8_0 on the CPU).
     pub fn from_qtensor(t: QTensor, kernel: CpuMatmul) -> candle_core::Result<Self> {
-        let path = match kernel {
-            CpuMatmul::Int8 => None,
-            CpuMatmul::Int8On(path) => Some(path),
-            CpuMatmul::Candle => return Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
-        };
-        if t.device().is_cpu() && t.dtype() == GgmlDType::Q8_0 {
-            if let Ok((n, k)) = t.shape().dims2() {
-                let w = t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?;
-                let layout = path.unwrap_or_else(Path::best).layout();
-                if let Ok(weights) = Q8Weights::quantize_as(layout, &w, n, k) {
-                    return Ok(Self::Int8(Arc::new(weights), path));
-                }
+        if let Some(path) = kernel.int8_path() {
+            if let Some((weights, _)) = stacked_q8_0(std::slice::from_ref(&t), path)? {
+                return Ok(Self::Int8(Arc::new(weights), path));
             }
         }
         Ok(Self::Candle(QMatMul::from_qtensor(t)?))
@@ -149,29 +184,8 @@ impl FusedLinear {
     /// The layers of `tensors` (each `[outputs, inputs]`, the same inputs), fused where every
     /// one is Q8_0 on the CPU and `kernel` is the int8 kernel.
     pub fn from_qtensors(tensors: Vec<QTensor>, kernel: CpuMatmul) -> candle_core::Result<Self> {
-        let path = match kernel {
-            CpuMatmul::Int8 => Some(None),
-            CpuMatmul::Int8On(path) => Some(Some(path)),
-            CpuMatmul::Candle => None,
-        };
-        let shapes: Vec<Option<(usize, usize)>> =
-            tensors.iter().map(|t| t.shape().dims2().ok()).collect();
-        let inputs = shapes.first().copied().flatten().map(|(_, k)| k);
-        let fusable = tensors.iter().zip(&shapes).all(|(t, shape)| {
-            t.device().is_cpu()
-                && t.dtype() == GgmlDType::Q8_0
-                && shape.is_some_and(|(_, k)| Some(k) == inputs)
-        });
-        if let (Some(path), true, Some(k)) = (path, fusable, inputs) {
-            let mut stacked = Vec::new();
-            let mut outputs = Vec::with_capacity(tensors.len());
-            for (t, shape) in tensors.iter().zip(&shapes) {
-                stacked.extend(t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?);
-                outputs.push(shape.map_or(0, |(n, _)| n));
-            }
-            let layout = path.unwrap_or_else(Path::best).layout();
-            let n = outputs.iter().sum();
-            if let Ok(weights) = Q8Weights::quantize_as(layout, &stacked, n, k) {
+        if let Some(path) = kernel.int8_path() {
+            if let Some((weights, outputs)) = stacked_q8_0(&tensors, path)? {
                 return Ok(Self::Int8 {
                     weights: Arc::new(weights),
                     path,

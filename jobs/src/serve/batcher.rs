@@ -64,7 +64,7 @@ impl Batcher {
             .name("steerflow-serve-batcher".into())
             .spawn(move || {
                 let _compute = steerflow_kernels::threads::join(
-                    steerflow_kernels::threads::configured_threads(),
+                    steerflow_kernels::threads::configured_threads(1),
                 );
                 while let Some(first) = jobs.blocking_recv() {
                     let mut batch = vec![first];

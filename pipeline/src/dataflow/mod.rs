@@ -172,7 +172,7 @@ pub fn run_graph(
         connected.store(true, Ordering::SeqCst);
         // This worker's own compute threads (itself first), for its models' kernels.
         let _compute =
-            steerflow_kernels::threads::join(steerflow_kernels::threads::configured_threads());
+            steerflow_kernels::threads::join(steerflow_kernels::threads::configured_threads(1));
         let worker = worker::Worker {
             spec: spec.clone(),
             models: models.clone(),
