@@ -12,8 +12,8 @@ use candle_core::Device;
 use std::sync::Arc;
 use steerflow_kernels::sampling::SamplingParams;
 use steerflow_models::generation::GenerationParams;
+use steerflow_models::gguf::GgufModel;
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
-use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::Policy;
 use steerflow_models::LanguageModel;
 use steerflow_operators::records::Message;
@@ -30,7 +30,7 @@ fn load(device: &Device) -> Arc<dyn LanguageModel> {
         Some(p) => std::path::PathBuf::from(p),
         None => steerflow_models::registry::resolve_model("default").expect("default model"),
     };
-    Arc::new(GgufLlama::load(&path, device).expect("the GGUF loads"))
+    Arc::new(GgufModel::load(&path, device).expect("the GGUF loads"))
 }
 
 fn logits_vec(t: &candle_core::Tensor) -> Vec<f32> {

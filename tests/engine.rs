@@ -10,7 +10,7 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use steerflow_kernels::sampling::{SamplingParams, TokenSampler};
 use steerflow_models::engine::{EngineLimits, GenerationRequest};
 use steerflow_models::generation::{earliest_stop, Generation, GenerationParams};
-use steerflow_models::llama_gguf::requantize;
+use steerflow_models::gguf::requantize;
 use steerflow_models::policy::Policy;
 use steerflow_models::registry::resolve_model;
 use steerflow_models::LanguageModel;
@@ -33,7 +33,7 @@ fn our_decoder_computes_what_candles_quantized_llama_computes() {
     // Our decoder with candle's matrix kernel: the same operations as candle's model. (The int8
     // kernel differs from candle's by its f32 activation scales; tests/models.rs holds it to
     // transformers.)
-    let ours_model = steerflow_models::llama_gguf::GgufLlama::load_with(
+    let ours_model = steerflow_models::gguf::GgufModel::load_with(
         &path,
         &Device::Cpu,
         steerflow_models::qlinear::CpuMatmul::Candle,

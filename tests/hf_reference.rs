@@ -155,6 +155,7 @@ fn causal_lms_match_transformers() {
         "qwen2-f32",
         "qwen3-f32",
         "gemma2-f32",
+        "gemma2-gguf-f32",
     ] {
         let (dir, golden) = fixture(case);
         check_causal(&dir, &golden);
@@ -315,15 +316,16 @@ fn a_bf16_checkpoint_computed_in_bf16_stays_close_to_the_f32_reference() {
     }
 }
 
-/// GGUF files of the `qwen2` and `qwen3` architectures, written from the tiny checkpoints by
-/// `scripts/fixtures/hf_to_gguf.py` (the tensor names and layout of llama.cpp's converter), run
-/// through the GGUF loader and its ragged-batch forward against transformers' outputs for the
+/// GGUF files of the `qwen2`, `qwen3` and `gemma2` architectures, written from the tiny
+/// checkpoints by `scripts/fixtures/hf_to_gguf.py` (the tensor names and layout of llama.cpp's
+/// converter), run through the GGUF loader and its ragged-batch forward against transformers' outputs for the
 /// checkpoint: f32 files within 1e-4 with transformers' greedy tokens; Q8_0 files within
 /// [`Q8_0_TOLERANCE`], with transformers' greedy tokens wherever the top two logits are further
-/// apart than that.
+/// apart than that. Gemma 2's inputs (9 tokens, then 6 greedy ones) reach past its 4-token
+/// window on layer 0, and its soft-caps (2 on scores, 3 on logits) bind.
 #[test]
-fn gguf_files_of_the_qwen_architectures_match_transformers() {
-    use steerflow_models::llama_gguf::GgufLlama;
+fn gguf_files_of_the_qwen_and_gemma2_architectures_match_transformers() {
+    use steerflow_models::gguf::GgufModel;
     use steerflow_models::qlinear::CpuMatmul;
     use steerflow_models::LanguageModel;
     let root = support::workspace_root().join("tests/fixtures");
@@ -332,11 +334,13 @@ fn gguf_files_of_the_qwen_architectures_match_transformers() {
         ("qwen3-f32", "qwen3-f32.gguf", TOLERANCE),
         ("qwen2-f32", "qwen2-q8_0.gguf", Q8_0_TOLERANCE),
         ("qwen3-f32", "qwen3-q8_0.gguf", Q8_0_TOLERANCE),
+        ("gemma2-gguf-f32", "gemma2-f32.gguf", GEMMA2_GGUF_TOLERANCE),
+        ("gemma2-gguf-f32", "gemma2-q8_0.gguf", GEMMA2_Q8_0_TOLERANCE),
     ] {
         let (_, golden) = fixture(case);
         let path = root.join("gguf").join(file);
         for kernel in [CpuMatmul::Int8, CpuMatmul::Candle] {
-            let model = GgufLlama::load_with(&path, &candle_core::Device::Cpu, kernel).unwrap();
+            let model = GgufModel::load_with(&path, &candle_core::Device::Cpu, kernel).unwrap();
             let inputs: Vec<Vec<u32>> = golden["inputs"]
                 .as_array()
                 .unwrap()
@@ -398,3 +402,15 @@ fn gguf_files_of_the_qwen_architectures_match_transformers() {
 /// activations to 8 bits too): logits of the tiny checkpoints, which span about ±2.5, stay
 /// within this of transformers' f32 ones (measured 0.06 to 0.11, both CPU kernels).
 const Q8_0_TOLERANCE: f32 = 0.15;
+
+/// The GGUF forward computes Gemma 2's GELU as llama.cpp's CPU backend does, through f16 (so
+/// that greedy tokens agree with llama.cpp's at near ties; `gguf/forward.rs`): the f32 file's
+/// logits are within this of transformers' exact-GELU ones (measured 1.4e-3).
+const GEMMA2_GGUF_TOLERANCE: f32 = 5e-3;
+
+/// The Gemma 2 checkpoint's Q8_0 file strays further (measured 0.07 to 0.19 on both kernels,
+/// logits capped to ±3): every norm weight is 1 + w, the embedding is scaled by √hidden and
+/// serves as the output too, quantised once for both. The error is the format's, not the
+/// forward's: llama.cpp's own run of the same file gives log-probabilities within 2e-6 of
+/// steerflow's (`jobs/tests/llama_cpp_parity.rs`).
+const GEMMA2_Q8_0_TOLERANCE: f32 = 0.25;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use steerflow_kernels::judge_digits::digit_rating;
 use steerflow_kernels::sampling::SamplingParams;
 use steerflow_models::generation::GenerationParams;
+use steerflow_models::gguf::GgufModel;
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
-use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::Policy;
 use steerflow_models::registry::resolve_model;
 use steerflow_models::LanguageModel;
@@ -42,7 +42,7 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn max_logit_error(model: &GgufLlama, case: &Value) -> f32 {
+fn max_logit_error(model: &GgufModel, case: &Value) -> f32 {
     let input = ids(&case["ids"]);
     let logits: Vec<f32> = model.start().extend(&input).unwrap().to_vec1().unwrap();
     let mut worst = 0f32;
@@ -65,7 +65,7 @@ fn smollm2_matches_transformers() {
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let f = fixture();
     let path = resolve_model("default").expect("default model installed");
-    let model = GgufLlama::load(&path, &candle_core::Device::Cpu).unwrap();
+    let model = GgufModel::load(&path, &candle_core::Device::Cpu).unwrap();
     let text = model.text();
 
     for case in f["tokenizer"].as_array().unwrap() {

@@ -6,9 +6,9 @@ use crate::config::served::{ProtocolSetting, ServedSection};
 use crate::error::{invalid, JobError};
 use std::sync::Arc;
 use steerflow_models::chat_template::named_template;
+use steerflow_models::gguf::GgufModel;
 use steerflow_models::hf::{HeadKind, HfModel};
 use steerflow_models::judge::{helpsteer2_attributes, Judge};
-use steerflow_models::llama_gguf::GgufLlama;
 use steerflow_models::policy::Policy;
 use steerflow_models::registry::{locate_model, ModelLocation};
 use steerflow_models::reward::{NextTokenLogitReward, SequenceClassifierReward};
@@ -62,7 +62,7 @@ pub fn load_language_model(
     Ok(match locate_model(spec)? {
         ModelLocation::Gguf(path) => {
             tracing::info!(model = %path.display(), "loading GGUF model");
-            Arc::new(GgufLlama::load(&path, device)?)
+            Arc::new(GgufModel::load(&path, device)?)
         }
         ModelLocation::HfDir(dir) => {
             tracing::info!(model = %dir.display(), "loading checkpoint");

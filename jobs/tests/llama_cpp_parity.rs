@@ -1,5 +1,5 @@
 //! Greedy decoding through steerflow's GGUF forward gives llama.cpp's own tokens on the same
-//! files: the tiny `qwen2` and `qwen3` GGUF fixtures (f32 and Q8_0, written from the tiny
+//! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32 and Q8_0, written from the tiny
 //! checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
 //! `scripts/test`) with greedy sampling, no prompt cache, an f32 KV cache and no flash
 //! attention; and the log-probabilities after each prompt agree.
@@ -9,7 +9,7 @@
 mod support;
 
 use serde_json::Value;
-use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::gguf::GgufModel;
 use steerflow_models::qlinear::CpuMatmul;
 use steerflow_models::LanguageModel;
 use support::llama::{http, llama_server_with};
@@ -55,7 +55,7 @@ fn llama_cpp_logprobs(port: u16, prompt: &[u32], vocab: usize) -> Option<Vec<f64
 }
 
 /// The largest difference between steerflow's log-probabilities after `prompt` and `theirs`.
-fn logprob_difference(model: &GgufLlama, prompt: &[u32], theirs: &[f64]) -> f64 {
+fn logprob_difference(model: &GgufModel, prompt: &[u32], theirs: &[f64]) -> f64 {
     let logits: Vec<f32> = model.start().extend(prompt).unwrap().to_vec1().unwrap();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let log_total = logits
@@ -71,7 +71,7 @@ fn logprob_difference(model: &GgufLlama, prompt: &[u32], theirs: &[f64]) -> f64 
 }
 
 /// steerflow's greedy continuation, and the gap between the two largest logits at each step.
-fn steerflow_greedy(model: &GgufLlama, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
+fn steerflow_greedy(model: &GgufModel, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
     let mut session = model.start();
     let mut logits: Vec<f32> = session.extend(prompt).unwrap().to_vec1().unwrap();
     let (mut tokens, mut gaps) = (Vec::new(), Vec::new());
@@ -90,7 +90,7 @@ fn steerflow_greedy(model: &GgufLlama, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
 }
 
 #[test]
-fn greedy_tokens_match_llama_cpp_on_the_qwen_gguf_fixtures() {
+fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
     let fixtures = workspace().join("tests/fixtures");
     // f32 files: both sides compute in f32 (llama.cpp's KV cache set to f32 and its flash
     // attention, which rounds to f16 on the CPU, off), so only the order of sums differs.
@@ -107,6 +107,14 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_gguf_fixtures() {
         ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Candle, 1e-4),
         ("qwen2-f32", "qwen2-q8_0.gguf", CpuMatmul::Int8, 1e-4),
         ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Int8, 1e-4),
+        ("gemma2-gguf-f32", "gemma2-f32.gguf", CpuMatmul::Int8, 1e-4),
+        (
+            "gemma2-gguf-f32",
+            "gemma2-q8_0.gguf",
+            CpuMatmul::Candle,
+            1e-4,
+        ),
+        ("gemma2-gguf-f32", "gemma2-q8_0.gguf", CpuMatmul::Int8, 1e-4),
     ] {
         let path = fixtures.join("gguf").join(file);
         let golden: Value = serde_json::from_slice(
@@ -125,7 +133,7 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_gguf_fixtures() {
                 "off",
             ],
         );
-        let model = GgufLlama::load_with(&path, &candle_core::Device::Cpu, kernel).unwrap();
+        let model = GgufModel::load_with(&path, &candle_core::Device::Cpu, kernel).unwrap();
         let (mut compared, mut checked) = (0, 0);
         for input in golden["inputs"].as_array().unwrap() {
             let prompt: Vec<u32> = input

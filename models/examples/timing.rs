@@ -1,14 +1,14 @@
 //! Measures single-sequence prefill and decode speed: `cargo run --example timing -p steerflow-models`.
 
 use std::time::Instant;
-use steerflow_models::llama_gguf::GgufLlama;
+use steerflow_models::gguf::GgufModel;
 use steerflow_models::registry::resolve_model;
 use steerflow_models::LanguageModel;
 
 /// Prefill and decode speed of the default model, one sequence at a time.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = resolve_model("default")?;
-    let model = GgufLlama::load(&path, &candle_core::Device::Cpu)?;
+    let model = GgufModel::load(&path, &candle_core::Device::Cpu)?;
     for n in [16usize, 64, 200, 400] {
         let tokens: Vec<u32> = (0..n as u32).map(|i| 100 + i).collect();
         let t = Instant::now();

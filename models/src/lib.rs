@@ -2,7 +2,7 @@
 //!
 //! - [`registry`]: the default model, installed on first use from its registry package.
 //! - [`text`]: tokenizer and chat template of a model ([`gguf_tokenizer`], [`chat_template`]).
-//! - [`llama_gguf`]: the llama family from GGUF files (candle's quantized llama).
+//! - [`gguf`]: GGUF files of the llama, qwen2, qwen3 and gemma2 architectures.
 //! - [`hf`]: Hugging Face checkpoints; [`transformer`] is the decoder shared by the families in
 //!   [`llama`], [`mistral`] and [`qwen2`], with causal-LM and sequence-classification heads.
 //! - [`reward`]: reward models on those heads (`sequence-classification`, `next-token-logit`);
@@ -22,12 +22,12 @@ pub mod engine;
 pub mod error;
 pub mod gemma2;
 pub mod generation;
+pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod judge;
 mod layers;
 pub mod llama;
-pub mod llama_gguf;
 pub mod mistral;
 pub mod policy;
 pub mod prefix_tree;

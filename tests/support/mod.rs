@@ -155,7 +155,7 @@ pub fn default_model() -> std::sync::Arc<dyn steerflow_models::LanguageModel> {
             let path = steerflow_models::registry::resolve_model("default")
                 .expect("default model installed");
             std::sync::Arc::new(
-                steerflow_models::llama_gguf::GgufLlama::load(&path, &device())
+                steerflow_models::gguf::GgufModel::load(&path, &device())
                     .expect("the default model loads"),
             )
         })
