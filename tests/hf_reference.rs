@@ -156,6 +156,7 @@ fn causal_lms_match_transformers() {
         "qwen3-f32",
         "gemma2-f32",
         "gemma2-gguf-f32",
+        "gemma3-f32",
     ] {
         let (dir, golden) = fixture(case);
         check_causal(&dir, &golden);
@@ -185,6 +186,7 @@ fn sequence_classifiers_match_transformers_alone_and_batched() {
         "qwen3-seqcls1-f32",
         "llama-mlphead1-f32",
         "gemma2-seqcls2-f32",
+        "gemma3-seqcls1-f32",
         "llama-seqcls9-f32",
     ] {
         let (dir, golden) = fixture(case);

@@ -46,6 +46,8 @@ fn split_reward_models_score_as_the_whole_model() {
         ("llama-mlphead1-f32", HeadKind::SequenceClassification),
         ("gemma2-seqcls2-f32", HeadKind::SequenceClassification),
         ("gemma2-f32", HeadKind::CausalLm),
+        ("gemma3-seqcls1-f32", HeadKind::SequenceClassification),
+        ("gemma3-f32", HeadKind::CausalLm),
         ("llama3-f32", HeadKind::CausalLm),
     ] {
         let device = support::device();

@@ -23,8 +23,9 @@ pub struct DecoderSpec {
     pub mlp_bias: bool,
     /// Keys further back than this are masked (Mistral).
     pub sliding_window: Option<usize>,
-    /// RMSNorm over each head's queries and keys before the rotary embedding (Qwen3:
-    /// `q_norm`, `k_norm`, one `[head_dim]` weight shared by the heads).
+    /// RMSNorm over each head's queries and keys before the rotary embedding (Qwen3, Gemma 3:
+    /// `q_norm`, `k_norm`, one `[head_dim]` weight shared by the heads; offsets from 1 with
+    /// `norm_offset`).
     pub qk_norm: bool,
     /// The gated MLP's activation.
     pub activation: Activation,
@@ -45,6 +46,8 @@ pub struct DecoderSpec {
     pub final_softcap: Option<f64>,
     /// Which layers `sliding_window` applies to; `None`: every layer (Mistral).
     pub sliding_layers: Option<Vec<bool>>,
+    /// The sliding layers' own rotary embedding (Gemma 3's local base); `None`: `rope`.
+    pub sliding_rope: Option<Rope>,
 }
 
 /// The gated MLP's activation: `down(act(gate(x)) · up(x))`.
@@ -88,6 +91,7 @@ impl DecoderSpec {
             attn_softcap: None,
             final_softcap: None,
             sliding_layers: None,
+            sliding_rope: None,
         })
     }
 }

@@ -8,6 +8,16 @@ use candle_nn::{Linear, RmsNorm, VarBuilder};
 use std::sync::Arc;
 use steerflow_kernels::communicator::Communicator;
 
+/// An RMSNorm over `size` features; with `spec.norm_offset` the stored weight is an offset from
+/// 1, as Gemma keeps it.
+pub(crate) fn norm(spec: &DecoderSpec, size: usize, vb: VarBuilder) -> Result<RmsNorm> {
+    if !spec.norm_offset {
+        return candle_nn::rms_norm(size, spec.rms_norm_eps, vb);
+    }
+    let weight = (vb.get(size, "weight")? + 1.0)?;
+    Ok(RmsNorm::new(weight, spec.rms_norm_eps))
+}
+
 /// A linear layer holding rows `[first, first + count)` of the output features (column-parallel;
 /// the whole layer when unsharded).
 fn column_linear(
@@ -127,8 +137,8 @@ impl Attention {
             head_dim: hd,
             qk_norm: if spec.qk_norm {
                 Some((
-                    candle_nn::rms_norm(hd, spec.rms_norm_eps, vb.pp("q_norm"))?,
-                    candle_nn::rms_norm(hd, spec.rms_norm_eps, vb.pp("k_norm"))?,
+                    norm(spec, hd, vb.pp("q_norm"))?,
+                    norm(spec, hd, vb.pp("k_norm"))?,
                 ))
             } else {
                 None

@@ -20,7 +20,7 @@ pub mod chat_template;
 pub mod decoder_spec;
 pub mod engine;
 pub mod error;
-pub mod gemma2;
+pub mod gemma;
 pub mod generation;
 pub mod gguf;
 pub mod gguf_tokenizer;

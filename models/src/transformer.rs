@@ -12,12 +12,13 @@
 //! it; checkpoint names are the Hugging Face ones (`model.layers.N.self_attn.q_proj`...).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, rms_norm, Embedding, RmsNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 use std::sync::Arc;
 use steerflow_kernels::communicator::Communicator;
 
 pub use crate::decoder_spec::{Activation, DecoderSpec, Shard};
-use crate::layers::{Attention, Mlp};
+use crate::hf::config::Rope;
+use crate::layers::{norm, Attention, Mlp};
 
 struct Layer {
     input_norm: RmsNorm,
@@ -29,16 +30,6 @@ struct Layer {
     mlp: Mlp,
     /// Gemma 2's norm on the MLP's output.
     post_mlp_norm: Option<RmsNorm>,
-}
-
-/// An RMSNorm over `size` features; with `spec.norm_offset` the stored weight is an offset from
-/// 1, as Gemma keeps it.
-fn norm(spec: &DecoderSpec, size: usize, vb: VarBuilder) -> Result<RmsNorm> {
-    if !spec.norm_offset {
-        return rms_norm(size, spec.rms_norm_eps, vb);
-    }
-    let weight = (vb.get(size, "weight")? + 1.0)?;
-    Ok(RmsNorm::new(weight, spec.rms_norm_eps))
 }
 
 /// Cached keys and values of every layer, `[batch, kv_heads, positions, head_dim]`.
@@ -67,12 +58,39 @@ pub struct Decoder {
     norm: RmsNorm,
     cos: Tensor,
     sin: Tensor,
+    /// The sliding layers' own (cos, sin) when they have their own rope (Gemma 3).
+    sliding_rotary: Option<(Tensor, Tensor)>,
     spec: DecoderSpec,
     device: Device,
     /// The other ranks, when this decoder is one shard of a tensor-parallel model.
     comm: Option<Arc<dyn Communicator>>,
     /// What the weights and activations are computed in (f32, or the checkpoint's bf16 on GPUs).
     dtype: DType,
+}
+
+/// (cos, sin) for every position, `[max_positions, head_dim / 2]`: angles in f32 as
+/// transformers computes them, position (f32) × inv_freq (f32).
+fn rotary_tables(
+    rope: &Rope,
+    spec: &DecoderSpec,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let inv_freq: Vec<f32> = rope
+        .inv_freq(spec.head_dim)
+        .into_iter()
+        .map(|f| f as f32)
+        .collect();
+    let half = inv_freq.len();
+    let mut angles = Vec::with_capacity(spec.max_positions * half);
+    for p in 0..spec.max_positions {
+        angles.extend(inv_freq.iter().map(|f| p as f32 * f));
+    }
+    let angles = Tensor::from_vec(angles, (spec.max_positions, half), device)?;
+    Ok((
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    ))
 }
 
 impl Decoder {
@@ -123,26 +141,19 @@ impl Decoder {
             });
         }
         let norm = norm(&spec, spec.hidden_size, model.pp("norm"))?;
-        // Angles in f32 as transformers computes them: position (f32) × inv_freq (f32).
-        let inv_freq: Vec<f32> = spec
-            .rope
-            .inv_freq(spec.head_dim)
-            .into_iter()
-            .map(|f| f as f32)
-            .collect();
-        let half = inv_freq.len();
-        let mut angles = Vec::with_capacity(spec.max_positions * half);
-        for p in 0..spec.max_positions {
-            angles.extend(inv_freq.iter().map(|f| p as f32 * f));
-        }
-        let angles = Tensor::from_vec(angles, (spec.max_positions, half), &device)?;
         let dtype = vb.dtype();
+        let (cos, sin) = rotary_tables(&spec.rope, &spec, &device, dtype)?;
+        let sliding_rotary = match &spec.sliding_rope {
+            Some(rope) => Some(rotary_tables(rope, &spec, &device, dtype)?),
+            None => None,
+        };
         Ok(Self {
             embed,
             layers,
             norm,
-            cos: angles.cos()?.to_dtype(dtype)?,
-            sin: angles.sin()?.to_dtype(dtype)?,
+            cos,
+            sin,
+            sliding_rotary,
             dtype,
             spec,
             device,
@@ -203,8 +214,12 @@ impl Decoder {
         };
         let flat = positions.flatten_all()?;
         let half = self.cos.dims()[1];
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let at = |table: &Tensor| table.index_select(&flat, 0)?.reshape((b, t, half));
+        let (cos, sin) = (at(&self.cos)?, at(&self.sin)?);
+        let sliding_rotary = match &self.sliding_rotary {
+            Some((c, s)) => Some((at(c)?, at(s)?)),
+            None => None,
+        };
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![None; self.layers.len()];
         }
@@ -224,11 +239,15 @@ impl Decoder {
                 (Some(s), true) => s,
                 _ => &mask,
             };
+            let (cos, sin) = match (&sliding_rotary, slides) {
+                (Some((c, s)), true) => (c, s),
+                _ => (&cos, &sin),
+            };
             let residual = x.clone();
             let h = layer.attention.forward(
                 &layer.input_norm.forward(&x)?,
-                &cos,
-                &sin,
+                cos,
+                sin,
                 layer_mask,
                 layer_cache,
                 self.comm.as_ref(),

@@ -118,52 +118,60 @@ impl HfConfig {
     /// Rope theta and scaling, from `rope_parameters` (transformers 5) or `rope_theta` +
     /// `rope_scaling` (transformers 4). `default_theta` is the family's documented default.
     pub fn rope(&self, default_theta: f64) -> Result<Rope, String> {
-        let (theta, scaling) = match &self.rope_parameters {
-            Some(params) => {
-                let theta = params
-                    .get("rope_theta")
-                    .and_then(Value::as_f64)
-                    .or(self.rope_theta);
-                (theta, Some(params.clone()))
-            }
-            None => (self.rope_theta, self.rope_scaling.clone()),
+        match &self.rope_parameters {
+            Some(params) => Rope::from_parameters(params, self.rope_theta.unwrap_or(default_theta)),
+            None => Ok(Rope {
+                theta: self.rope_theta.unwrap_or(default_theta),
+                scaling: RopeScaling::parse(self.rope_scaling.as_ref())?,
+            }),
+        }
+    }
+}
+
+impl RopeScaling {
+    /// A `rope_parameters` or `rope_scaling` object (`rope_type`, or transformers 4's `type`).
+    fn parse(s: Option<&Value>) -> Result<Self, String> {
+        let Some(s) = s.filter(|s| !s.is_null()) else {
+            return Ok(Self::None);
         };
-        let theta = theta.unwrap_or(default_theta);
-        let scaling = match scaling.filter(|s| !s.is_null()) {
-            None => RopeScaling::None,
-            Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                match kind {
-                    "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear {
-                        factor: number(&s, "factor")?,
-                    },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: number(&s, "factor")?,
-                        low_freq_factor: number(&s, "low_freq_factor")?,
-                        high_freq_factor: number(&s, "high_freq_factor")?,
-                        original_max_position_embeddings: number(
-                            &s,
-                            "original_max_position_embeddings",
-                        )?,
-                    },
-                    other => {
-                        return Err(format!(
-                            "rope scaling `{other}` is not supported (default, linear, llama3)"
-                        ))
-                    }
-                }
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        Ok(match kind {
+            "default" => Self::None,
+            "linear" => Self::Linear {
+                factor: number(s, "factor")?,
+            },
+            "llama3" => Self::Llama3 {
+                factor: number(s, "factor")?,
+                low_freq_factor: number(s, "low_freq_factor")?,
+                high_freq_factor: number(s, "high_freq_factor")?,
+                original_max_position_embeddings: number(s, "original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(format!(
+                    "rope scaling `{other}` is not supported (default, linear, llama3)"
+                ))
             }
-        };
-        Ok(Rope { theta, scaling })
+        })
     }
 }
 
 impl Rope {
+    /// One `rope_parameters` object (transformers 5): its `rope_theta`, else `theta`, and its
+    /// scaling.
+    pub fn from_parameters(params: &Value, theta: f64) -> Result<Self, String> {
+        Ok(Self {
+            theta: params
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .unwrap_or(theta),
+            scaling: RopeScaling::parse(Some(params))?,
+        })
+    }
+
     /// Inverse frequencies for `head_dim`, as transformers' `ROPE_INIT_FUNCTIONS` compute them.
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f64> {
         let base: Vec<f64> = (0..head_dim)

@@ -250,8 +250,8 @@ impl HfModel {
             .map_err(|e| bad(&config_path, format!("not a usable config: {e}")))?;
         let raw: Value =
             serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
-        // Gemma 2 checks its own activation (GeGLU).
-        if config.model_type != "gemma2"
+        // Gemma checks its own activation (GeGLU).
+        if !["gemma2", "gemma3_text"].contains(&config.model_type.as_str())
             && config.hidden_act.as_deref().is_some_and(|a| a != "silu")
         {
             return Err(bad(
@@ -269,9 +269,11 @@ impl HfModel {
                 crate::qwen2::decoder_spec(&config, config.use_sliding_window.unwrap_or(false))
             }
             "qwen3" => crate::qwen3::decoder_spec(&config),
-            "gemma2" => crate::gemma2::decoder_spec(&config, &raw),
+            "gemma2" => crate::gemma::gemma2_spec(&config, &raw),
+            "gemma3_text" => crate::gemma::gemma3_spec(&config, &raw),
+            "gemma3" => Err("model_type `gemma3` (Gemma3ForConditionalGeneration, the multimodal checkpoints) is not supported; text-only Gemma 3 checkpoints (`gemma3_text`, such as gemma-3-1b) are".into()),
             other => Err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, gemma2){}",
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, gemma2, gemma3_text){}",
                 if raw.get("auto_map").is_some() {
                     "; this checkpoint names custom code (`auto_map`, trust_remote_code), which steerflow does not run"
                 } else {
