@@ -2,7 +2,8 @@
 //! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32 and Q8_0, written from the tiny
 //! checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
 //! `scripts/test`) with greedy sampling, no prompt cache, an f32 KV cache and no flash
-//! attention; and the log-probabilities after each prompt agree.
+//! attention; and the log-probabilities after each prompt agree. And the tokens of a
+//! SentencePiece GGUF (Gemma 2's real vocabulary) equal llama.cpp's and transformers'.
 
 #![allow(clippy::unwrap_used)]
 
@@ -188,4 +189,106 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
             "{file} ({kernel:?}): no log-probabilities compared"
         );
     }
+}
+
+/// Texts for the tokenizer comparison: real prompts and answers (AlpacaEval's instructions and
+/// GPT-4 outputs, Arena-Hard's questions: code, maths, many languages; fetched by
+/// `scripts/fetch-dedup-corpus`) and the edges of SentencePiece's space handling, byte
+/// fallback and special tokens written in the text.
+fn tokenizer_corpus() -> Vec<String> {
+    let data = workspace().join("target/test-data/eval-framework");
+    let alpaca: Value = serde_json::from_slice(
+        &std::fs::read(data.join("alpaca_eval/data/alpaca_eval_gpt4_baseline.json")).unwrap(),
+    )
+    .unwrap();
+    let mut texts: Vec<String> = alpaca
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(200)
+        .flat_map(|r| [&r["instruction"], &r["output"]])
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let arena =
+        std::fs::read_to_string(data.join("arena_hard/data/arena-hard-v2.0/question.jsonl"))
+            .unwrap();
+    texts.extend(arena.lines().map(|line| {
+        let v: Value = serde_json::from_str(line).unwrap();
+        v["prompt"].as_str().unwrap().to_string()
+    }));
+    for edge in [
+        " leading space",
+        "two  spaces,   three, and a trailing one ",
+        "tabs\tand\nnew\n\nlines\r\n",
+        "",
+        " ",
+        "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
+        "<bos>text after a special token",
+        "html <table><tr><td>cell</td></tr></table>",
+        "emoji 🦙🔥 and a rare CJK character 𠮷, Ǆ, \u{1F9D1}\u{200D}\u{1F52C}",
+        "numbers 1234567890 3.14159 1e-9",
+        "ünïcödé naïve café Ελληνικά русский العربية हिन्दी 日本語",
+        "\u{0}\u{1}\u{7f} control bytes",
+    ] {
+        texts.push(edge.to_string());
+    }
+    texts
+}
+
+/// llama.cpp's tokens of `text`, special tokens in the text parsed as tokens, nothing added.
+fn llama_cpp_tokens(port: u16, text: &str) -> Vec<u32> {
+    let body = serde_json::json!({"content": text, "add_special": false, "parse_special": true});
+    let (status, reply) = http("POST", port, "/tokenize", &body.to_string());
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    reply["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A GGUF with Gemma 2's real SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`, 256,000
+/// tokens with scores, written by `scripts/fixtures/spm_gguf.py` from the tokenizer.json that
+/// transformers' fast tokenizer reads): steerflow's tokens equal llama.cpp's on every text of
+/// the corpus, and transformers' (the `tokenizers` crate reading that tokenizer.json, which
+/// is what `AutoTokenizer` runs); decoding gives the text back.
+#[test]
+fn sentencepiece_gguf_tokens_match_llama_cpp_and_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemma2-spm.gguf");
+    let json = workspace().join("target/test-tokenizers/tokenizer-gemma2/tokenizer.json");
+    let status = std::process::Command::new(support::python())
+        .arg(workspace().join("scripts/fixtures/spm_gguf.py"))
+        .arg(&json)
+        .arg(workspace().join("tests/fixtures/templates/gemma2.json"))
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "spm_gguf.py failed");
+    let server = llama_server_with(&path, 1, &[]);
+    let model = GgufModel::load(&path, &candle_core::Device::Cpu).unwrap();
+    let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
+    let texts = tokenizer_corpus();
+    let mut tokens = 0;
+    for text in &texts {
+        let ours = model.text().encode(text).unwrap();
+        let theirs = llama_cpp_tokens(server.port, text);
+        assert_eq!(ours, theirs, "llama.cpp tokenizes {text:?} otherwise");
+        let hf_ids = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(ours, hf_ids, "transformers tokenizes {text:?} otherwise");
+        if !text.contains('<') {
+            assert_eq!(
+                &model.text().decode(&ours).unwrap(),
+                text,
+                "decoding {ours:?}"
+            );
+        }
+        tokens += ours.len();
+    }
+    eprintln!(
+        "{} texts, {tokens} tokens: equal to llama.cpp's and transformers'",
+        texts.len()
+    );
 }

@@ -5,12 +5,28 @@
 //! table (`llama-vocab.cpp`) and the `tokenizer.json` files the models were converted from:
 //! `smollm` is the GPT-2 byte-level split after splitting every digit on its own (SmolLM2's
 //! `Sequence[Digits(individual), ByteLevel]`).
+//!
+//! GGUF files of SentencePiece models (`tokenizer.ggml.model = "llama"`: Gemma, Llama 2,
+//! Mistral v0.1) carry tokens with scores instead of merges. llama.cpp's SPM tokenizer
+//! (`llm_tokenizer_spm_session`) starts from the text's characters, spaces written `▁` (and one
+//! put before the text and after each special token with `add_space_prefix`, its default), and
+//! repeatedly joins the adjacent pair whose concatenation is the token of highest score;
+//! characters left without a token become their bytes' `<0xXX>` tokens. That is a BPE whose
+//! merges are every split of every token into two tokens, ranked by the joined token's score,
+//! with byte fallback: transformers builds its Llama and Gemma fast tokenizers the same way.
 
 use crate::chat_template::ChatTemplate;
 use crate::text::TextCodec;
 use crate::ModelError;
 use candle_core::quantized::gguf_file::{Content, Value};
+use std::collections::HashMap;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -28,7 +44,12 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 /// Qwen2's split regex: as Llama 3 but one digit at a time.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-fn string_list(content: &Content, key: &str) -> Result<Vec<String>, String> {
+/// The array under `key`, each item read by `item`.
+fn list<T>(
+    content: &Content,
+    key: &str,
+    item: impl Fn(&Value) -> candle_core::Result<T>,
+) -> Result<Vec<T>, String> {
     let value = content
         .metadata
         .get(key)
@@ -36,20 +57,20 @@ fn string_list(content: &Content, key: &str) -> Result<Vec<String>, String> {
     let items = value.to_vec().map_err(|e| format!("`{key}`: {e}"))?;
     items
         .iter()
-        .map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}")))
+        .map(|v| item(v).map_err(|e| format!("`{key}`: {e}")))
         .collect()
 }
 
+fn string_list(content: &Content, key: &str) -> Result<Vec<String>, String> {
+    list(content, key, |v| v.to_string().cloned())
+}
+
+fn float_list(content: &Content, key: &str) -> Result<Vec<f32>, String> {
+    list(content, key, Value::to_f32)
+}
+
 fn int_list(content: &Content, key: &str) -> Result<Vec<i32>, String> {
-    let value = content
-        .metadata
-        .get(key)
-        .ok_or_else(|| format!("missing metadata `{key}`"))?;
-    let items = value.to_vec().map_err(|e| format!("`{key}`: {e}"))?;
-    items
-        .iter()
-        .map(|v| v.to_i32().map_err(|e| format!("`{key}`: {e}")))
-        .collect()
+    list(content, key, Value::to_i32)
 }
 
 fn metadata_str<'a>(content: &'a Content, key: &str) -> Option<&'a str> {
@@ -92,39 +113,28 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, String> {
     })
 }
 
-/// Builds the tokenizer of a GGUF BPE model.
+/// Builds the tokenizer of a GGUF BPE (`gpt2`) or SentencePiece (`llama`) model.
 pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, String> {
     let model = metadata_str(content, "tokenizer.ggml.model").unwrap_or("");
-    if model != "gpt2" {
-        return Err(format!(
-            "tokenizer model `{model}` is not supported from GGUF metadata (only byte-level BPE, `gpt2`); \
-             give the model's tokenizer.json instead"
-        ));
-    }
     let tokens = string_list(content, "tokenizer.ggml.tokens")?;
     let types = int_list(content, "tokenizer.ggml.token_type")?;
-    let merges = string_list(content, "tokenizer.ggml.merges")?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let merges = merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| format!("bad merge `{m}`"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    let pre = metadata_str(content, "tokenizer.ggml.pre").unwrap_or("default");
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-    tokenizer.with_decoder(Some(ByteLevel::default()));
+    if types.len() != tokens.len() {
+        return Err(format!(
+            "{} token types for {} tokens",
+            types.len(),
+            tokens.len()
+        ));
+    }
+    let mut tokenizer = match model {
+        "gpt2" => byte_level_bpe(content, &tokens)?,
+        "llama" => sentencepiece(content, &tokens)?,
+        other => {
+            return Err(format!(
+                "tokenizer model `{other}` is not supported from GGUF metadata (byte-level BPE \
+                 `gpt2`, SentencePiece `llama`); give the model's tokenizer.json instead"
+            ))
+        }
+    };
     let specials: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
@@ -134,6 +144,110 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, String> {
     tokenizer
         .add_special_tokens(specials)
         .map_err(|e| e.to_string())?;
+    Ok(tokenizer)
+}
+
+fn vocab_of(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect()
+}
+
+fn byte_level_bpe(content: &Content, tokens: &[String]) -> Result<Tokenizer, String> {
+    let merges = string_list(content, "tokenizer.ggml.merges")?;
+    let merges = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("bad merge `{m}`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_of(tokens), merges)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = metadata_str(content, "tokenizer.ggml.pre").unwrap_or("default");
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    Ok(tokenizer)
+}
+
+/// Every split of every token into two tokens, ranked by the joined token's score (highest
+/// first; equal scores by the joined token's id, then the split's left token's id).
+fn merges_by_score(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut ranked: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (joined, token) in tokens.iter().enumerate() {
+        for (cut, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(cut);
+            if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                ranked.push((scores[joined], joined, l, r));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (tokens[l].clone(), tokens[r].clone()))
+        .collect()
+}
+
+fn sentencepiece(content: &Content, tokens: &[String]) -> Result<Tokenizer, String> {
+    let scores = float_list(content, "tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        ));
+    }
+    let flag = |key: &str, default: bool| {
+        content.metadata.get(key).map_or(Ok(default), |v| {
+            v.to_bool().map_err(|e| format!("`{key}`: {e}"))
+        })
+    };
+    if flag("tokenizer.ggml.remove_extra_whitespaces", false)? {
+        return Err("SentencePiece with remove_extra_whitespaces is not supported".into());
+    }
+    let space_prefix = flag("tokenizer.ggml.add_space_prefix", true)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_of(tokens), merges_by_score(tokens, &scores))
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let escape: NormalizerWrapper = Replace::new(" ", "\u{2581}")
+        .map_err(|e| e.to_string())?
+        .into();
+    let normalizer: NormalizerWrapper = match space_prefix {
+        true => tokenizers::normalizers::Sequence::new(vec![
+            Prepend::new("\u{2581}".into()).into(),
+            escape,
+        ])
+        .into(),
+        false => escape,
+    };
+    tokenizer
+        .with_normalizer(Some(normalizer))
+        .map_err(|e| e.to_string())?;
+    let unescape = Replace::new("\u{2581}", " ").map_err(|e| e.to_string())?;
+    let mut decoders = vec![
+        unescape.into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tokenizer)
 }
 
