@@ -8,14 +8,37 @@ use candle_nn::{Linear, RmsNorm, VarBuilder};
 use std::sync::Arc;
 use steerflow_kernels::communicator::Communicator;
 
-/// An RMSNorm over `size` features; with `spec.norm_offset` the stored weight is an offset from
-/// 1, as Gemma keeps it.
-pub(crate) fn norm(spec: &DecoderSpec, size: usize, vb: VarBuilder) -> Result<RmsNorm> {
-    if !spec.norm_offset {
-        return candle_nn::rms_norm(size, spec.rms_norm_eps, vb);
+/// An RMSNorm: candle's, or Gemma's, whose stored weight is an offset from 1: transformers'
+/// Gemma RMSNorm normalises in f32, multiplies by 1 + w in f32 and rounds once to the input's
+/// dtype (in bf16, rounding 1 + w itself first moved the tiny Gemma 2's logits by 0.065 from
+/// transformers' own bf16 ones).
+pub(crate) enum Norm {
+    Plain(RmsNorm),
+    /// 1 + w in f32.
+    Offset(RmsNorm),
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(n) => n.forward(x),
+            Self::Offset(n) if x.dtype() == DType::F32 => n.forward(x),
+            Self::Offset(n) => n.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        }
     }
-    let weight = (vb.get(size, "weight")? + 1.0)?;
-    Ok(RmsNorm::new(weight, spec.rms_norm_eps))
+}
+
+/// The RMSNorm over `size` features at `vb`, as `spec.norm_offset` says it is stored.
+pub(crate) fn norm(spec: &DecoderSpec, size: usize, vb: VarBuilder) -> Result<Norm> {
+    if !spec.norm_offset {
+        return Ok(Norm::Plain(candle_nn::rms_norm(
+            size,
+            spec.rms_norm_eps,
+            vb,
+        )?));
+    }
+    let weight = (vb.get(size, "weight")?.to_dtype(DType::F32)? + 1.0)?;
+    Ok(Norm::Offset(RmsNorm::new(weight, spec.rms_norm_eps)))
 }
 
 /// A linear layer holding rows `[first, first + count)` of the output features (column-parallel;
@@ -89,7 +112,7 @@ pub(crate) struct Attention {
     kv_heads: usize,
     head_dim: usize,
     /// Per-head query and key norms (Qwen3).
-    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    qk_norm: Option<(Norm, Norm)>,
     /// What the scores are multiplied by.
     scale: f64,
     attn_softcap: Option<f64>,
@@ -158,7 +181,7 @@ impl Attention {
         comm: Option<&Arc<dyn Communicator>>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, heads: usize, norm: Option<&RmsNorm>| {
+        let split = |y: Tensor, heads: usize, norm: Option<&Norm>| {
             let y = y.reshape((b, t, heads, self.head_dim))?;
             let y = match norm {
                 Some(n) => n.forward(&y)?,

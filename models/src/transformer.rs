@@ -12,24 +12,24 @@
 //! it; checkpoint names are the Hugging Face ones (`model.layers.N.self_attn.q_proj`...).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 use std::sync::Arc;
 use steerflow_kernels::communicator::Communicator;
 
 pub use crate::decoder_spec::{Activation, DecoderSpec, Shard};
 use crate::hf::config::Rope;
-use crate::layers::{norm, Attention, Mlp};
+use crate::layers::{norm, Attention, Mlp, Norm};
 
 struct Layer {
-    input_norm: RmsNorm,
+    input_norm: Norm,
     attention: Attention,
     /// Gemma 2's norm on the attention's output.
-    post_attention_norm: Option<RmsNorm>,
+    post_attention_norm: Option<Norm>,
     /// The MLP's input norm.
-    mlp_norm: RmsNorm,
+    mlp_norm: Norm,
     mlp: Mlp,
     /// Gemma 2's norm on the MLP's output.
-    post_mlp_norm: Option<RmsNorm>,
+    post_mlp_norm: Option<Norm>,
 }
 
 /// Cached keys and values of every layer, `[batch, kv_heads, positions, head_dim]`.
@@ -55,7 +55,7 @@ impl KvCache {
 pub struct Decoder {
     embed: Embedding,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     cos: Tensor,
     sin: Tensor,
     /// The sliding layers' own (cos, sin) when they have their own rope (Gemma 3).
@@ -121,7 +121,7 @@ impl Decoder {
         for i in 0..spec.num_layers {
             let lvb = model.pp(format!("layers.{i}"));
             let h = spec.hidden_size;
-            let sandwich = |name: &str| -> Result<Option<RmsNorm>> {
+            let sandwich = |name: &str| -> Result<Option<Norm>> {
                 match spec.sandwich_norms {
                     true => Ok(Some(norm(&spec, h, lvb.pp(name))?)),
                     false => Ok(None),
@@ -228,7 +228,7 @@ impl Decoder {
             // transformers multiplies by √hidden cast to the hidden states' dtype.
             x = (x * f64::from((self.spec.hidden_size as f64).sqrt() as f32))?;
         }
-        let then = |n: &Option<RmsNorm>, h: Tensor| match n {
+        let then = |n: &Option<Norm>, h: Tensor| match n {
             Some(n) => n.forward(&h),
             None => Ok(h),
         };
