@@ -8,7 +8,9 @@
 //! candle sorts all 49,152 probabilities of SmolLM2 for every token (9% of decode time), while
 //! the nucleus is usually a few dozen tokens. The nucleus is the same prefix of the same order
 //! (probability descending, ties by token id), summed in the same order, so the cut is
-//! bit-identical.
+//! bit-identical. The draw then weighs only the nucleus, in token order: the zeros outside it
+//! add nothing to the running sums candle's weighted draw bisects (x + 0 is x), so its total,
+//! its uniform and its pick are the same.
 
 use crate::KernelError;
 use candle_core::{DType, Tensor, D};
@@ -108,12 +110,11 @@ impl TokenSampler {
                     .to_scalar::<u32>()?
             }
             Sampling::TopP { p, temperature } => {
-                let mut prs = probabilities(temperature)?;
+                let prs = probabilities(temperature)?;
                 if p <= 0.0 || p >= 1.0 {
                     self.multinomial(&prs)?
                 } else {
-                    keep_nucleus(&mut prs, p as f32);
-                    self.multinomial(&prs)?
+                    self.multinomial_over(&prs, &nucleus(&prs, p as f32))?
                 }
             }
             Sampling::TopK { k, temperature } => {
@@ -127,22 +128,33 @@ impl TokenSampler {
                 }
             }
             Sampling::TopKThenTopP { k, p, temperature } => {
-                let mut prs = probabilities(temperature)?;
+                let prs = probabilities(temperature)?;
                 let p = p as f32;
                 if k >= prs.len() {
-                    keep_nucleus(&mut prs, p);
-                    self.multinomial(&prs)?
+                    self.multinomial_over(&prs, &nucleus(&prs, p))?
                 } else {
                     let top = top_k_indices(&prs, k);
                     let mut kept: Vec<f32> = top.iter().map(|&i| prs[i]).collect();
                     let sum: f32 = kept.iter().sum();
                     if p > 0.0 && p < sum {
-                        keep_nucleus(&mut kept, p);
+                        let inside = nucleus(&kept, p);
+                        for (i, pr) in kept.iter_mut().enumerate() {
+                            if inside.binary_search(&i).is_err() {
+                                *pr = 0.0;
+                            }
+                        }
                     }
                     top[self.multinomial(&kept)? as usize] as u32
                 }
             }
         })
+    }
+
+    /// The weighted draw over `prs` restricted to `kept` (ascending): what [`Self::multinomial`]
+    /// draws when every other probability is zero.
+    fn multinomial_over(&mut self, prs: &[f32], kept: &[usize]) -> Result<u32, KernelError> {
+        let weights: Vec<f32> = kept.iter().map(|&i| prs[i]).collect();
+        Ok(kept[self.multinomial(&weights)? as usize] as u32)
     }
 
     fn multinomial(&mut self, prs: &[f32]) -> Result<u32, KernelError> {
@@ -160,18 +172,16 @@ fn top_k_indices(prs: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// Zeroes every probability outside the top-p nucleus: walking tokens by probability descending
-/// (ties by id), a token is kept while the sum of those before it is below `p`. Sorts only a
-/// growing head of the vocabulary until the nucleus is complete.
-pub fn keep_nucleus(prs: &mut [f32], p: f32) {
+/// The top-p nucleus, as token indices in ascending order: walking tokens by probability
+/// descending (ties by id), a token is kept while the sum of those before it is below `p`.
+/// Sorts only the tokens at or above a threshold (a prefix of that order), lowered until the
+/// nucleus is complete.
+pub fn nucleus(prs: &[f32], p: f32) -> Vec<usize> {
     let before = |i: &usize, j: &usize| prs[*j].total_cmp(&prs[*i]).then(i.cmp(j));
-    let mut head = 64.min(prs.len());
+    let max = prs.iter().copied().fold(0f32, f32::max);
+    let mut threshold = max / 1024.0;
     loop {
-        let mut order: Vec<usize> = (0..prs.len()).collect();
-        if head < prs.len() {
-            order.select_nth_unstable_by(head, before);
-        }
-        order.truncate(head);
+        let mut order: Vec<usize> = (0..prs.len()).filter(|&i| prs[i] >= threshold).collect();
         order.sort_unstable_by(before);
         let mut cumulative = 0f32;
         let mut kept = 0;
@@ -182,19 +192,16 @@ pub fn keep_nucleus(prs: &mut [f32], p: f32) {
             cumulative += prs[i];
             kept += 1;
         }
-        if cumulative >= p || head == prs.len() {
-            let mut keep = vec![false; prs.len()];
-            for &i in &order[..kept] {
-                keep[i] = true;
-            }
-            for (pr, keep) in prs.iter_mut().zip(keep) {
-                if !keep {
-                    *pr = 0.0;
-                }
-            }
-            return;
+        if cumulative >= p || order.len() == prs.len() || threshold == 0.0 {
+            order.truncate(kept);
+            order.sort_unstable();
+            return order;
         }
-        head = (head * 4).min(prs.len());
+        threshold = if threshold > f32::MIN_POSITIVE {
+            threshold / 1024.0
+        } else {
+            0.0
+        };
     }
 }
 
@@ -285,6 +292,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Against the plain definition (sort everything, walk): a head of 10 tokens holding 0.9
+    /// and a tail of 20,000 below max/1024, so a p of 0.95 or 0.999 needs the lowered thresholds.
+    #[test]
+    fn the_nucleus_is_the_prefix_a_full_sort_gives() {
+        let mut prs: Vec<f32> = (0..10).map(|i| 0.09 + i as f32 * 1e-9).collect();
+        prs.extend((0..20_000).map(|i| (0.1 / 20_000.0) * (1.0 + ((i * 37) % 11) as f32 / 10.0)));
+        prs.push(0.09); // a tie with the head, resolved by id
+        let total: f32 = prs.iter().sum();
+        prs.iter_mut().for_each(|p| *p /= total);
+        for p in [0.05f32, 0.5, 0.9, 0.95, 0.999, 1.0] {
+            let mut order: Vec<usize> = (0..prs.len()).collect();
+            order.sort_by(|&i, &j| prs[j].total_cmp(&prs[i]).then(i.cmp(&j)));
+            let (mut cumulative, mut want) = (0f32, Vec::new());
+            for &i in &order {
+                if cumulative >= p {
+                    break;
+                }
+                cumulative += prs[i];
+                want.push(i);
+            }
+            want.sort_unstable();
+            assert_eq!(nucleus(&prs, p), want, "p = {p}");
         }
     }
 

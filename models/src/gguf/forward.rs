@@ -184,9 +184,11 @@ impl Weights {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
+        // Grouped-query attention without copying the keys and values per query head: query head
+        // h reads kv head h / rep, so the `rep` query heads of a kv head are stacked as rows,
+        // `[1, kv_heads, rep × t, head_dim]`, against that kv head's keys.
         let rep = hy.heads / hy.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?;
+        let q = q.reshape((1, hy.kv_heads, rep * t, hy.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / hy.score_divisor)?;
         let scores = softcap(scores, hy.attn_softcap)?;
         let keys = position + t;
@@ -194,11 +196,11 @@ impl Weights {
         // Query i (at position + i) sees keys j ≤ position + i within the window.
         let hidden = |i: usize, j: usize| j > position + i || position + i - j >= window;
         let scores = if t > 1 || keys > window {
-            let blocked: Vec<u8> = (0..t)
-                .flat_map(|i| (0..keys).map(move |j| u8::from(hidden(i, j))))
+            let blocked: Vec<u8> = (0..rep * t)
+                .flat_map(|row| (0..keys).map(move |j| u8::from(hidden(row % t, j))))
                 .collect();
-            let blocked =
-                Tensor::from_vec(blocked, (t, keys), &self.device)?.broadcast_as(scores.shape())?;
+            let blocked = Tensor::from_vec(blocked, (rep * t, keys), &self.device)?
+                .broadcast_as(scores.shape())?;
             let neg_inf =
                 Tensor::new(f32::NEG_INFINITY, &self.device)?.broadcast_as(scores.shape())?;
             blocked.where_cond(&neg_inf, &scores)?
@@ -206,7 +208,9 @@ impl Weights {
             scores
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        probs.matmul(&v.contiguous()?)
+        probs
+            .matmul(&v.contiguous()?)?
+            .reshape((1, hy.heads, t, hy.head_dim))
     }
 }
 
