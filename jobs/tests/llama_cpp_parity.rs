@@ -253,42 +253,52 @@ fn llama_cpp_tokens(port: u16, text: &str) -> Vec<u32> {
 /// tokens with scores, written by `scripts/fixtures/spm_gguf.py` from the tokenizer.json that
 /// transformers' fast tokenizer reads): steerflow's tokens equal llama.cpp's on every text of
 /// the corpus, and transformers' (the `tokenizers` crate reading that tokenizer.json, which
-/// is what `AutoTokenizer` runs); decoding gives the text back.
+/// is what `AutoTokenizer` runs); decoding gives the text back. Then the same vocabulary with
+/// `add_space_prefix` on (Llama 2's SentencePiece setting, llama.cpp's default): a space put
+/// before the text and after each control or user-defined token, against llama.cpp alone
+/// (Gemma's tokenizer.json has no such prefix; and the text no longer decodes to itself, since
+/// Gemma's vocabulary has user-defined tokens, such as two newlines, for the prefix to follow).
 #[test]
 fn sentencepiece_gguf_tokens_match_llama_cpp_and_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gemma2-spm.gguf");
     let json = workspace().join("target/test-tokenizers/tokenizer-gemma2/tokenizer.json");
-    let status = std::process::Command::new(support::python())
-        .arg(workspace().join("scripts/fixtures/spm_gguf.py"))
-        .arg(&json)
-        .arg(workspace().join("tests/fixtures/templates/gemma2.json"))
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "spm_gguf.py failed");
-    let server = llama_server_with(&path, 1, &[]);
-    let model = GgufModel::load(&path, &candle_core::Device::Cpu).unwrap();
     let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
     let texts = tokenizer_corpus();
-    let mut tokens = 0;
-    for text in &texts {
-        let ours = model.text().encode(text).unwrap();
-        let theirs = llama_cpp_tokens(server.port, text);
-        assert_eq!(ours, theirs, "llama.cpp tokenizes {text:?} otherwise");
-        let hf_ids = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
-        assert_eq!(ours, hf_ids, "transformers tokenizes {text:?} otherwise");
-        if !text.contains('<') {
-            assert_eq!(
-                &model.text().decode(&ours).unwrap(),
-                text,
-                "decoding {ours:?}"
-            );
+    for space_prefix in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gemma2-spm.gguf");
+        let mut script = std::process::Command::new(support::python());
+        script
+            .arg(workspace().join("scripts/fixtures/spm_gguf.py"))
+            .arg(&json)
+            .arg(workspace().join("tests/fixtures/templates/gemma2.json"))
+            .arg(&path);
+        if space_prefix {
+            script.arg("--space-prefix");
         }
-        tokens += ours.len();
+        assert!(script.status().unwrap().success(), "spm_gguf.py failed");
+        let server = llama_server_with(&path, 1, &[]);
+        let model = GgufModel::load(&path, &candle_core::Device::Cpu).unwrap();
+        let mut tokens = 0;
+        for text in &texts {
+            let ours = model.text().encode(text).unwrap();
+            let theirs = llama_cpp_tokens(server.port, text);
+            assert_eq!(
+                ours, theirs,
+                "add_space_prefix {space_prefix}: llama.cpp tokenizes {text:?} otherwise"
+            );
+            if !space_prefix {
+                let hf_ids = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+                assert_eq!(ours, hf_ids, "transformers tokenizes {text:?} otherwise");
+                if !text.contains('<') {
+                    let decoded = model.text().decode(&ours).unwrap();
+                    assert_eq!(&decoded, text, "decoding {ours:?}");
+                }
+            }
+            tokens += ours.len();
+        }
+        eprintln!(
+            "add_space_prefix {space_prefix}: {} texts, {tokens} tokens equal to llama.cpp's",
+            texts.len()
+        );
     }
-    eprintln!(
-        "{} texts, {tokens} tokens: equal to llama.cpp's and transformers'",
-        texts.len()
-    );
 }

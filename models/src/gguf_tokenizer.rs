@@ -135,11 +135,21 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, String> {
             ))
         }
     };
+    // llama.cpp cuts the raw text at control and user-defined tokens before anything else, and
+    // SentencePiece's space prefix then starts every piece after one: so for `llama` vocabularies
+    // user-defined tokens are matched before normalisation too (`normalized(false)`).
+    let raw_match = model == "llama";
     let specials: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
         .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-        .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
+        .map(|(tok, &t)| {
+            let token = AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL);
+            match raw_match {
+                true => token.normalized(false),
+                false => token,
+            }
+        })
         .collect();
     tokenizer
         .add_special_tokens(specials)
