@@ -275,7 +275,7 @@ fn sentencepiece_gguf_tokens_match_llama_cpp_and_transformers() {
         if space_prefix {
             script.arg("--space-prefix");
         }
-        assert!(script.status().unwrap().success(), "spm_gguf.py failed");
+        support::succeed(&mut script);
         let server = llama_server_with(&path, 1, &[]);
         let model = GgufModel::load(&path, &candle_core::Device::Cpu).unwrap();
         let mut tokens = 0;

@@ -16,7 +16,7 @@ use support::llama::{default_gguf, http, llama_server, llama_server_with};
 use support::runs::{committed_prompt_ids_at, run_job};
 use support::served_jobs::{demo_prompt_ids, served_job};
 use support::servers::{faulty_proxy, Server};
-use support::{read_parquet, workspace};
+use support::{read_parquet, succeed, workspace};
 
 fn summary(output: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(output.join("summary.json")).unwrap()).unwrap()
@@ -228,25 +228,20 @@ fn steerflow_score(
         .collect();
     std::fs::write(input, lines).unwrap();
     let scored = dir.join("scores.parquet");
-    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
-        .args(["score", "--reward-model"])
-        .arg(fixture)
-        .args([
-            "--kind",
-            "sequence-classification",
-            "--attributes",
-            "helpsteer2",
-            "--input",
-        ])
-        .arg(input)
-        .arg("--output")
-        .arg(&scored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_steerflow"))
+            .args(["score", "--reward-model"])
+            .arg(fixture)
+            .args([
+                "--kind",
+                "sequence-classification",
+                "--attributes",
+                "helpsteer2",
+                "--input",
+            ])
+            .arg(input)
+            .arg("--output")
+            .arg(&scored),
     );
     let rows = read_parquet(&scored);
     rows.iter()

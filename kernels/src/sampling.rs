@@ -134,17 +134,14 @@ impl TokenSampler {
                     self.multinomial_over(&prs, &nucleus(&prs, p))?
                 } else {
                     let top = top_k_indices(&prs, k);
-                    let mut kept: Vec<f32> = top.iter().map(|&i| prs[i]).collect();
+                    let kept: Vec<f32> = top.iter().map(|&i| prs[i]).collect();
                     let sum: f32 = kept.iter().sum();
-                    if p > 0.0 && p < sum {
-                        let inside = nucleus(&kept, p);
-                        for (i, pr) in kept.iter_mut().enumerate() {
-                            if inside.binary_search(&i).is_err() {
-                                *pr = 0.0;
-                            }
-                        }
-                    }
-                    top[self.multinomial(&kept)? as usize] as u32
+                    let pick = if p > 0.0 && p < sum {
+                        self.multinomial_over(&kept, &nucleus(&kept, p))?
+                    } else {
+                        self.multinomial(&kept)?
+                    };
+                    top[pick as usize] as u32
                 }
             }
         })

@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 /// The default model's GGUF file (installed on first use).
 pub fn default_gguf() -> PathBuf {
-    let out = Command::new(env!("CARGO_BIN_EXE_steerflow"))
-        .arg("install-model")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = super::succeed(Command::new(env!("CARGO_BIN_EXE_steerflow")).arg("install-model"));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 

@@ -25,19 +25,25 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| workspace().join(".venv-test/bin/python"))
 }
 
-/// Every row of the parquet file at `path`, or of every parquet file under the folder `path`
-/// (in path order), read by pyarrow.
-pub fn read_parquet(path: &Path) -> Vec<serde_json::Value> {
-    let script = "import glob,json,os,sys,pyarrow.parquet as pq\np=sys.argv[1]\nfiles=sorted(glob.glob(p+'/**/*.parquet', recursive=True)) if os.path.isdir(p) else [p]\nrows=[]\nfor f in files: rows += pq.read_table(f).to_pylist()\nprint(json.dumps(rows, default=str))";
-    let out = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .unwrap();
+/// Runs `command` to its end and returns its output; a failure fails the test with its stderr.
+pub fn succeed(command: &mut std::process::Command) -> std::process::Output {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every row of the parquet file at `path`, or of every parquet file under the folder `path`
+/// (in path order), read by pyarrow.
+pub fn read_parquet(path: &Path) -> Vec<serde_json::Value> {
+    let script = "import glob,json,os,sys,pyarrow.parquet as pq\np=sys.argv[1]\nfiles=sorted(glob.glob(p+'/**/*.parquet', recursive=True)) if os.path.isdir(p) else [p]\nrows=[]\nfor f in files: rows += pq.read_table(f).to_pylist()\nprint(json.dumps(rows, default=str))";
+    let out = succeed(
+        std::process::Command::new(python())
+            .args(["-c", script])
+            .arg(path),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -61,33 +61,39 @@ impl Weights {
         };
         let mut blocks = Vec::with_capacity(hyper.blocks);
         for i in 0..hyper.blocks {
-            let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let mut norm = |name: &str| RmsNorm::from_qtensor(weight(name)?, eps);
-            let attn_norm = norm("attn_norm")?;
-            let ffn_norm = norm("ffn_norm")?;
+            let mut blk = |name: &str| tensor(&format!("blk.{i}.{name}"));
+            let norm = |t: candle_core::quantized::QTensor| RmsNorm::from_qtensor(t, eps);
+            let attn_norm = norm(blk("attn_norm.weight")?)?;
+            let ffn_norm = norm(blk("ffn_norm.weight")?)?;
             let qk_norm = match arch.qk_norm() {
-                true => Some((norm("attn_q_norm")?, norm("attn_k_norm")?)),
+                true => Some((
+                    norm(blk("attn_q_norm.weight")?)?,
+                    norm(blk("attn_k_norm.weight")?)?,
+                )),
                 false => None,
             };
             let (attn_post_norm, ffn_post_norm) = match arch.sandwich_norms() {
                 true => (
-                    Some(norm("post_attention_norm")?),
-                    Some(norm("post_ffw_norm")?),
+                    Some(norm(blk("post_attention_norm.weight")?)?),
+                    Some(norm(blk("post_ffw_norm.weight")?)?),
                 ),
                 false => (None, None),
             };
             let qkv_bias = match arch.qkv_bias() {
-                true => {
-                    let mut bias =
-                        |name: &str| tensor(&format!("blk.{i}.{name}.bias"))?.dequantize(device);
-                    Some([bias("attn_q")?, bias("attn_k")?, bias("attn_v")?])
-                }
+                true => Some([
+                    blk("attn_q.bias")?.dequantize(device)?,
+                    blk("attn_k.bias")?.dequantize(device)?,
+                    blk("attn_v.bias")?.dequantize(device)?,
+                ]),
                 false => None,
             };
-            let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let qkv = vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?];
-            let gate_up = vec![weight("ffn_gate")?, weight("ffn_up")?];
-            let (wo, down) = (weight("attn_output")?, weight("ffn_down")?);
+            let qkv = vec![
+                blk("attn_q.weight")?,
+                blk("attn_k.weight")?,
+                blk("attn_v.weight")?,
+            ];
+            let gate_up = vec![blk("ffn_gate.weight")?, blk("ffn_up.weight")?];
+            let (wo, down) = (blk("attn_output.weight")?, blk("ffn_down.weight")?);
             blocks.push(Block {
                 attn_norm,
                 qkv: FusedLinear::from_qtensors(qkv, kernel)?,
