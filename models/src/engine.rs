@@ -14,6 +14,7 @@
 use crate::generation::{earliest_stop, Generation, GenerationCounters, GenerationParams};
 use crate::{LanguageModel, LmSession, ModelError};
 use candle_core::Tensor;
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::time::Instant;
 use steerflow_kernels::sampling::TokenSampler;
@@ -209,16 +210,32 @@ pub fn generate_batched(
                 Vec::new().into_iter()
             }
         };
+        // Each sequence draws from its own sampler: the draws run on the compute pool's threads
+        // (the same draw on any thread), and their results are applied in order.
+        let drawing: Vec<(Sequence, Option<u32>, usize)> = stepping
+            .into_iter()
+            .filter_map(|seq| {
+                let draw = drawn.next().flatten();
+                let run = running[seq.slot].as_ref().expect("running request");
+                run.failed.is_none().then_some((seq, draw, run.budget))
+            })
+            .collect();
+        let drawn: Vec<_> = drawing
+            .into_par_iter()
+            .map(|(mut seq, draw, budget)| {
+                let before = seq.ids.len();
+                let next = next_token(&mut seq, text, params, budget, draw);
+                let drew = (seq.ids.len() - before) as u64;
+                (seq, next, drew)
+            })
+            .collect();
         let mut drew = 0u64;
-        for mut seq in stepping {
-            let draw = drawn.next().flatten();
+        for (seq, next, n) in drawn {
             let run = running[seq.slot].as_mut().expect("running request");
             if run.failed.is_some() {
-                continue;
+                continue; // an earlier sample of its request failed in this step
             }
-            let before = seq.ids.len();
-            let next = next_token(&mut seq, text, params, run.budget, draw);
-            drew += (seq.ids.len() - before) as u64;
+            drew += n;
             match next {
                 Ok(None) => rows.push(Row::Decode(seq)),
                 Ok(Some(generation)) => {

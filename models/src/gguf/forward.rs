@@ -9,6 +9,7 @@ use super::KvCache;
 use crate::decoder_spec::Activation;
 use candle_core::{DType, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
+use rayon::prelude::*;
 
 /// GELU (tanh approximation) as llama.cpp computes it on the CPU (`GGML_GELU_FP16` in
 /// ggml-cpu/vec.h): the input rounded to f16, the result read from a table of f16 values,
@@ -127,33 +128,45 @@ impl Weights {
             Some((q, k)) => (Some(q), Some(k)),
             None => (None, None),
         };
-        let mut attended = Vec::with_capacity(chunks.len());
-        let mut offset = 0;
-        for (cache, chunk) in caches.iter_mut().zip(chunks) {
-            let t = chunk.len();
-            let rows = |m: &Tensor, heads: usize, norm: Option<&RmsNorm>| {
-                let m = m
-                    .narrow(0, offset, t)?
-                    .reshape((1, t, heads, hy.head_dim))?;
-                let m = match norm {
-                    Some(n) => n.forward(&m.contiguous()?)?,
-                    None => m,
+        // Sequences are independent: each runs on the compute pool's threads, so both cores
+        // work through the per-sequence attention instead of one while the other waits. Each
+        // sequence is computed the same way on whichever thread takes it.
+        let offsets: Vec<usize> = chunks
+            .iter()
+            .scan(0, |end, c| {
+                *end += c.len();
+                Some(*end - c.len())
+            })
+            .collect();
+        let attended = caches
+            .par_iter_mut()
+            .zip(chunks.par_iter().zip(offsets))
+            .map(|(cache, (chunk, offset))| {
+                let t = chunk.len();
+                let rows = |m: &Tensor, heads: usize, norm: Option<&RmsNorm>| {
+                    let m = m
+                        .narrow(0, offset, t)?
+                        .reshape((1, t, heads, hy.head_dim))?;
+                    let m = match norm {
+                        Some(n) => n.forward(&m.contiguous()?)?,
+                        None => m,
+                    };
+                    m.transpose(1, 2)?.contiguous()
                 };
-                m.transpose(1, 2)?.contiguous()
-            };
-            let y = self.attend(
-                [
-                    rows(&q, hy.heads, q_norm)?,
-                    rows(&k, hy.kv_heads, k_norm)?,
-                    rows(&v, hy.kv_heads, None)?,
-                ],
-                &mut cache.blocks[b],
-                cache.position,
-                block.window,
-            )?;
-            attended.push(y.transpose(1, 2)?.reshape((t, hy.heads * hy.head_dim))?);
-            offset += t;
-        }
+                let position = cache.position;
+                let y = self.attend(
+                    [
+                        rows(&q, hy.heads, q_norm)?,
+                        rows(&k, hy.kv_heads, k_norm)?,
+                        rows(&v, hy.kv_heads, None)?,
+                    ],
+                    &mut cache.blocks[b],
+                    position,
+                    block.window,
+                )?;
+                y.transpose(1, 2)?.reshape((t, hy.heads * hy.head_dim))
+            })
+            .collect::<candle_core::Result<Vec<Tensor>>>()?;
         Tensor::cat(&attended, 0)
     }
 
