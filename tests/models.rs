@@ -81,11 +81,12 @@ fn judge_ratings_are_in_range_and_prefix_sharing_changes_nothing() {
 
 #[test]
 fn quantized_logits_stay_close_to_the_reference() {
-    // At run time the Q4_1 weights are requantized to Q8_0 and activations are quantized to
-    // Q8_0 per 32-value block (as llama.cpp does), so logits carry quantization noise against
-    // transformers' f32 dequantization: a shift common to all tokens (harmless to softmax) plus
-    // per-token noise. Compared after removing the common shift (each side centred on its mean
-    // over the reference's top 20): measured worst 0.27 to 0.50 on logits around 25; the bound is 1.0.
+    // At run time the Q4_1 weights run as they are stored (the int8 kernel's 4-bit path) and
+    // activations are quantized to 8 bits per 32-value block (as llama.cpp does), so logits carry
+    // quantization noise against transformers' f32 dequantization: a shift common to all tokens
+    // (harmless to softmax) plus per-token noise. Compared after removing the common shift (each
+    // side centred on its mean over the reference's top 20): measured worst 0.20 to 0.31 on
+    // logits around 25 (0.27 to 0.50 when the weights were requantized to Q8_0); the bound is 1.0.
     // The reference's top token must stay in our top 5. The exact f32 path is checked to 1e-3 in
     // tests/reference_smollm2.rs.
     let f: serde_json::Value = serde_json::from_slice(
@@ -119,7 +120,7 @@ fn quantized_logits_stay_close_to_the_reference() {
             .iter()
             .map(|(id, l)| ((logits[*id] - ours_mean) - (l - ref_mean)).abs())
             .fold(0f32, f32::max);
-        eprintln!("max centred logit error vs transformers (Q8_0): {worst}");
+        eprintln!("max centred logit error vs transformers (Q4_1, int8 activations): {worst}");
         assert!(worst < 1.0, "max centred logit error {worst}");
         let rank = logits.iter().filter(|&&l| l > logits[top[0].0]).count();
         assert!(rank < 5, "the reference's top token ranks {rank} here");

@@ -1,6 +1,6 @@
 //! Greedy decoding through steerflow's GGUF forward gives llama.cpp's own tokens on the same
-//! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32 and Q8_0, written from the tiny
-//! checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
+//! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32, Q8_0, Q4_0 and Q4_1, written
+//! from the tiny checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
 //! `scripts/test`) with greedy sampling, no prompt cache, an f32 KV cache and no flash
 //! attention; and the log-probabilities after each prompt agree. And the tokens of a
 //! SentencePiece GGUF (Gemma 2's real vocabulary) equal llama.cpp's and transformers'.
@@ -97,7 +97,10 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
     // attention, which rounds to f16 on the CPU, off), so only the order of sums differs.
     // Q8_0 files through either CPU kernel: the same weights and the same activation
     // quantisation as llama.cpp (8 bits per block of 32, the block scales rounded to f16; with
-    // f32 scales steerflow's int8 kernel was up to 0.05 away on these models). A step whose top
+    // f32 scales steerflow's int8 kernel was up to 0.05 away on these models). Q4_0 and Q4_1
+    // files on the int8 kernel's 4-bit weights (kernels/src/qgemm/q4.rs), which computes as
+    // llama.cpp does (Q4_1's `d_a·Σa` rounded to f16; unrounded, 5e-2 to 7e-2 away); Q4_0 on
+    // candle's kernel too (candle requantizes Q4_1 to Q8_0, other weights). A step whose top
     // two logits are closer than `tie` may go either way, and the comparison of that input stops
     // there; `tie` is twice the largest log-probability difference allowed, and checked, after
     // each prompt.
@@ -116,6 +119,10 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
             1e-4,
         ),
         ("gemma2-gguf-f32", "gemma2-q8_0.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen2-f32", "qwen2-q4_0.gguf", CpuMatmul::Candle, 1e-4),
+        ("qwen2-f32", "qwen2-q4_0.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen3-f32", "qwen3-q4_1.gguf", CpuMatmul::Int8, 1e-4),
+        ("gemma2-gguf-f32", "gemma2-q4_1.gguf", CpuMatmul::Int8, 1e-4),
     ] {
         let path = fixtures.join("gguf").join(file);
         let golden: Value = serde_json::from_slice(

@@ -1,6 +1,6 @@
-//! A linear layer from a GGUF tensor: on the CPU, Q8_0 weights run on steerflow's int8 kernel
-//! (`steerflow_kernels::qgemm`: repacked at load for the fastest path the CPU runs, AVX-512 VNNI
-//! or AVX2, rayon threads); everything else on candle's `QMatMul`. `STEERFLOW_CPU_MATMUL` chooses
+//! A linear layer from a GGUF tensor: on the CPU, Q8_0 and 4-bit (Q4_0, Q4_1, Q4_K) weights run
+//! on steerflow's int8 kernel (`steerflow_kernels::qgemm`: repacked at load for the fastest path
+//! the CPU runs, AVX-512 VNNI or AVX2, rayon threads); everything else on candle's `QMatMul`. `STEERFLOW_CPU_MATMUL` chooses
 //! another kernel, to compare them in one run: `candle` (as does candle's own
 //! `CANDLE_DEQUANTIZE_ALL`), or one path of the int8 kernel (`avx512-vnni`, `avx2`,
 //! `reference`).
@@ -8,7 +8,9 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
-use steerflow_kernels::qgemm::{matmul, matmul_with, Path, Q8Weights};
+use steerflow_kernels::qgemm::{
+    matmul, matmul_with, PackedWeights, Path, Q4Format, Q4Weights, Q8Weights,
+};
 
 /// Which kernel runs the CPU's Q8_0 matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,7 @@ impl CpuMatmul {
 #[derive(Debug, Clone)]
 pub enum QLinear {
     /// The int8 kernel's weights, and the path that runs them (`None`: the fastest).
-    Int8(Arc<Q8Weights>, Option<Path>),
+    Int8(Arc<PackedWeights>, Option<Path>),
     Candle(QMatMul),
 }
 
@@ -88,43 +90,73 @@ impl CpuMatmul {
     }
 }
 
+/// The 4-bit format of the int8 kernel that `dtype` is, if any.
+fn q4_format(dtype: GgmlDType) -> Option<Q4Format> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(Q4Format::Q4_0),
+        GgmlDType::Q4_1 => Some(Q4Format::Q4_1),
+        GgmlDType::Q4K => Some(Q4Format::Q4K),
+        _ => None,
+    }
+}
+
+/// Whether the int8 kernel runs weights of `dtype` (as they are stored, without requantizing).
+pub(crate) fn int8_kernel_runs(dtype: GgmlDType) -> bool {
+    dtype == GgmlDType::Q8_0 || q4_format(dtype).is_some()
+}
+
 /// `tensors` (each `[outputs, inputs]`, the same inputs) stacked into the int8 kernel's weights
 /// in the layout of `path` (`None`: the fastest), with each tensor's outputs; `None` unless
-/// every one is Q8_0 on the CPU.
-fn stacked_q8_0(
+/// every one is on the CPU and of one format the kernel runs (Q8_0, or one 4-bit format, whose
+/// stored blocks are repacked as they are).
+fn stacked_int8(
     tensors: &[QTensor],
     path: Option<Path>,
-) -> candle_core::Result<Option<(Q8Weights, Vec<usize>)>> {
+) -> candle_core::Result<Option<(PackedWeights, Vec<usize>)>> {
     let shapes: Vec<Option<(usize, usize)>> =
         tensors.iter().map(|t| t.shape().dims2().ok()).collect();
     let inputs = shapes.first().copied().flatten().map(|(_, k)| k);
-    let q8_0 = tensors.iter().zip(&shapes).all(|(t, shape)| {
+    let dtype = tensors.first().map(QTensor::dtype);
+    let same = tensors.iter().zip(&shapes).all(|(t, shape)| {
         t.device().is_cpu()
-            && t.dtype() == GgmlDType::Q8_0
+            && Some(t.dtype()) == dtype
             && shape.is_some_and(|(_, k)| Some(k) == inputs)
     });
-    let Some(k) = inputs.filter(|_| q8_0) else {
+    let (Some(k), Some(dtype)) = (inputs.filter(|_| same), dtype) else {
         return Ok(None);
     };
-    let mut stacked = Vec::new();
-    let mut outputs = Vec::with_capacity(tensors.len());
-    for (t, shape) in tensors.iter().zip(&shapes) {
-        stacked.extend(t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?);
-        outputs.push(shape.map_or(0, |(n, _)| n));
-    }
+    let outputs: Vec<usize> = shapes.iter().map(|s| s.map_or(0, |(n, _)| n)).collect();
+    let n = outputs.iter().sum();
     let layout = path.unwrap_or_else(Path::best).layout();
-    Ok(
-        Q8Weights::quantize_as(layout, &stacked, outputs.iter().sum(), k)
+    let weights = if dtype == GgmlDType::Q8_0 {
+        let mut stacked = Vec::with_capacity(n * k);
+        for t in tensors {
+            stacked.extend(t.dequantize(&t.device())?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Q8Weights::quantize_as(layout, &stacked, n, k)
             .ok()
-            .map(|weights| (weights, outputs)),
-    )
+            .map(PackedWeights::Q8)
+    } else if let Some(format) = q4_format(dtype) {
+        // Stacking rows of whole blocks is concatenating the tensors' bytes.
+        let mut raw = Vec::new();
+        for t in tensors {
+            raw.extend_from_slice(&t.data()?);
+        }
+        Q4Weights::from_gguf(layout, format, &raw, n, k)
+            .ok()
+            .map(PackedWeights::Q4)
+    } else {
+        None
+    };
+    Ok(weights.map(|w| (w, outputs)))
 }
 
 impl QLinear {
-    /// The layer of `t` (`[outputs, inputs]`), on `kernel` where it applies (Q8_0 on the CPU).
+    /// The layer of `t` (`[outputs, inputs]`), on `kernel` where it applies (Q8_0 and 4-bit
+    /// weights on the CPU).
     pub fn from_qtensor(t: QTensor, kernel: CpuMatmul) -> candle_core::Result<Self> {
         if let Some(path) = kernel.int8_path() {
-            if let Some((weights, _)) = stacked_q8_0(std::slice::from_ref(&t), path)? {
+            if let Some((weights, _)) = stacked_int8(std::slice::from_ref(&t), path)? {
                 return Ok(Self::Int8(Arc::new(weights), path));
             }
         }
@@ -147,7 +179,7 @@ impl QLinear {
 
 /// `x · Wᵀ` on the int8 kernel: the product, row-major, and `x`'s dimensions.
 fn int8_product(
-    w: &Q8Weights,
+    w: &PackedWeights,
     path: Option<Path>,
     x: &Tensor,
 ) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
@@ -172,7 +204,7 @@ fn int8_product(
 pub enum FusedLinear {
     /// The layers' weights stacked, the path that runs them, and each layer's outputs.
     Int8 {
-        weights: Arc<Q8Weights>,
+        weights: Arc<PackedWeights>,
         path: Option<Path>,
         outputs: Vec<usize>,
     },
@@ -182,10 +214,10 @@ pub enum FusedLinear {
 
 impl FusedLinear {
     /// The layers of `tensors` (each `[outputs, inputs]`, the same inputs), fused where every
-    /// one is Q8_0 on the CPU and `kernel` is the int8 kernel.
+    /// one is of one format the int8 kernel runs, on the CPU, and `kernel` is the int8 kernel.
     pub fn from_qtensors(tensors: Vec<QTensor>, kernel: CpuMatmul) -> candle_core::Result<Self> {
         if let Some(path) = kernel.int8_path() {
-            if let Some((weights, outputs)) = stacked_q8_0(&tensors, path)? {
+            if let Some((weights, outputs)) = stacked_int8(&tensors, path)? {
                 return Ok(Self::Int8 {
                     weights: Arc::new(weights),
                     path,

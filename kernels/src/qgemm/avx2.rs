@@ -9,6 +9,7 @@
 //! scale) products: `super::reference`'s arithmetic, bit for bit.
 
 use super::pack::{Group, Row};
+use super::q4::{Q4Group, BLOCK_BYTES};
 use std::arch::x86_64::*;
 
 /// Proof that this CPU runs AVX2 and FMA: only [`Avx2::detect`] makes one, so the kernel checks
@@ -77,6 +78,82 @@ unsafe fn quad_dots_avx2(
         );
         let scales = _mm_mul_ps(ws, _mm_set1_ps(da));
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), scales, acc);
+    }
+    let mut out = [0f32; 4];
+    // SAFETY: `out` holds four floats.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+impl Avx2 {
+    /// The four dot products of one activation row with one 4-bit column quad (`super::q4`).
+    pub(super) fn q4_quad_dots(self, row: &Row<'_>, quad: Q4Group<'_>) -> [f32; 4] {
+        let blocks = row.scales.len();
+        assert!(
+            row.quants.len() == blocks * 32
+                && row.sums.len() == blocks
+                && row.offset_sums.len() == blocks
+                && quad.nibbles.len() == blocks * 4 * BLOCK_BYTES
+                && quad.scales.len() == blocks * 4
+                && quad.offsets.len() == blocks * 4,
+            "operands of mismatched sizes"
+        );
+        // SAFETY: `self` exists only where the CPU has AVX2 and FMA (`detect`), and every slice
+        // holds what the loop reads for `blocks` blocks (checked above).
+        #[allow(unsafe_code)]
+        unsafe {
+            q4_quad_dots_avx2(row, quad)
+        }
+    }
+}
+
+/// Per block: each column's 16 bytes widened to its 32 values in order (low nibbles, then high)
+/// as unsigned bytes, which `_mm256_maddubs_epi16` multiplies by the signed activation quants
+/// (pairs at most 2·15·128 < 2¹⁵: no saturation); then as `quad_dots_avx2` with the integer
+/// offset added to the exact sums, and the float offsets' term `fma(m, f16(d_a·Σa), sum)`.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4_quad_dots_avx2(row: &Row<'_>, quad: Q4Group<'_>) -> [f32; 4] {
+    let (w, w_scales, w_offsets) = (quad.nibbles, quad.scales, quad.offsets);
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm_set1_epi8(0x0F);
+    let mut acc = _mm_setzero_ps();
+    let per_block = row.scales.iter().zip(row.sums).zip(row.offset_sums);
+    for (b, ((&da, &asum), &offset_sum)) in per_block.enumerate() {
+        // SAFETY: b < blocks, so quants b·32 .. b·32 + 32, bytes b·64 .. b·64 + 64 of `w` and
+        // floats b·4 .. b·4 + 4 of the scales and offsets are in bounds (the caller checked the
+        // lengths); unaligned loads take any address.
+        let (av, wp, ws, wm) = unsafe {
+            (
+                _mm256_loadu_si256(row.quants.as_ptr().add(b * 32).cast::<__m256i>()),
+                w.as_ptr().add(b * 4 * BLOCK_BYTES),
+                _mm_loadu_ps(w_scales.as_ptr().add(b * 4)),
+                _mm_loadu_ps(w_offsets.as_ptr().add(b * 4)),
+            )
+        };
+        let dot = |c: usize| {
+            // SAFETY: c < 4, within the 64 bytes of this block's quad (above).
+            let v = unsafe { _mm_loadu_si128(wp.add(c * BLOCK_BYTES).cast::<__m128i>()) };
+            let values = _mm256_set_m128i(
+                _mm_and_si128(_mm_srli_epi16(v, 4), low),
+                _mm_and_si128(v, low),
+            );
+            _mm256_madd_epi16(_mm256_maddubs_epi16(values, av), ones)
+        };
+        let (p0, p1, p2, p3) = (dot(0), dot(1), dot(2), dot(3));
+        let halves = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        let sums = _mm_add_epi32(
+            _mm_add_epi32(
+                _mm256_castsi256_si128(halves),
+                _mm256_extracti128_si256(halves, 1),
+            ),
+            _mm_set1_epi32(quad.int_offset * asum),
+        );
+        let dav = _mm_set1_ps(da);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws, dav), acc);
+        if quad.float_offsets {
+            acc = _mm_fmadd_ps(wm, _mm_set1_ps(offset_sum), acc);
+        }
     }
     let mut out = [0f32; 4];
     // SAFETY: `out` holds four floats.

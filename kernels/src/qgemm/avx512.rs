@@ -10,6 +10,7 @@
 //! bit. Four rows share each weight load.
 
 use super::pack::{Group, Q8Rows};
+use super::q4::{Q4Group, BLOCK_BYTES};
 use super::BLOCK;
 use std::arch::x86_64::*;
 
@@ -51,29 +52,43 @@ impl Avx512Vnni {
             );
             (row.biased, row.scales)
         };
-        let mut r = 0;
-        for dots in out.chunks_exact_mut(ROWS * TILE) {
-            let group: [Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
-            // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`), and
-            // every slice holds what the kernel reads for `blocks` blocks (checked above).
-            #[allow(unsafe_code)]
-            unsafe {
-                rows_times_tile::<ROWS>(group, tile, dots)
-            };
-            r += ROWS;
-        }
-        for dots in out
-            .chunks_exact_mut(ROWS * TILE)
-            .into_remainder()
-            .chunks_exact_mut(TILE)
-        {
+        by_row_groups(
+            out,
+            |r, dots| {
+                let group: [Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
+                // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`), and
+                // every slice holds what the kernel reads for `blocks` blocks (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    rows_times_tile::<ROWS>(group, tile, dots)
+                }
+            },
             // SAFETY: as above, for one row.
             #[allow(unsafe_code)]
-            unsafe {
-                rows_times_tile::<1>([operands(r)], tile, dots)
-            };
-            r += 1;
-        }
+            |r, dots| unsafe { rows_times_tile::<1>([operands(r)], tile, dots) },
+        );
+    }
+}
+
+/// Runs `four(first row, out of four rows)` over the rows of `out` (`[row][16]`) four at a time,
+/// then `one(row, out of one row)` over the rows left.
+fn by_row_groups(
+    out: &mut [f32],
+    mut four: impl FnMut(usize, &mut [f32]),
+    mut one: impl FnMut(usize, &mut [f32]),
+) {
+    let mut r = 0;
+    for dots in out.chunks_exact_mut(ROWS * TILE) {
+        four(r, dots);
+        r += ROWS;
+    }
+    for dots in out
+        .chunks_exact_mut(ROWS * TILE)
+        .into_remainder()
+        .chunks_exact_mut(TILE)
+    {
+        one(r, dots);
+        r += 1;
     }
 }
 
@@ -135,6 +150,138 @@ unsafe fn rows_times_tile<const R: usize>(
                 acc1 = step(s1, sc[1], acc1);
                 acc2 = step(s2, sc[2], acc2);
                 acc3 = step(s3, sc[3], acc3);
+            }
+        }
+    }
+    for (r, acc) in [acc0, acc1, acc2, acc3].into_iter().take(R).enumerate() {
+        // SAFETY: floats r·16 .. r·16 + 16 lie within `out`'s R × 16.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * TILE), acc) };
+    }
+}
+
+/// One row's operands for the 4-bit kernel: quants, block scales and block sums.
+type Q4Operands<'a> = (&'a [i8], &'a [f32], &'a [i32], &'a [f32]);
+
+impl Avx512Vnni {
+    /// Every row of `rows` times the sixteen columns of a 4-bit `tile` (`super::q4`): `out` is
+    /// `[row][16]`.
+    pub(super) fn q4_tile_dots(self, rows: &Q8Rows, tile: Q4Group<'_>, out: &mut [f32]) {
+        let m = rows.rows();
+        let blocks = tile.scales.len() / TILE;
+        assert!(
+            tile.nibbles.len() == blocks * TILE * BLOCK_BYTES
+                && tile.offsets.len() == blocks * TILE
+                && out.len() == m * TILE,
+            "operands of mismatched sizes"
+        );
+        let operands = |r: usize| {
+            let row = rows.row(r);
+            assert!(
+                row.quants.len() == blocks * BLOCK
+                    && row.scales.len() == blocks
+                    && row.sums.len() == blocks
+                    && row.offset_sums.len() == blocks,
+                "a row of another width"
+            );
+            (row.quants, row.scales, row.sums, row.offset_sums)
+        };
+        by_row_groups(
+            out,
+            |r, dots| {
+                let group: [Q4Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
+                // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`), and
+                // every slice holds what the kernel reads for `blocks` blocks (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    rows_times_q4_tile::<ROWS>(group, tile, dots)
+                }
+            },
+            // SAFETY: as above, for one row.
+            #[allow(unsafe_code)]
+            |r, dots| unsafe { rows_times_q4_tile::<1>([operands(r)], tile, dots) },
+        );
+    }
+}
+
+/// `R` rows (1 or 4) times one 4-bit tile; `out` is `[R][16]`. The caller guarantees the CPU
+/// features and that each row holds `blocks × 32` quants and `blocks` scales, sums and offset
+/// sums, the tile
+/// `blocks × 256` bytes and `blocks × 16` scales and offsets, and `out` `R × 16` floats. Each
+/// 64-byte load holds groups g (low nibbles) and g + 4 (high nibbles) of the sixteen columns:
+/// a mask and a shift give them as unsigned bytes, which `vpdpbusd` multiplies by four signed
+/// activation quants broadcast to every lane.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn rows_times_q4_tile<const R: usize>(
+    rows: [Q4Operands<'_>; R],
+    tile: Q4Group<'_>,
+    out: &mut [f32],
+) {
+    let (w, w_scales, w_offsets) = (tile.nibbles, tile.scales, tile.offsets);
+    let blocks = w_scales.len() / TILE;
+    // Raw pointers, as in `rows_times_tile`; row i of a one-row call reads row 0 again (unused).
+    let a: [*const i8; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].0.as_ptr());
+    let sc: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].1.as_ptr());
+    let su: [*const i32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].2.as_ptr());
+    let so: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].3.as_ptr());
+    let low = _mm512_set1_epi8(0x0F);
+    let zero = _mm512_setzero_ps();
+    let (mut acc0, mut acc1, mut acc2, mut acc3) = (zero, zero, zero, zero);
+    for b in 0..blocks {
+        let zero = _mm512_setzero_si512();
+        let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+        for g in 0..BLOCK / 8 {
+            let at = b * BLOCK + g * 4;
+            // SAFETY: b < blocks and g < 4: these 64 bytes lie within the tile's blocks × 256,
+            // and quants `at .. at + 4` and `at + 16 .. at + 20` within each row's blocks × 32;
+            // unaligned loads and reads take any address.
+            unsafe {
+                let wv = _mm512_loadu_si512(
+                    w.as_ptr().add(b * TILE * BLOCK_BYTES + g * TILE * 4).cast(),
+                );
+                let lo = _mm512_and_si512(wv, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(wv), low);
+                let four = |row: *const i8, at: usize| {
+                    _mm512_set1_epi32(row.add(at).cast::<i32>().read_unaligned())
+                };
+                let dot = |s: __m512i, row: *const i8| {
+                    _mm512_dpbusd_epi32(
+                        _mm512_dpbusd_epi32(s, lo, four(row, at)),
+                        hi,
+                        four(row, at + 16),
+                    )
+                };
+                s0 = dot(s0, a[0]);
+                if R == 4 {
+                    s1 = dot(s1, a[1]);
+                    s2 = dot(s2, a[2]);
+                    s3 = dot(s3, a[3]);
+                }
+            }
+        }
+        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales and offsets, and entry b of each
+        // row's scales, sums and offset sums, are in bounds.
+        unsafe {
+            let ws = _mm512_loadu_ps(w_scales.as_ptr().add(b * TILE));
+            let wm = _mm512_loadu_ps(w_offsets.as_ptr().add(b * TILE));
+            // i = Σ u·a + o·Σa; sum = fma(i, d_a·s, sum), then fma(m, f16(d_a·Σa), sum) where
+            // the format has float offsets.
+            let step = |sum: __m512i, r: usize, acc: __m512| {
+                let (da, asum) = (*sc[r].add(b), *su[r].add(b));
+                let da = _mm512_set1_ps(da);
+                let exact = _mm512_add_epi32(sum, _mm512_set1_epi32(tile.int_offset * asum));
+                let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(ws, da), acc);
+                if tile.float_offsets {
+                    _mm512_fmadd_ps(wm, _mm512_set1_ps(*so[r].add(b)), acc)
+                } else {
+                    acc
+                }
+            };
+            acc0 = step(s0, 0, acc0);
+            if R == 4 {
+                acc1 = step(s1, 1, acc1);
+                acc2 = step(s2, 2, acc2);
+                acc3 = step(s3, 3, acc3);
             }
         }
     }

@@ -9,6 +9,9 @@
 //! paths are therefore bit-identical to each other (so output does not depend on which one a
 //! machine runs), and a row's result is bit-identical in any batch.
 //!
+//! 4-bit GGUF weights (Q4_0, Q4_1, Q4_K) run on the same paths without being widened
+//! ([`q4`]: 32 values as nibbles with a scale and an offset per block).
+//!
 //! Paths: AVX-512 VNNI ([`avx512`]) and AVX2 + FMA ([`avx2`]), chosen at run time where the CPU
 //! has them, and the plain Rust reference ([`Path::Reference`]).
 
@@ -18,10 +21,12 @@ mod avx2;
 mod avx512;
 mod pack;
 pub mod peak;
+mod q4;
 #[cfg(test)]
 mod tests;
 
 pub use pack::{Layout, Q8Rows, Q8Weights};
+pub use q4::{Q4Format, Q4Weights};
 use rayon::prelude::*;
 
 /// Values per block (and per scale).
@@ -68,6 +73,61 @@ impl Path {
     }
 }
 
+/// The weights of one product: 8-bit or 4-bit.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightsRef<'a> {
+    Q8(&'a Q8Weights),
+    Q4(&'a Q4Weights),
+}
+
+impl<'a> From<&'a Q8Weights> for WeightsRef<'a> {
+    fn from(w: &'a Q8Weights) -> Self {
+        WeightsRef::Q8(w)
+    }
+}
+
+impl<'a> From<&'a Q4Weights> for WeightsRef<'a> {
+    fn from(w: &'a Q4Weights) -> Self {
+        WeightsRef::Q4(w)
+    }
+}
+
+impl WeightsRef<'_> {
+    /// Outputs, inputs, layout and column groups.
+    fn shape(self) -> (usize, usize, Layout, usize) {
+        match self {
+            WeightsRef::Q8(w) => (w.n, w.k, w.layout(), w.groups()),
+            WeightsRef::Q4(w) => (w.n, w.k, w.layout(), w.groups()),
+        }
+    }
+}
+
+/// Owned weights of either width, as a model keeps them.
+#[derive(Debug, Clone)]
+pub enum PackedWeights {
+    Q8(Q8Weights),
+    Q4(Q4Weights),
+}
+
+impl PackedWeights {
+    pub fn as_ref(&self) -> WeightsRef<'_> {
+        match self {
+            PackedWeights::Q8(w) => WeightsRef::Q8(w),
+            PackedWeights::Q4(w) => WeightsRef::Q4(w),
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.as_ref().shape().0
+    }
+}
+
+impl<'a> From<&'a PackedWeights> for WeightsRef<'a> {
+    fn from(w: &'a PackedWeights) -> Self {
+        w.as_ref()
+    }
+}
+
 /// A path resolved for this CPU: what the product loop calls.
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
@@ -98,7 +158,11 @@ impl Kernel {
     }
 
     /// Every row of `rows` times the columns of group `g`: `out` is `[row][width]`.
-    fn group_dots(self, rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
+    fn group_dots(self, rows: &Q8Rows, w: WeightsRef<'_>, g: usize, out: &mut [f32]) {
+        let w = match w {
+            WeightsRef::Q8(w) => w,
+            WeightsRef::Q4(w) => return self.q4_group_dots(rows, w, g, out),
+        };
         match self {
             Kernel::Reference => reference(rows, w, g, out),
             #[cfg(target_arch = "x86_64")]
@@ -109,6 +173,21 @@ impl Kernel {
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni(vnni) => vnni.tile_dots(rows, w.group(g), out),
+        }
+    }
+
+    /// As [`Kernel::group_dots`], for 4-bit weights.
+    fn q4_group_dots(self, rows: &Q8Rows, w: &Q4Weights, g: usize, out: &mut [f32]) {
+        match self {
+            Kernel::Reference => q4_reference(rows, w, g, out),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(avx2) => {
+                for (r, dots) in out.chunks_exact_mut(4).enumerate() {
+                    dots.copy_from_slice(&avx2.q4_quad_dots(&rows.row(r), w.group(g)));
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni(vnni) => vnni.q4_tile_dots(rows, w.group(g), out),
         }
     }
 }
@@ -136,24 +215,57 @@ pub enum QgemmError {
 /// per block the exact integer sum, then `sum = fma(isum, row scale × column scale, sum)` block
 /// after block.
 fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
-    let width = w.layout().width();
+    let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
+    over_columns(rows, (g, width, n, blocks), out, |col, b, row, dot| {
+        let (values, w_scale) = w.column_block(col, b);
+        let isum = integer_dot(&row.quants[b * BLOCK..(b + 1) * BLOCK], &values);
+        (isum as f32).mul_add(row.scales[b] * w_scale, dot)
+    });
+}
+
+/// What every path computes for 4-bit weights, in plain Rust, for column group `g`: per (row,
+/// column), per block the exact integer sum `i = Σ u·a + o·Σa`, then `sum = fma(i, d_a·s, sum)`
+/// and, with float offsets, `sum = fma(m, f16(d_a·Σa), sum)`.
+fn q4_reference(rows: &Q8Rows, w: &Q4Weights, g: usize, out: &mut [f32]) {
+    let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
+    let (int_offset, float_offsets) = w.offset_kind();
+    over_columns(rows, (g, width, n, blocks), out, |col, b, row, dot| {
+        let (values, scale, offset) = w.column_block(col, b);
+        let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
+        let isum = integer_dot(a, &values) + int_offset * row.sums[b];
+        let dot = (isum as f32).mul_add(scale * row.scales[b], dot);
+        match float_offsets {
+            true => offset.mul_add(row.offset_sums[b], dot),
+            false => dot,
+        }
+    });
+}
+
+/// The exact integer dot product of a block of quants with a block of weight values.
+fn integer_dot<T: Copy + Into<i32>>(a: &[i8], values: &[T]) -> i32 {
+    a.iter()
+        .zip(values)
+        .map(|(x, v)| i32::from(*x) * (*v).into())
+        .sum()
+}
+
+/// Fills `out` (`[row][width]`) for column group `g` of `n` columns of `blocks` blocks, each
+/// (row, column) the fold of `step(column, block, row, sum)` over the blocks from 0.
+fn over_columns(
+    rows: &Q8Rows,
+    (g, width, n, blocks): (usize, usize, usize, usize),
+    out: &mut [f32],
+    step: impl Fn(usize, usize, &pack::Row<'_>, f32) -> f32,
+) {
     out.fill(0.0);
     for c in 0..width {
         let col = g * width + c;
-        if col >= w.n {
+        if col >= n {
             break;
         }
-        for b in 0..w.blocks() {
-            let (values, w_scale) = w.column_block(col, b);
+        for b in 0..blocks {
             for (r, dots) in out.chunks_exact_mut(width).enumerate() {
-                let row = rows.row(r);
-                let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
-                let isum: i32 = a
-                    .iter()
-                    .zip(&values)
-                    .map(|(x, y)| i32::from(*x) * i32::from(*y))
-                    .sum();
-                dots[c] = (isum as f32).mul_add(row.scales[b] * w_scale, dots[c]);
+                dots[c] = step(col, b, &rows.row(r), dots[c]);
             }
         }
     }
@@ -162,17 +274,23 @@ fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
 /// `x · Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major, on `path` (which must be one of
 /// [`Path::available`], reading the weights' layout), the column groups split over rayon's
 /// threads.
-pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
-    if path != Path::Reference && path.layout() != w.layout() {
+pub fn matmul_with<'a>(
+    path: Path,
+    x: &[f32],
+    w: impl Into<WeightsRef<'a>>,
+) -> Result<Vec<f32>, QgemmError> {
+    let w = w.into();
+    let (n, k, layout, groups) = w.shape();
+    if path != Path::Reference && path.layout() != layout {
         return Err(QgemmError::Layout {
             path,
             wants: path.layout(),
-            got: w.layout(),
+            got: layout,
         });
     }
     let kernel = Kernel::of(path);
-    let rows = Q8Rows::quantize(x, w.k)?;
-    let (m, n, width, groups) = (rows.rows(), w.n, w.layout().width(), w.groups());
+    let rows = Q8Rows::quantize(x, k)?;
+    let (m, width) = (rows.rows(), layout.width());
     // Enough pieces for every thread to stay busy, each a run of groups for every row.
     let pieces = (rayon::current_num_threads() * 4).min(groups).max(1);
     let per = groups.div_ceil(pieces);
@@ -202,16 +320,18 @@ pub fn matmul_with(path: Path, x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, Qge
 
 /// `x · Wᵀ` on the fastest path of this CPU (found once per process) that reads the weights'
 /// layout.
-pub fn matmul(x: &[f32], w: &Q8Weights) -> Result<Vec<f32>, QgemmError> {
+pub fn matmul<'a>(x: &[f32], w: impl Into<WeightsRef<'a>>) -> Result<Vec<f32>, QgemmError> {
     static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
     let best = *BEST.get_or_init(Path::best);
-    let path = if best.layout() == w.layout() {
+    let w = w.into();
+    let layout = w.shape().2;
+    let path = if best.layout() == layout {
         best
     } else {
         Path::available()
             .into_iter()
             .rev()
-            .find(|p| p.layout() == w.layout())
+            .find(|p| p.layout() == layout)
             .unwrap_or(Path::Reference)
     };
     matmul_with(path, x, w)

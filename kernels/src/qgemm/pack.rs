@@ -55,7 +55,7 @@ pub(super) fn round_half_away(x: f32) -> i32 {
     t + i32::from(rest >= 0.5) - i32::from(rest <= -0.5)
 }
 
-fn check_inner(k: usize) -> Result<(), QgemmError> {
+pub(super) fn check_inner(k: usize) -> Result<(), QgemmError> {
     if k == 0 || !k.is_multiple_of(BLOCK) {
         return Err(QgemmError::InnerDimension { k });
     }
@@ -193,14 +193,21 @@ pub struct Q8Rows {
     biased: Vec<u8>,
     /// `[row][block]`.
     scales: Vec<f32>,
+    /// `[row][block]`: the block's quants summed (what Q4_0's integer offset multiplies).
+    sums: Vec<i32>,
+    /// `[row][block]`: the block's scale (before rounding) × its sum, rounded to f16, as
+    /// llama.cpp's `block_q8_1` keeps it (what 4-bit weights' float offsets multiply).
+    offset_sums: Vec<f32>,
 }
 
-/// One activation row: quants, magnitudes, biased quants and block scales.
+/// One activation row: quants, magnitudes, biased quants, block scales, sums and offset sums.
 pub(super) struct Row<'a> {
     pub quants: &'a [i8],
     pub magnitudes: &'a [u8],
     pub biased: &'a [u8],
     pub scales: &'a [f32],
+    pub sums: &'a [i32],
+    pub offset_sums: &'a [f32],
 }
 
 impl Q8Rows {
@@ -215,23 +222,36 @@ impl Q8Rows {
             });
         }
         let mut quants = vec![0i8; x.len()];
-        let scales = x
+        let exact_scales: Vec<f32> = x
             .chunks(BLOCK)
             .zip(quants.chunks_mut(BLOCK))
-            // Each block's scale rounded to f16, as llama.cpp's (and candle's) `block_q8_0`
-            // stores it: the products then equal theirs (log-probabilities of whole models
-            // within 2e-6 of llama.cpp's, jobs/tests/llama_cpp_parity.rs; with f32 scales they
-            // were up to 0.05 apart on the tiny fixtures).
-            .map(|(block, out)| half::f16::from_f32(quantize_block(block, out)).to_f32())
+            .map(|(block, out)| quantize_block(block, out))
             .collect();
+        let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+        // Each block's scale rounded to f16, as llama.cpp's (and candle's) `block_q8_0`
+        // stores it: the products then equal theirs (log-probabilities of whole models
+        // within 2e-6 of llama.cpp's, jobs/tests/llama_cpp_parity.rs; with f32 scales they
+        // were up to 0.05 apart on the tiny fixtures).
+        let scales = exact_scales.iter().map(|d| f16(*d)).collect();
         let magnitudes = quants.iter().map(|q| q.unsigned_abs()).collect();
         let biased = quants.iter().map(|q| (*q as u8) ^ 0x80).collect();
+        let sums: Vec<i32> = quants
+            .chunks(BLOCK)
+            .map(|b| b.iter().map(|q| i32::from(*q)).sum())
+            .collect();
+        let offset_sums = exact_scales
+            .iter()
+            .zip(&sums)
+            .map(|(d, sum)| f16(d * *sum as f32))
+            .collect();
         Ok(Self {
             k,
             quants,
             magnitudes,
             biased,
             scales,
+            sums,
+            offset_sums,
         })
     }
 
@@ -247,6 +267,8 @@ impl Q8Rows {
             magnitudes: &self.magnitudes[r * k..(r + 1) * k],
             biased: &self.biased[r * k..(r + 1) * k],
             scales: &self.scales[r * blocks..(r + 1) * blocks],
+            sums: &self.sums[r * blocks..(r + 1) * blocks],
+            offset_sums: &self.offset_sums[r * blocks..(r + 1) * blocks],
         }
     }
 }

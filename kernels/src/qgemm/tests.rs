@@ -194,3 +194,133 @@ fn rounding_is_half_away_from_zero_as_f32_round() {
     }
     assert_eq!(pack::round_half_away(f32::NAN), 0);
 }
+
+/// 4-bit weights with random values, scales and offsets (any inner dimension of whole blocks).
+/// With `int_offset` ≠ 0 (Q4_0's form) the float offsets are 0.
+fn random_q4(layout: Layout, (n, k): (usize, usize), int_offset: i32, seed: u64) -> Q4Weights {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let columns: Vec<Vec<_>> = (0..n)
+        .map(|_| {
+            (0..k / BLOCK)
+                .map(|_| {
+                    let values: [u8; BLOCK] = std::array::from_fn(|_| rng.random_range(0..16));
+                    let scale = rng.random_range(0.001..0.02f32);
+                    let offset = match int_offset {
+                        0 => -rng.random_range(0.0..0.2f32),
+                        _ => 0.0,
+                    };
+                    (values, scale, offset)
+                })
+                .collect()
+        })
+        .collect();
+    Q4Weights::from_columns(layout, (n, k), int_offset, |col| columns[col].clone())
+}
+
+#[test]
+fn every_path_of_this_cpu_computes_4_bit_weights_as_the_reference_does() {
+    for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let x = operands(s).0;
+        let rows = Q8Rows::quantize(&x, k).unwrap();
+        for (layout, int_offset) in [
+            (Layout::Quads, 0),
+            (Layout::Tiles, 0),
+            (Layout::Quads, -8),
+            (Layout::Tiles, -8),
+        ] {
+            let weights = random_q4(layout, (n, k), int_offset, 200 + s as u64);
+            let reference = matmul_with(Path::Reference, &x, &weights).unwrap();
+            // The reference against the product of the dequantized operands, in f64.
+            for r in 0..m {
+                let row = rows.row(r);
+                for col in 0..n {
+                    let want: f64 = (0..k / BLOCK)
+                        .flat_map(|b| {
+                            let (u, scale, offset) = weights.column_block(col, b);
+                            let a = f64::from(row.scales[b]);
+                            // The offsets multiply d_a·Σa as rounded to f16.
+                            let offsets = f64::from(offset) * f64::from(row.offset_sums[b]);
+                            (0..BLOCK)
+                                .map(move |j| {
+                                    let u = f64::from(i32::from(u[j]) + int_offset);
+                                    f64::from(scale) * u * a * f64::from(row.quants[b * BLOCK + j])
+                                })
+                                .chain([offsets])
+                        })
+                        .sum();
+                    let got = f64::from(reference[r * n + col]);
+                    let tolerance = 1e-5 * (1.0 + want.abs()) * (k as f64 / 32.0).sqrt();
+                    assert!(
+                        (got - want).abs() <= tolerance,
+                        "shape {s} ({r}, {col}): {got} vs {want}"
+                    );
+                }
+            }
+            for path in Path::available() {
+                if path.layout() == layout {
+                    let y = matmul_with(path, &x, &weights).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y), bits(&reference), "{path:?} on shape {s}");
+                    // A row alone is the same row in the batch.
+                    let alone = matmul_with(path, &x[..k], &weights).unwrap();
+                    assert_eq!(bits(&alone), bits(&y[..n]), "{path:?} row 0 of shape {s}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_4_bit_tensors_multiply_as_their_dequantized_values() {
+    // candle's Q4_0, Q4_1 and Q4_K (ggml's formats) of a random matrix: the 4-bit product against
+    // the f64 product of its dequantized weights with the int8 activations (5e-5 relative: f32
+    // sums of blocks; plus the rounding of the offsets' d_a·Σa to f16).
+    use candle_core::quantized::{GgmlDType, QTensor};
+    for (format, dtype, k) in [
+        (Q4Format::Q4_0, GgmlDType::Q4_0, 576),
+        (Q4Format::Q4_1, GgmlDType::Q4_1, 576),
+        (Q4Format::Q4K, GgmlDType::Q4K, 768),
+    ] {
+        let (m, n) = (5, 33);
+        let (x, w) = (random(m * k, 11, 2.0), random(n * k, 12, 0.1));
+        let t = candle_core::Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let raw = q.data().unwrap();
+        let dequantized: Vec<f32> = q
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rows = Q8Rows::quantize(&x, k).unwrap();
+        for path in Path::available() {
+            let weights = Q4Weights::from_gguf(path.layout(), format, &raw, n, k).unwrap();
+            let y = matmul_with(path, &x, &weights).unwrap();
+            for r in 0..m {
+                let row = rows.row(r);
+                for col in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| {
+                            f64::from(dequantized[col * k + i])
+                                * f64::from(row.scales[i / BLOCK])
+                                * f64::from(row.quants[i])
+                        })
+                        .sum();
+                    // The offsets' term uses d_a·Σa rounded to f16: up to 2⁻¹¹ of it.
+                    let rounding: f64 = (0..k / BLOCK)
+                        .map(|b| {
+                            let offset = f64::from(weights.column_block(col, b).2);
+                            (offset * f64::from(row.offset_sums[b])).abs() / 2048.0
+                        })
+                        .sum();
+                    let got = f64::from(y[r * n + col]);
+                    assert!(
+                        (got - want).abs() <= 5e-5 * (1.0 + want.abs()) + rounding,
+                        "{format:?} {path:?} ({r}, {col}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -30,6 +30,13 @@ pub const MAX_SEQ_LEN: usize = 4096;
 /// scalar code, about 10x slower than Q8_0 with AVX2).
 const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_1, GgmlDType::Q5_1];
 
+/// Whether a tensor of `dtype` is rewritten as Q8_0 for `kernel`: a `SLOW_ON_CPU` format that
+/// the kernel does not run as stored (steerflow's int8 kernel runs Q4_1 as it is).
+fn slow_on(kernel: CpuMatmul, dtype: GgmlDType) -> bool {
+    let native = kernel != CpuMatmul::Candle && crate::qlinear::int8_kernel_runs(dtype);
+    SLOW_ON_CPU.contains(&dtype) && !native
+}
+
 /// Rewrites the tensors in `SLOW_ON_CPU` formats as Q8_0, which candle runs with AVX2 and which
 /// holds more precision than the source; other tensors are kept as they are. Returns the new
 /// GGUF content and its bytes.
@@ -37,11 +44,20 @@ pub fn requantize(
     content: gguf_file::Content,
     file: &mut std::fs::File,
 ) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
+    requantize_for(CpuMatmul::Candle, content, file)
+}
+
+/// [`requantize`], of the tensors that `kernel` does not run as they are stored.
+fn requantize_for(
+    kernel: CpuMatmul,
+    content: gguf_file::Content,
+    file: &mut std::fs::File,
+) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
     let cpu = Device::Cpu;
     let mut tensors = Vec::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {
         let tensor = content.tensor(file, name, &cpu)?;
-        let tensor = if SLOW_ON_CPU.contains(&tensor.dtype()) {
+        let tensor = if slow_on(kernel, tensor.dtype()) {
             QTensor::quantize(&tensor.dequantize(&cpu)?, GgmlDType::Q8_0)?
         } else {
             tensor
@@ -112,10 +128,10 @@ impl GgufModel {
         let slow = content
             .tensor_infos
             .values()
-            .any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
+            .any(|t| slow_on(kernel, t.ggml_dtype));
         let weights = if slow && device.is_cpu() && !dequantize_all {
-            let (content, mut bytes) =
-                requantize(content, &mut file).map_err(|e| gguf_error(e.to_string()))?;
+            let (content, mut bytes) = requantize_for(kernel, content, &mut file)
+                .map_err(|e| gguf_error(e.to_string()))?;
             Weights::from_gguf(&content, &mut bytes, device, (arch, context_length, kernel))
         } else {
             Weights::from_gguf(&content, &mut file, device, (arch, context_length, kernel))

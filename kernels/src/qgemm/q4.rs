@@ -1,0 +1,325 @@
+//! 4-bit weights as GGUF stores them (Q4_0, Q4_1, Q4_K), repacked at load for the int8 product
+//! without widening them: each block of 32 values of a column is 32 unsigned 4-bit values `u`
+//! with one f32 scale `s` and an offset, which the three formats give exactly:
+//! - Q4_0: value = s·(u - 8), s = d (the f16 `d` widened): an integer offset;
+//! - Q4_1: value = s·u + m, s = d and m the block's f16 minimum;
+//! - Q4_K: value = s·u + m, per sub-block of 32 s = d · its 6-bit scale and m = -dmin · its
+//!   6-bit minimum (products of an f16 and a 6-bit integer: exact in f32).
+//!
+//! The product of an activation block (int8 `a`, scale `d_a`, sum `Σa`) with a weight block is
+//! `d_a·s·(Σ u·a + o·Σa) + m·d_a·Σa` (o = -8 for Q4_0, else 0; m = 0 for Q4_0); every path
+//! computes it as the reference does: per block the exact integer sum `i = Σ u·a + o·Σa`, then
+//! `sum = fma(i, d_a·s, sum)` and, where the format has float offsets, `sum = fma(m,
+//! f16(d_a·Σa), sum)`. That is llama.cpp's arithmetic: for Q4_0 `Σ (u - 8)·a` exactly, times
+//! `d·d_a`; for Q4_1 the activations' `d_a·Σa` rounded to f16 as its `block_q8_1` stores it
+//! (with it unrounded, log-probabilities of the tiny Q4_1 fixtures were 5e-2 to 7e-2 from
+//! llama.cpp's; rounded, as close as Q8_0's). Its Q4_K product quantizes the activations per
+//! 256 values (`block_q8_K`), which this kernel does not: there the two differ by that.
+//!
+//! Layouts, two values per byte (low nibble, then high), 16 bytes per column block:
+//! - `Tiles`: byte `(j / 4)·64 + column·4 + j % 4` holds values j (low) and j + 16 (high) of
+//!   its column, j < 16, so one 64-byte load gives, after a mask and a shift, group g and group
+//!   g + 4 of sixteen columns, as `vpdpbusd` multiplies them;
+//! - `Quads`: byte `column·16 + j` holds values j (low) and j + 16 (high), GGUF's own order
+//!   within a block, which AVX2 widens to 32 bytes in order.
+
+use super::pack::{check_inner, Layout};
+use super::{QgemmError, BLOCK};
+
+/// The GGUF formats these weights are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Format {
+    Q4_0,
+    Q4_1,
+    Q4K,
+}
+
+impl Q4Format {
+    /// Values and bytes of one GGUF block.
+    const fn block(self) -> (usize, usize) {
+        match self {
+            Q4Format::Q4_0 => (32, 18),
+            Q4Format::Q4_1 => (32, 20),
+            Q4Format::Q4K => (256, 144),
+        }
+    }
+}
+
+/// Bytes of one column block (32 values, two per byte).
+pub(super) const BLOCK_BYTES: usize = BLOCK / 2;
+
+/// A linear layer's 4-bit weights with `n` outputs and `k` inputs, repacked.
+#[derive(Debug, Clone)]
+pub struct Q4Weights {
+    pub(super) n: usize,
+    pub(super) k: usize,
+    layout: Layout,
+    /// `[group of columns][block][width × 16 bytes in the layout's order]`; columns past `n`
+    /// are zero.
+    nibbles: Vec<u8>,
+    /// `[group][block][column of the group]`.
+    scales: Vec<f32>,
+    /// `[group][block][column of the group]` (zero without float offsets).
+    offsets: Vec<f32>,
+    /// The integer offset `o` of every value (-8 for Q4_0, else 0).
+    int_offset: i32,
+    /// Whether `offsets` apply (Q4_1, Q4_K).
+    float_offsets: bool,
+}
+
+/// One group of columns, as the kernels read it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Q4Group<'a> {
+    pub nibbles: &'a [u8],
+    pub scales: &'a [f32],
+    pub offsets: &'a [f32],
+    pub int_offset: i32,
+    pub float_offsets: bool,
+}
+
+/// One 32-value block of a column: its values (0..=15), scale and offset.
+type ColumnBlock = ([u8; BLOCK], f32, f32);
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Q4_K's 6-bit scale and minimum of sub-block `j` (0..8) from its 12 packed bytes.
+fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The 32-value blocks of one GGUF block of `format`, in order.
+fn gguf_blocks(format: Q4Format, raw: &[u8]) -> Vec<ColumnBlock> {
+    let split = |qs: &[u8]| -> [u8; BLOCK] {
+        std::array::from_fn(|j| {
+            if j < 16 {
+                qs[j] & 0x0F
+            } else {
+                qs[j - 16] >> 4
+            }
+        })
+    };
+    match format {
+        Q4Format::Q4_0 => vec![(split(&raw[2..18]), f16_at(raw, 0), 0.0)],
+        Q4Format::Q4_1 => vec![(split(&raw[4..20]), f16_at(raw, 0), f16_at(raw, 2))],
+        Q4Format::Q4K => {
+            let (d, dmin) = (f16_at(raw, 0), f16_at(raw, 2));
+            let (scales, qs) = (&raw[4..16], &raw[16..144]);
+            (0..8)
+                .map(|sub| {
+                    let (sc, mn) = q4k_scale_min(sub, scales);
+                    // Sub-blocks 2i and 2i + 1 are the low and high nibbles of bytes 32i..32i+32.
+                    let bytes = &qs[(sub / 2) * 32..][..32];
+                    let shift = 4 * (sub % 2);
+                    let values = std::array::from_fn(|j| (bytes[j] >> shift) & 0x0F);
+                    (values, d * f32::from(sc), -(dmin * f32::from(mn)))
+                })
+                .collect()
+        }
+    }
+}
+
+impl Q4Weights {
+    /// Repacks a GGUF tensor of `format`, `[n, k]` (one row of `k` values per output), in
+    /// `layout`. Every value is kept exactly.
+    pub fn from_gguf(
+        layout: Layout,
+        format: Q4Format,
+        raw: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, QgemmError> {
+        check_inner(k)?;
+        let (per_block, block_bytes) = format.block();
+        if !k.is_multiple_of(per_block) {
+            return Err(QgemmError::InnerDimension { k });
+        }
+        let expected = n * (k / per_block) * block_bytes;
+        if raw.len() != expected {
+            return Err(QgemmError::Length {
+                what: "the 4-bit weight",
+                got: raw.len(),
+                expected,
+            });
+        }
+        let row_bytes = k / per_block * block_bytes;
+        let int_offset = if format == Q4Format::Q4_0 { -8 } else { 0 };
+        Ok(Self::from_columns(layout, (n, k), int_offset, |col| {
+            raw[col * row_bytes..(col + 1) * row_bytes]
+                .chunks_exact(block_bytes)
+                .flat_map(|b| gguf_blocks(format, b))
+                .collect()
+        }))
+    }
+
+    /// Packs columns given as their 32-value blocks (`k / 32` of them each): values, scale and
+    /// float offset; with `int_offset` ≠ 0 the float offsets must be 0 and are not applied.
+    pub(super) fn from_columns(
+        layout: Layout,
+        (n, k): (usize, usize),
+        int_offset: i32,
+        column: impl Fn(usize) -> Vec<ColumnBlock>,
+    ) -> Self {
+        let (width, blocks) = (layout.width(), k / BLOCK);
+        let groups = n.div_ceil(width);
+        let mut nibbles = vec![0u8; groups * blocks * width * BLOCK_BYTES];
+        let mut scales = vec![0f32; groups * blocks * width];
+        let mut offsets = vec![0f32; groups * blocks * width];
+        for col in 0..n {
+            let (group, c) = (col / width, col % width);
+            for (b, (values, s, m)) in column(col).into_iter().enumerate() {
+                let at = (group * blocks + b) * width;
+                scales[at + c] = s;
+                offsets[at + c] = m;
+                for j in 0..BLOCK_BYTES {
+                    nibbles[at * BLOCK_BYTES + byte_offset(layout, c, j)] =
+                        values[j] | (values[j + BLOCK_BYTES] << 4);
+                }
+            }
+        }
+        Self {
+            n,
+            k,
+            layout,
+            nibbles,
+            scales,
+            offsets,
+            int_offset,
+            float_offsets: int_offset == 0,
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(super) fn blocks(&self) -> usize {
+        self.k / BLOCK
+    }
+
+    /// Groups of `layout().width()` columns.
+    pub(super) fn groups(&self) -> usize {
+        self.n.div_ceil(self.layout.width())
+    }
+
+    /// Column group `g`.
+    pub(super) fn group(&self, g: usize) -> Q4Group<'_> {
+        let per = self.blocks() * self.layout.width();
+        Q4Group {
+            nibbles: &self.nibbles[g * per * BLOCK_BYTES..(g + 1) * per * BLOCK_BYTES],
+            scales: &self.scales[g * per..(g + 1) * per],
+            offsets: &self.offsets[g * per..(g + 1) * per],
+            int_offset: self.int_offset,
+            float_offsets: self.float_offsets,
+        }
+    }
+
+    /// The integer offset of every value, and whether the float offsets apply.
+    pub(super) fn offset_kind(&self) -> (i32, bool) {
+        (self.int_offset, self.float_offsets)
+    }
+
+    /// Block `b` of column `col` (below `outputs()`): its values, scale and float offset.
+    pub(super) fn column_block(&self, col: usize, b: usize) -> ColumnBlock {
+        let width = self.layout.width();
+        let at = ((col / width) * self.blocks() + b) * width;
+        let c = col % width;
+        let mut values = [0u8; BLOCK];
+        for j in 0..BLOCK_BYTES {
+            let byte = self.nibbles[at * BLOCK_BYTES + byte_offset(self.layout, c, j)];
+            values[j] = byte & 0x0F;
+            values[j + BLOCK_BYTES] = byte >> 4;
+        }
+        (values, self.scales[at + c], self.offsets[at + c])
+    }
+}
+
+/// Where the byte holding values j and j + 16 (j < 16) of `column` goes within its group's
+/// block (`width × 16` bytes).
+fn byte_offset(layout: Layout, column: usize, j: usize) -> usize {
+    match layout {
+        Layout::Quads => column * BLOCK_BYTES + j,
+        Layout::Tiles => (j / 4) * layout.width() * 4 + column * 4 + j % 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// Every value of a tensor quantized by candle (ggml's formats, ported) decodes to what
+    /// candle's own dequantization gives, bit for bit, in either layout.
+    #[test]
+    fn repacked_values_are_what_ggml_dequantizes() {
+        let (n, k) = (19, 512);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.2..0.3)).collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        for (format, dtype) in [
+            (Q4Format::Q4_0, GgmlDType::Q4_0),
+            (Q4Format::Q4_1, GgmlDType::Q4_1),
+            (Q4Format::Q4K, GgmlDType::Q4K),
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            if format == Q4Format::Q4K {
+                // The high bits of the packed 6-bit scales matter in this tensor.
+                let raw = q.data().unwrap();
+                assert!(raw
+                    .chunks(144)
+                    .any(|b| (4..8).any(|j| q4k_scale_min(j, &b[4..16]).0 > 15)));
+            }
+            for layout in [Layout::Quads, Layout::Tiles] {
+                let packed =
+                    Q4Weights::from_gguf(layout, format, &q.data().unwrap(), n, k).unwrap();
+                let (o, _) = packed.offset_kind();
+                for col in 0..n {
+                    for b in 0..k / BLOCK {
+                        let (u, s, m) = packed.column_block(col, b);
+                        for j in 0..BLOCK {
+                            let got = s * (i32::from(u[j]) + o) as f32 + m;
+                            let want = want[col * k + b * BLOCK + j];
+                            assert!(
+                                (got - want).abs() <= 1e-7 * want.abs().max(1e-3),
+                                "{format:?} {layout:?} ({col}, {b}, {j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tensor_of_the_wrong_size_is_refused() {
+        let err = Q4Weights::from_gguf(Layout::Tiles, Q4Format::Q4K, &[0; 143], 1, 256);
+        assert!(matches!(err, Err(QgemmError::Length { expected: 144, .. })));
+        let err = Q4Weights::from_gguf(Layout::Tiles, Q4Format::Q4K, &[0; 144], 1, 64);
+        assert!(matches!(err, Err(QgemmError::InnerDimension { k: 64 })));
+    }
+}
