@@ -1,8 +1,8 @@
 //! A linear layer from a GGUF tensor: on the CPU, Q8_0 and 4-bit (Q4_0, Q4_1, Q4_K) weights run
 //! on steerflow's int8 kernel (`steerflow_kernels::qgemm`: repacked at load for the fastest path
-//! the CPU runs, AVX-512 VNNI or AVX2, rayon threads); everything else on candle's `QMatMul`. `STEERFLOW_CPU_MATMUL` chooses
-//! another kernel, to compare them in one run: `candle` (as does candle's own
-//! `CANDLE_DEQUANTIZE_ALL`), or one path of the int8 kernel (`avx512-vnni`, `avx2`,
+//! the CPU runs, AVX-512 VNNI or AVX2, rayon threads); everything else on candle's `QMatMul`.
+//! `STEERFLOW_CPU_MATMUL` chooses another kernel, to compare them in one run: `candle` (as does
+//! candle's own `CANDLE_DEQUANTIZE_ALL`), or one path of the int8 kernel (`avx512-vnni`, `avx2`,
 //! `reference`).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -12,7 +12,7 @@ use steerflow_kernels::qgemm::{
     matmul, matmul_with, PackedWeights, Path, Q4Format, Q4Weights, Q8Weights,
 };
 
-/// Which kernel runs the CPU's Q8_0 matrix products.
+/// Which kernel runs the CPU's Q8_0 and 4-bit matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuMatmul {
     /// steerflow's int8 kernel on the fastest path this CPU runs (the default). Every path

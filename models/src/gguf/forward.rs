@@ -128,9 +128,6 @@ impl Weights {
             Some((q, k)) => (Some(q), Some(k)),
             None => (None, None),
         };
-        // Sequences are independent: each runs on the compute pool's threads, so both cores
-        // work through the per-sequence attention instead of one while the other waits. Each
-        // sequence is computed the same way on whichever thread takes it.
         let offsets: Vec<usize> = chunks
             .iter()
             .scan(0, |end, c| {
@@ -138,35 +135,48 @@ impl Weights {
                 Some(*end - c.len())
             })
             .collect();
-        let attended = caches
-            .par_iter_mut()
-            .zip(chunks.par_iter().zip(offsets))
-            .map(|(cache, (chunk, offset))| {
-                let t = chunk.len();
-                let rows = |m: &Tensor, heads: usize, norm: Option<&RmsNorm>| {
-                    let m = m
-                        .narrow(0, offset, t)?
-                        .reshape((1, t, heads, hy.head_dim))?;
-                    let m = match norm {
-                        Some(n) => n.forward(&m.contiguous()?)?,
-                        None => m,
-                    };
-                    m.transpose(1, 2)?.contiguous()
+        let one = |(cache, (chunk, offset)): (&mut &mut KvCache, (&&[u32], usize))| {
+            let t = chunk.len();
+            let rows = |m: &Tensor, heads: usize, norm: Option<&RmsNorm>| {
+                let m = m
+                    .narrow(0, offset, t)?
+                    .reshape((1, t, heads, hy.head_dim))?;
+                let m = match norm {
+                    Some(n) => n.forward(&m.contiguous()?)?,
+                    None => m,
                 };
-                let position = cache.position;
-                let y = self.attend(
-                    [
-                        rows(&q, hy.heads, q_norm)?,
-                        rows(&k, hy.kv_heads, k_norm)?,
-                        rows(&v, hy.kv_heads, None)?,
-                    ],
-                    &mut cache.blocks[b],
-                    position,
-                    block.window,
-                )?;
-                y.transpose(1, 2)?.reshape((t, hy.heads * hy.head_dim))
-            })
-            .collect::<candle_core::Result<Vec<Tensor>>>()?;
+                m.transpose(1, 2)?.contiguous()
+            };
+            let position = cache.position;
+            let y = self.attend(
+                [
+                    rows(&q, hy.heads, q_norm)?,
+                    rows(&k, hy.kv_heads, k_norm)?,
+                    rows(&v, hy.kv_heads, None)?,
+                ],
+                &mut cache.blocks[b],
+                position,
+                block.window,
+            )?;
+            y.transpose(1, 2)?.reshape((t, hy.heads * hy.head_dim))
+        };
+        // Sequences are independent: on the CPU each runs on the compute pool's threads, so both
+        // cores work through the per-sequence attention instead of one while the other waits
+        // (each sequence is computed the same way on whichever thread takes it). A GPU gets its
+        // launches from one thread, in order.
+        let attended = if self.device.is_cpu() {
+            caches
+                .par_iter_mut()
+                .zip(chunks.par_iter().zip(offsets))
+                .map(one)
+                .collect::<candle_core::Result<Vec<Tensor>>>()?
+        } else {
+            caches
+                .iter_mut()
+                .zip(chunks.iter().zip(offsets))
+                .map(one)
+                .collect::<candle_core::Result<Vec<Tensor>>>()?
+        };
         Tensor::cat(&attended, 0)
     }
 
