@@ -159,7 +159,7 @@ unsafe fn rows_times_tile<const R: usize>(
     }
 }
 
-/// One row's operands for the 4-bit kernel: quants, block scales and block sums.
+/// One row's operands for the 4-bit kernel: quants, block scales, block sums and offset sums.
 type Q4Operands<'a> = (&'a [i8], &'a [f32], &'a [i32], &'a [f32]);
 
 impl Avx512Vnni {
@@ -205,8 +205,8 @@ impl Avx512Vnni {
 
 /// `R` rows (1 or 4) times one 4-bit tile; `out` is `[R][16]`. The caller guarantees the CPU
 /// features and that each row holds `blocks × 32` quants and `blocks` scales, sums and offset
-/// sums, the tile
-/// `blocks × 256` bytes and `blocks × 16` scales and offsets, and `out` `R × 16` floats. Each
+/// sums, the tile `blocks × 256` bytes and `blocks × 16` scales and offsets, and `out` `R × 16`
+/// floats. Each
 /// 64-byte load holds groups g (low nibbles) and g + 4 (high nibbles) of the sixteen columns:
 /// a mask and a shift give them as unsigned bytes, which `vpdpbusd` multiplies by four signed
 /// activation quants broadcast to every lane.
