@@ -216,11 +216,17 @@ pub enum QgemmError {
 /// after block.
 fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
     let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
-    over_columns(rows, (g, width, n, blocks), out, |col, b, row, dot| {
-        let (values, w_scale) = w.column_block(col, b);
-        let isum = integer_dot(&row.quants[b * BLOCK..(b + 1) * BLOCK], &values);
-        (isum as f32).mul_add(row.scales[b] * w_scale, dot)
-    });
+    let block = |col, b| w.column_block(col, b);
+    over_columns(
+        rows,
+        (g, width, n, blocks),
+        out,
+        block,
+        |b, (values, w_scale), row, dot| {
+            let isum = integer_dot(&row.quants[b * BLOCK..(b + 1) * BLOCK], &values);
+            (isum as f32).mul_add(row.scales[b] * w_scale, dot)
+        },
+    );
 }
 
 /// What every path computes for 4-bit weights, in plain Rust, for column group `g`: per (row,
@@ -229,16 +235,22 @@ fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
 fn q4_reference(rows: &Q8Rows, w: &Q4Weights, g: usize, out: &mut [f32]) {
     let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
     let (int_offset, float_offsets) = w.offset_kind();
-    over_columns(rows, (g, width, n, blocks), out, |col, b, row, dot| {
-        let (values, scale, offset) = w.column_block(col, b);
-        let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
-        let isum = integer_dot(a, &values) + int_offset * row.sums[b];
-        let dot = (isum as f32).mul_add(scale * row.scales[b], dot);
-        match float_offsets {
-            true => offset.mul_add(row.offset_sums[b], dot),
-            false => dot,
-        }
-    });
+    let block = |col, b| w.column_block(col, b);
+    over_columns(
+        rows,
+        (g, width, n, blocks),
+        out,
+        block,
+        |b, (values, scale, offset), row, dot| {
+            let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
+            let isum = integer_dot(a, &values) + int_offset * row.sums[b];
+            let dot = (isum as f32).mul_add(scale * row.scales[b], dot);
+            match float_offsets {
+                true => offset.mul_add(row.offset_sums[b], dot),
+                false => dot,
+            }
+        },
+    );
 }
 
 /// The exact integer dot product of a block of quants with a block of weight values.
@@ -249,13 +261,15 @@ fn integer_dot<T: Copy + Into<i32>>(a: &[i8], values: &[T]) -> i32 {
         .sum()
 }
 
-/// Fills `out` (`[row][width]`) for column group `g` of `n` columns of `blocks` blocks, each
-/// (row, column) the fold of `step(column, block, row, sum)` over the blocks from 0.
-fn over_columns(
+/// Fills `out` (`[row][width]`) for column group `g` of `n` columns of `blocks` blocks: each
+/// column block read once (`block(column, b)`), and each (row, column) the fold of `step(b,
+/// &that block, row, sum)` over the blocks from 0.
+fn over_columns<B: Copy>(
     rows: &Q8Rows,
     (g, width, n, blocks): (usize, usize, usize, usize),
     out: &mut [f32],
-    step: impl Fn(usize, usize, &pack::Row<'_>, f32) -> f32,
+    block: impl Fn(usize, usize) -> B,
+    step: impl Fn(usize, B, &pack::Row<'_>, f32) -> f32,
 ) {
     out.fill(0.0);
     for c in 0..width {
@@ -264,8 +278,9 @@ fn over_columns(
             break;
         }
         for b in 0..blocks {
+            let weights = block(col, b);
             for (r, dots) in out.chunks_exact_mut(width).enumerate() {
-                dots[c] = step(col, b, &rows.row(r), dots[c]);
+                dots[c] = step(b, weights, &rows.row(r), dots[c]);
             }
         }
     }
