@@ -1,6 +1,8 @@
 //! Greedy decoding through steerflow's GGUF forward gives llama.cpp's own tokens on the same
-//! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32, Q8_0, Q4_0 and Q4_1, written
-//! from the tiny checkpoints by `scripts/fixtures/hf_to_gguf.py`), run by llama.cpp's `llama-server` (built by
+//! files: the tiny `qwen2`, `qwen3` and `gemma2` GGUF fixtures (f32, Q8_0, Q4_0, Q4_1, Q5_0 and
+//! Q5_1, written from the tiny checkpoints by `scripts/fixtures/hf_to_gguf.py`; Q4_K_M and
+//! Q5_K_M files of a tiny `qwen2` with 256-wide rows, quantized by llama.cpp's `llama-quantize`
+//! through `scripts/fixtures/kquant_gguf.py`), run by llama.cpp's `llama-server` (built by
 //! `scripts/test`) with greedy sampling, no prompt cache, an f32 KV cache and no flash
 //! attention; and the log-probabilities after each prompt agree. And the tokens of a
 //! SentencePiece GGUF (Gemma 2's real vocabulary) equal llama.cpp's and transformers'.
@@ -100,9 +102,12 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
     // f32 scales steerflow's int8 kernel was up to 0.05 away on these models). Q4_0 and Q4_1
     // files on the int8 kernel's 4-bit weights (kernels/src/qgemm/q4.rs), which computes as
     // llama.cpp does (Q4_1's `d_a·Σa` rounded to f16; unrounded, 5e-2 to 7e-2 away); Q4_0 on
-    // candle's kernel too (candle requantizes Q4_1 to Q8_0, other weights). A step whose top
-    // two logits are closer than `tie` may go either way, and the comparison of that input stops
-    // there; `tie` is twice the largest log-probability difference allowed, and checked, after
+    // candle's kernel too (candle requantizes Q4_1 to Q8_0, other weights). Q5_0 and Q5_1
+    // widened to a byte (kernels/src/qgemm/wide.rs). The K-quant files (Q4_K with Q6_K; Q5_K
+    // with Q6_K) with the activations quantized per 256 as llama.cpp's `block_q8_K`, on both
+    // kernels (quantized per 32 instead, Q4_K_M's log-probabilities were 0.15 away). A step whose
+    // top two logits are closer than `tie` may go either way, and the comparison of that input
+    // stops there; `tie` is twice the largest log-probability difference allowed, and checked, after
     // each prompt.
     for (case, file, kernel, tie) in [
         ("qwen2-f32", "qwen2-f32.gguf", CpuMatmul::Int8, 1e-4f32),
@@ -123,6 +128,11 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
         ("qwen2-f32", "qwen2-q4_0.gguf", CpuMatmul::Int8, 1e-4),
         ("qwen3-f32", "qwen3-q4_1.gguf", CpuMatmul::Int8, 1e-4),
         ("gemma2-gguf-f32", "gemma2-q4_1.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen2-f32", "qwen2-q5_0.gguf", CpuMatmul::Int8, 1e-4),
+        ("gemma2-gguf-f32", "gemma2-q5_1.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen2-f32", "qwen2k-q4_k_m.gguf", CpuMatmul::Int8, 1e-4),
+        ("qwen2-f32", "qwen2k-q4_k_m.gguf", CpuMatmul::Candle, 1e-4),
+        ("qwen2-f32", "qwen2k-q5_k_m.gguf", CpuMatmul::Int8, 1e-4),
     ] {
         let path = fixtures.join("gguf").join(file);
         let golden: Value = serde_json::from_slice(

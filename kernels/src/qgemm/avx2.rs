@@ -8,7 +8,7 @@
 //! f32 (|sum| ≤ 32·127² < 2²⁴) and accumulated with one FMA against the four (row scale × column
 //! scale) products: `super::reference`'s arithmetic, bit for bit.
 
-use super::pack::{Group, Row};
+use super::pack::{Extras, Group, Row};
 use super::q4::{Q4Group, BLOCK_BYTES};
 use std::arch::x86_64::*;
 
@@ -23,52 +23,71 @@ impl Avx2 {
     }
 
     /// The four dot products of one activation row with one column quad.
-    pub(super) fn quad_dots(self, row: &Row<'_>, quad: Group<'_>) -> [f32; 4] {
-        let (w, w_scales, _) = quad;
+    pub(super) fn quad_dots(self, row: &Row<'_>, quad: Group<'_>, extras: Extras) -> [f32; 4] {
         let blocks = row.scales.len();
         assert!(
             row.quants.len() == blocks * 32
                 && row.magnitudes.len() == blocks * 32
-                && w.len() == blocks * 128
-                && w_scales.len() == blocks * 4,
+                && row.offset_sums.len() == blocks
+                && quad.quants.len() == blocks * 128
+                && quad.scales.len() == blocks * 4
+                && (!extras.offsets || quad.offsets.len() == blocks * 4)
+                && (!extras.halves || quad.halves.len() == blocks * 8),
             "operands of mismatched sizes"
         );
         // SAFETY: `self` exists only where the CPU has AVX2 and FMA (`detect`), and every slice
         // holds what the loop reads for `blocks` blocks (checked above).
         #[allow(unsafe_code)]
         unsafe {
-            quad_dots_avx2(row.quants, row.magnitudes, row.scales, w, w_scales)
+            match (extras.halves, extras.offsets) {
+                (false, false) => quad_dots_avx2::<false, false>(row, quad),
+                (false, true) => quad_dots_avx2::<false, true>(row, quad),
+                (true, false) => quad_dots_avx2::<true, false>(row, quad),
+                (true, true) => quad_dots_avx2::<true, true>(row, quad),
+            }
         }
     }
 }
 
+/// Per block: the four columns' exact integer sums (with `HALVES`, each half's eight-lane
+/// partial sums first multiplied by its integer scale: lanes 0-3 hold values 0-15, lanes 4-7
+/// values 16-31), then one FMA against (column scale × row scale) and, with `OFFSETS`, one more
+/// against the offsets: `super::reference`'s arithmetic.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quad_dots_avx2(
-    a: &[i8],
-    magnitudes: &[u8],
-    a_scales: &[f32],
-    w: &[i8],
-    w_scales: &[f32],
+unsafe fn quad_dots_avx2<const HALVES: bool, const OFFSETS: bool>(
+    row: &Row<'_>,
+    quad: Group<'_>,
 ) -> [f32; 4] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm_setzero_ps();
-    for (b, &da) in a_scales.iter().enumerate() {
-        // SAFETY: b < blocks, so bytes b·32 .. b·32 + 32 of `a` and `magnitudes`, b·128 ..
-        // b·128 + 128 of `w` and floats b·4 .. b·4 + 4 of `w_scales` are in bounds (the caller
-        // checked the lengths); unaligned loads take any address.
+    for (b, (&da, &offset_sum)) in row.scales.iter().zip(row.offset_sums).enumerate() {
+        // SAFETY: b < blocks, so bytes b·32 .. b·32 + 32 of the quants and magnitudes, b·128 ..
+        // b·128 + 128 of the weights, floats b·4 .. b·4 + 4 of the scales (and offsets) and
+        // integers b·8 .. b·8 + 8 of the halves' scales are in bounds (the caller checked the
+        // lengths); unaligned loads take any address.
         let (av, mv, wp, ws) = unsafe {
             (
-                _mm256_loadu_si256(a.as_ptr().add(b * 32).cast::<__m256i>()),
-                _mm256_loadu_si256(magnitudes.as_ptr().add(b * 32).cast::<__m256i>()),
-                w.as_ptr().add(b * 128),
-                _mm_loadu_ps(w_scales.as_ptr().add(b * 4)),
+                _mm256_loadu_si256(row.quants.as_ptr().add(b * 32).cast::<__m256i>()),
+                _mm256_loadu_si256(row.magnitudes.as_ptr().add(b * 32).cast::<__m256i>()),
+                quad.quants.as_ptr().add(b * 128),
+                _mm_loadu_ps(quad.scales.as_ptr().add(b * 4)),
             )
         };
         let dot = |c: usize| {
             // SAFETY: c < 4, within the 128 bytes of this block's quad (above).
             let wv = unsafe { _mm256_loadu_si256(wp.add(c * 32).cast::<__m256i>()) };
-            _mm256_madd_epi16(_mm256_maddubs_epi16(mv, _mm256_sign_epi8(wv, av)), ones)
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(mv, _mm256_sign_epi8(wv, av)), ones);
+            if HALVES {
+                // SAFETY: as above: the halves' scales of column c, block b.
+                let (k0, k1) = unsafe {
+                    let at = quad.halves.as_ptr().add(b * 8 + c);
+                    (*at, *at.add(4))
+                };
+                _mm256_mullo_epi32(p, _mm256_set_m128i(_mm_set1_epi32(k1), _mm_set1_epi32(k0)))
+            } else {
+                p
+            }
         };
         let (p0, p1, p2, p3) = (dot(0), dot(1), dot(2), dot(3));
         let halves = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
@@ -78,6 +97,11 @@ unsafe fn quad_dots_avx2(
         );
         let scales = _mm_mul_ps(ws, _mm_set1_ps(da));
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), scales, acc);
+        if OFFSETS {
+            // SAFETY: floats b·4 .. b·4 + 4 of the offsets (above).
+            let wm = unsafe { _mm_loadu_ps(quad.offsets.as_ptr().add(b * 4)) };
+            acc = _mm_fmadd_ps(wm, _mm_set1_ps(offset_sum), acc);
+        }
     }
     let mut out = [0f32; 4];
     // SAFETY: `out` holds four floats.

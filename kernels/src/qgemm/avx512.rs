@@ -9,7 +9,7 @@
 //! with one FMA against (row scale × column scale): `super::reference`'s arithmetic, bit for
 //! bit. Four rows share each weight load.
 
-use super::pack::{Group, Q8Rows};
+use super::pack::{Extras, Group, Q8Rows};
 use super::q4::{Q4Group, BLOCK_BYTES};
 use super::BLOCK;
 use std::arch::x86_64::*;
@@ -23,8 +23,8 @@ const ROWS: usize = 4;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Avx512Vnni(());
 
-/// One row's operands for the kernel: biased quants and block scales.
-type Operands<'a> = (&'a [u8], &'a [f32]);
+/// One row's operands for the kernel: biased quants, block scales and offset sums.
+type Operands<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
 impl Avx512Vnni {
     pub(super) fn detect() -> Option<Self> {
@@ -33,40 +33,52 @@ impl Avx512Vnni {
     }
 
     /// Every row of `rows` times the sixteen columns of `tile`: `out` is `[row][16]`.
-    pub(super) fn tile_dots(self, rows: &Q8Rows, tile: Group<'_>, out: &mut [f32]) {
-        let (w, w_scales, w_sums) = tile;
+    pub(super) fn tile_dots(self, rows: &Q8Rows, tile: Group<'_>, extras: Extras, out: &mut [f32]) {
         let m = rows.rows();
-        let blocks = w_scales.len() / TILE;
+        let blocks = tile.scales.len() / TILE;
+        let per_half = if extras.halves { 2 } else { 1 };
         assert!(
-            w.len() == blocks * TILE * BLOCK
-                && w_scales.len() == blocks * TILE
-                && w_sums.len() == blocks * TILE
+            tile.quants.len() == blocks * TILE * BLOCK
+                && tile.sums.len() == blocks * TILE * per_half
+                && (!extras.offsets || tile.offsets.len() == blocks * TILE)
+                && (!extras.halves || tile.halves.len() == blocks * TILE * 2)
                 && out.len() == m * TILE,
             "operands of mismatched sizes"
         );
         let operands = |r: usize| {
             let row = rows.row(r);
             assert!(
-                row.biased.len() == blocks * BLOCK && row.scales.len() == blocks,
+                row.biased.len() == blocks * BLOCK
+                    && row.scales.len() == blocks
+                    && row.offset_sums.len() == blocks,
                 "a row of another width"
             );
-            (row.biased, row.scales)
+            (row.biased, row.scales, row.offset_sums)
         };
-        by_row_groups(
-            out,
-            |r, dots| {
-                let group: [Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
-                // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`), and
-                // every slice holds what the kernel reads for `blocks` blocks (checked above).
-                #[allow(unsafe_code)]
-                unsafe {
-                    rows_times_tile::<ROWS>(group, tile, dots)
-                }
-            },
-            // SAFETY: as above, for one row.
-            #[allow(unsafe_code)]
-            |r, dots| unsafe { rows_times_tile::<1>([operands(r)], tile, dots) },
-        );
+        // SAFETY (both calls): `self` exists only where the CPU has AVX-512F and VNNI
+        // (`detect`), and every slice holds what the kernel reads for `blocks` blocks with
+        // these extras (checked above).
+        #[allow(unsafe_code)]
+        let four = |r: usize, dots: &mut [f32]| unsafe {
+            let group: [Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
+            match (extras.halves, extras.offsets) {
+                (false, false) => rows_times_tile::<ROWS, false, false>(group, tile, dots),
+                (false, true) => rows_times_tile::<ROWS, false, true>(group, tile, dots),
+                (true, false) => rows_times_tile::<ROWS, true, false>(group, tile, dots),
+                (true, true) => rows_times_tile::<ROWS, true, true>(group, tile, dots),
+            }
+        };
+        #[allow(unsafe_code)]
+        let one = |r: usize, dots: &mut [f32]| unsafe {
+            let group = [operands(r)];
+            match (extras.halves, extras.offsets) {
+                (false, false) => rows_times_tile::<1, false, false>(group, tile, dots),
+                (false, true) => rows_times_tile::<1, false, true>(group, tile, dots),
+                (true, false) => rows_times_tile::<1, true, false>(group, tile, dots),
+                (true, true) => rows_times_tile::<1, true, true>(group, tile, dots),
+            }
+        };
+        by_row_groups(out, four, one);
     }
 }
 
@@ -93,27 +105,32 @@ fn by_row_groups(
 }
 
 /// `R` rows (1 or 4) times one tile; `out` is `[R][16]`. The caller guarantees the CPU features
-/// and that each row holds `blocks × 32` biased bytes and `blocks` scales, the tile `blocks ×
-/// 512` values and `blocks × 16` scales and sums, and `out` `R × 16` floats. The rows' sums and
-/// accumulators are named variables (not arrays), so that they stay in registers.
+/// and that each row holds `blocks × 32` biased bytes and `blocks` scales and offset sums, the
+/// tile `blocks × 512` values, `blocks × 16` scales and sums (`× 2` sums with `HALVES`), with
+/// `OFFSETS` `blocks × 16` offsets, with `HALVES` `blocks × 32` half scales, and `out` `R × 16`
+/// floats. With `HALVES` groups 0-3 (values 0-15) and 4-7 (values 16-31) sum apart, and each
+/// half's exact sum is multiplied by its integer scale. The rows' sums and accumulators are
+/// named variables (not arrays), so that they stay in registers.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn rows_times_tile<const R: usize>(
+unsafe fn rows_times_tile<const R: usize, const HALVES: bool, const OFFSETS: bool>(
     rows: [Operands<'_>; R],
     tile: Group<'_>,
     out: &mut [f32],
 ) {
-    let (w, w_scales, w_sums) = tile;
+    let (w, w_scales, w_sums) = (tile.quants, tile.scales, tile.sums);
     let blocks = w_scales.len() / TILE;
     // Raw pointers, so that the loops compile to straight-line code without bounds checks (the
     // caller checked every length). Row i of a one-row call reads row 0 again (unused).
     let a: [*const u8; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].0.as_ptr());
     let sc: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].1.as_ptr());
+    let so: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].2.as_ptr());
     let zero = _mm512_setzero_ps();
     let (mut acc0, mut acc1, mut acc2, mut acc3) = (zero, zero, zero, zero);
     for b in 0..blocks {
         let zero = _mm512_setzero_si512();
         let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+        let (mut h0, mut h1, mut h2, mut h3) = (zero, zero, zero, zero);
         for g in 0..BLOCK / 4 {
             let at = b * BLOCK + g * 4;
             // SAFETY: b < blocks and g < 8: these 64 bytes lie within the tile's blocks × 512
@@ -123,33 +140,66 @@ unsafe fn rows_times_tile<const R: usize>(
                 let wv = _mm512_loadu_si512(w.as_ptr().add(b * TILE * BLOCK + g * TILE * 4).cast());
                 let four =
                     |row: *const u8| _mm512_set1_epi32(row.add(at).cast::<i32>().read_unaligned());
-                s0 = _mm512_dpbusd_epi32(s0, four(a[0]), wv);
-                if R == 4 {
-                    s1 = _mm512_dpbusd_epi32(s1, four(a[1]), wv);
-                    s2 = _mm512_dpbusd_epi32(s2, four(a[2]), wv);
-                    s3 = _mm512_dpbusd_epi32(s3, four(a[3]), wv);
+                if HALVES && g >= BLOCK / 8 {
+                    h0 = _mm512_dpbusd_epi32(h0, four(a[0]), wv);
+                    if R == 4 {
+                        h1 = _mm512_dpbusd_epi32(h1, four(a[1]), wv);
+                        h2 = _mm512_dpbusd_epi32(h2, four(a[2]), wv);
+                        h3 = _mm512_dpbusd_epi32(h3, four(a[3]), wv);
+                    }
+                } else {
+                    s0 = _mm512_dpbusd_epi32(s0, four(a[0]), wv);
+                    if R == 4 {
+                        s1 = _mm512_dpbusd_epi32(s1, four(a[1]), wv);
+                        s2 = _mm512_dpbusd_epi32(s2, four(a[2]), wv);
+                        s3 = _mm512_dpbusd_epi32(s3, four(a[3]), wv);
+                    }
                 }
             }
         }
-        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales and sums, and scale b of each
-        // row, are in bounds.
+        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales and offsets, b·16 .. b·16 + 16
+        // of its sums (b·32 .. b·32 + 32 with halves) and of its half scales, and entry b of
+        // each row's scales and offset sums, are in bounds.
         unsafe {
-            let bias = _mm512_loadu_si512(w_sums.as_ptr().add(b * TILE).cast());
             let ws = _mm512_loadu_ps(w_scales.as_ptr().add(b * TILE));
-            // The exact sums, times (column scale × row scale), added with one FMA.
-            let step = |sum: __m512i, row_scales: *const f32, acc: __m512| {
-                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias));
-                _mm512_fmadd_ps(
-                    exact,
-                    _mm512_mul_ps(ws, _mm512_set1_ps(*row_scales.add(b))),
-                    acc,
-                )
+            let per_block = if HALVES { 2 * TILE } else { TILE };
+            let bias = _mm512_loadu_si512(w_sums.as_ptr().add(b * per_block).cast());
+            // The exact sums: without halves the biased sum less the bias; with halves k₀·(low
+            // half's) + k₁·(high half's).
+            let exact = |s: __m512i, h: __m512i| {
+                if HALVES {
+                    let bias1 =
+                        _mm512_loadu_si512(w_sums.as_ptr().add(b * per_block + TILE).cast());
+                    let k0 = _mm512_loadu_si512(tile.halves.as_ptr().add(b * per_block).cast());
+                    let k1 =
+                        _mm512_loadu_si512(tile.halves.as_ptr().add(b * per_block + TILE).cast());
+                    _mm512_add_epi32(
+                        _mm512_mullo_epi32(_mm512_sub_epi32(s, bias), k0),
+                        _mm512_mullo_epi32(_mm512_sub_epi32(h, bias1), k1),
+                    )
+                } else {
+                    _mm512_sub_epi32(s, bias)
+                }
             };
-            acc0 = step(s0, sc[0], acc0);
+            // Times (column scale × row scale), added with one FMA; then the offsets' FMA.
+            let step = |s: __m512i, h: __m512i, r: usize, acc: __m512| {
+                let acc = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(exact(s, h)),
+                    _mm512_mul_ps(ws, _mm512_set1_ps(*sc[r].add(b))),
+                    acc,
+                );
+                if OFFSETS {
+                    let wm = _mm512_loadu_ps(tile.offsets.as_ptr().add(b * TILE));
+                    _mm512_fmadd_ps(wm, _mm512_set1_ps(*so[r].add(b)), acc)
+                } else {
+                    acc
+                }
+            };
+            acc0 = step(s0, h0, 0, acc0);
             if R == 4 {
-                acc1 = step(s1, sc[1], acc1);
-                acc2 = step(s2, sc[2], acc2);
-                acc3 = step(s3, sc[3], acc3);
+                acc1 = step(s1, h1, 1, acc1);
+                acc2 = step(s2, h2, 2, acc2);
+                acc3 = step(s3, h3, 3, acc3);
             }
         }
     }

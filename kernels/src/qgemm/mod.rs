@@ -24,10 +24,12 @@ pub mod peak;
 mod q4;
 #[cfg(test)]
 mod tests;
+mod wide;
 
-pub use pack::{Layout, Q8Rows, Q8Weights};
+pub use pack::{Activations, Block8, Layout, Q8Rows, Q8Weights, SUPER_BLOCK};
 pub use q4::{Q4Format, Q4Weights};
 use rayon::prelude::*;
+pub use wide::WideFormat;
 
 /// Values per block (and per scale).
 pub const BLOCK: usize = 32;
@@ -100,6 +102,14 @@ impl WeightsRef<'_> {
             WeightsRef::Q4(w) => (w.n, w.k, w.layout(), w.groups()),
         }
     }
+
+    /// How the activations multiplied by these weights are quantized.
+    pub fn activations(self) -> Activations {
+        match self {
+            WeightsRef::Q8(w) => w.extras().activations,
+            WeightsRef::Q4(w) => w.activations(),
+        }
+    }
 }
 
 /// Owned weights of either width, as a model keeps them.
@@ -168,11 +178,11 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(avx2) => {
                 for (r, dots) in out.chunks_exact_mut(4).enumerate() {
-                    dots.copy_from_slice(&avx2.quad_dots(&rows.row(r), w.group(g)));
+                    dots.copy_from_slice(&avx2.quad_dots(&rows.row(r), w.group(g), w.extras()));
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni(vnni) => vnni.tile_dots(rows, w.group(g), out),
+            Kernel::Avx512Vnni(vnni) => vnni.tile_dots(rows, w.group(g), w.extras(), out),
         }
     }
 
@@ -195,8 +205,8 @@ impl Kernel {
 /// Why a matrix cannot be multiplied.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QgemmError {
-    #[error("the inner dimension {k} is not a multiple of {BLOCK}")]
-    InnerDimension { k: usize },
+    #[error("the inner dimension {k} is not a multiple of {multiple}")]
+    InnerDimension { k: usize, multiple: usize },
     #[error("{what} holds {got} values, not {expected}")]
     Length {
         what: &'static str,
@@ -212,19 +222,33 @@ pub enum QgemmError {
 }
 
 /// The definition every path computes, in plain Rust, for column group `g`: per (row, column),
-/// per block the exact integer sum, then `sum = fma(isum, row scale × column scale, sum)` block
-/// after block.
+/// per block the exact integer sum (with halves, `k₀·Σ₀ + k₁·Σ₁` of the two halves' sums), then
+/// `sum = fma(isum, row scale × column scale, sum)` and, with float offsets, `sum = fma(m,
+/// offset sum, sum)`, block after block.
 fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
     let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
+    let extras = w.extras();
     let block = |col, b| w.column_block(col, b);
     over_columns(
         rows,
         (g, width, n, blocks),
         out,
         block,
-        |b, (values, w_scale), row, dot| {
-            let isum = integer_dot(&row.quants[b * BLOCK..(b + 1) * BLOCK], &values);
-            (isum as f32).mul_add(row.scales[b] * w_scale, dot)
+        |b, block: Block8, row, dot| {
+            let (a, v) = (&row.quants[b * BLOCK..(b + 1) * BLOCK], &block.values);
+            let isum = match extras.halves {
+                false => integer_dot(a, v),
+                true => {
+                    let half = BLOCK / 2;
+                    block.halves[0] * integer_dot(&a[..half], &v[..half])
+                        + block.halves[1] * integer_dot(&a[half..], &v[half..])
+                }
+            };
+            let dot = (isum as f32).mul_add(row.scales[b] * block.scale, dot);
+            match extras.offsets {
+                true => block.offset.mul_add(row.offset_sums[b], dot),
+                false => dot,
+            }
         },
     );
 }
@@ -304,7 +328,7 @@ pub fn matmul_with<'a>(
         });
     }
     let kernel = Kernel::of(path);
-    let rows = Q8Rows::quantize(x, k)?;
+    let rows = Q8Rows::quantize_for(x, k, w.activations())?;
     let (m, width) = (rows.rows(), layout.width());
     // Enough pieces for every thread to stay busy, each a run of groups for every row.
     let pieces = (rayon::current_num_threads() * 4).min(groups).max(1);

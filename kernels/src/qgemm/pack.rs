@@ -3,6 +3,9 @@
 
 use super::{QgemmError, BLOCK};
 
+/// Values per K-quant super-block (GGUF's `QK_K`).
+pub const SUPER_BLOCK: usize = 256;
+
 /// How a layer's weights are laid out, by the kind of kernel that reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -47,6 +50,37 @@ pub(super) fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
     d
 }
 
+/// Quantizes one super-block of 256 as llama.cpp's `quantize_row_q8_K_ref` does: values
+/// `nearest_even(127 / max|x| · x)`, scale `1 / (127 / max|x|)` in f32. (llama.cpp divides by the
+/// signed value of largest magnitude, which negates both the values and the scale where it is
+/// positive: the same products, bit for bit.)
+pub(super) fn quantize_super_block(x: &[f32], out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        out.fill(0);
+        return 0.0;
+    }
+    let iscale = 127.0 / amax;
+    for (q, v) in out.iter_mut().zip(x) {
+        *q = nearest_even(iscale * v).min(127) as i8;
+    }
+    1.0 / iscale
+}
+
+/// `x` rounded to the nearest integer, ties to even, for |x| < 2²²: ggml's `nearest_int` (the
+/// sum with 1.5·2²³ leaves the rounded value in the low mantissa bits).
+pub(super) fn nearest_even(x: f32) -> i32 {
+    ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Each block of 32 quants summed.
+fn block_sums(quants: &[i8]) -> Vec<i32> {
+    quants
+        .chunks(BLOCK)
+        .map(|b| b.iter().map(|q| i32::from(*q)).sum())
+        .collect()
+}
+
 /// `x.round()` for |x| < 2²³ (and 0 for NaN) without libm's `roundf` call, which was 4% of decode
 /// time: truncate, then step away from zero when the exact remainder is at least one half.
 pub(super) fn round_half_away(x: f32) -> i32 {
@@ -57,28 +91,84 @@ pub(super) fn round_half_away(x: f32) -> i32 {
 
 pub(super) fn check_inner(k: usize) -> Result<(), QgemmError> {
     if k == 0 || !k.is_multiple_of(BLOCK) {
-        return Err(QgemmError::InnerDimension { k });
+        return Err(QgemmError::InnerDimension { k, multiple: BLOCK });
     }
     Ok(())
 }
 
-/// The weights of a linear layer with `n` outputs and `k` inputs, repacked.
+/// How the activations of a product are quantized: as llama.cpp pairs them with the weights'
+/// format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Per block of 32, scale max|x| / 127 rounded to f16, values rounded half away from zero
+    /// (`block_q8_0`, and `block_q8_1`'s `d·Σa` rounded to f16): for Q8_0, Q4_0, Q4_1, Q5_0 and
+    /// Q5_1 weights.
+    Blocks,
+    /// Per super-block of 256, f32 scale `1 / (127 / max|x|)`, values rounded half to even
+    /// (`block_q8_K`): for the K-quants, whose integer sums then equal llama.cpp's.
+    SuperBlocks,
+}
+
+/// One 32-value block of a column of 8-bit weights: values, scale, float offset (what
+/// `offset_sums` multiplies; 0 without) and the integer scales of its two halves of 16 (`[1,
+/// 1]` without).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Block8 {
+    pub values: [i8; BLOCK],
+    pub scale: f32,
+    pub offset: f32,
+    pub halves: [i32; 2],
+}
+
+/// What a layer's 8-bit weights carry beyond values and scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Extras {
+    /// A float offset per block (Q5_1, Q5_K).
+    pub offsets: bool,
+    /// An integer scale per half block of 16 (Q6_K).
+    pub halves: bool,
+    pub activations: Activations,
+}
+
+impl Extras {
+    pub(super) const PLAIN: Extras = Extras {
+        offsets: false,
+        halves: false,
+        activations: Activations::Blocks,
+    };
+}
+
+/// The weights of a linear layer with `n` outputs and `k` inputs, repacked: values of up to 8
+/// bits (GGUF's Q8_0; Q5_0, Q5_1, Q5_K and Q6_K widened to a byte, `super::wide`).
 #[derive(Debug, Clone)]
 pub struct Q8Weights {
     pub(super) n: usize,
     pub(super) k: usize,
     layout: Layout,
+    extras: Extras,
     /// `[group of columns][block][width × BLOCK in the layout's order]`; columns past `n` are
     /// zero.
     quants: Vec<i8>,
     /// `[group][block][column of the group]`.
     scales: Vec<f32>,
-    /// `[group][block][column of the group]`: 128 × the block's values summed (`Tiles` only).
+    /// `Tiles` only: `[group][block][column]` 128 × the block's values summed, or with halves
+    /// `[group][block][half][column]` of each half.
     sums: Vec<i32>,
+    /// `[group][block][column]` float offsets (empty without).
+    offsets: Vec<f32>,
+    /// `[group][block][half][column]` the halves' integer scales (empty without).
+    halves: Vec<i32>,
 }
 
-/// One group of columns: its blocks, scales and (for `Tiles`) biased sums.
-pub(super) type Group<'a> = (&'a [i8], &'a [f32], &'a [i32]);
+/// One group of columns as the kernels read it (empty slices for what the weights lack).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Group<'a> {
+    pub quants: &'a [i8],
+    pub scales: &'a [f32],
+    pub sums: &'a [i32],
+    pub offsets: &'a [f32],
+    pub halves: &'a [i32],
+}
 
 impl Q8Weights {
     /// Quantizes `w`, `[n, k]` row-major (one row per output, as a linear layer's weight), laid
@@ -98,40 +188,71 @@ impl Q8Weights {
                 expected: n * k,
             });
         }
+        Ok(Self::from_columns(layout, (n, k), Extras::PLAIN, |col| {
+            w[col * k..(col + 1) * k]
+                .chunks_exact(BLOCK)
+                .map(|x| {
+                    let mut values = [0i8; BLOCK];
+                    let scale = quantize_block(x, &mut values);
+                    Block8 {
+                        values,
+                        scale,
+                        offset: 0.0,
+                        halves: [1, 1],
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    /// Packs columns given as their `k / 32` blocks.
+    pub(super) fn from_columns(
+        layout: Layout,
+        (n, k): (usize, usize),
+        extras: Extras,
+        column: impl Fn(usize) -> Vec<Block8>,
+    ) -> Self {
         let (width, blocks) = (layout.width(), k / BLOCK);
-        let groups = n.div_ceil(width);
-        let mut quants = vec![0i8; groups * blocks * width * BLOCK];
-        let mut scales = vec![0f32; groups * blocks * width];
-        let mut sums = vec![
-            0i32;
-            if layout == Layout::Tiles {
-                scales.len()
-            } else {
-                0
-            }
-        ];
-        let mut block = [0i8; BLOCK];
-        for col in 0..n {
-            let (group, c) = (col / width, col % width);
-            for b in 0..blocks {
-                let at = (group * blocks + b) * width;
-                scales[at + c] = quantize_block(&w[col * k + b * BLOCK..][..BLOCK], &mut block);
-                for (j, q) in block.iter().enumerate() {
-                    quants[at * BLOCK + layout.offset(c, j)] = *q;
-                }
-                if let Some(sum) = sums.get_mut(at + c) {
-                    *sum = 128 * block.iter().map(|q| i32::from(*q)).sum::<i32>();
-                }
-            }
-        }
-        Ok(Self {
+        let cells = n.div_ceil(width) * blocks * width;
+        let per_cell = |on: bool, per: usize| if on { cells * per } else { 0 };
+        let halves_per = if extras.halves { 2 } else { 1 };
+        let mut weights = Self {
             n,
             k,
             layout,
-            quants,
-            scales,
-            sums,
-        })
+            extras,
+            quants: vec![0; cells * BLOCK],
+            scales: vec![0.0; cells],
+            sums: vec![0; per_cell(layout == Layout::Tiles, halves_per)],
+            offsets: vec![0.0; per_cell(extras.offsets, 1)],
+            halves: vec![0; per_cell(extras.halves, 2)],
+        };
+        for col in 0..n {
+            let (group, c) = (col / width, col % width);
+            for (b, block) in column(col).into_iter().enumerate() {
+                let at = (group * blocks + b) * width;
+                weights.scales[at + c] = block.scale;
+                for (j, q) in block.values.iter().enumerate() {
+                    weights.quants[at * BLOCK + layout.offset(c, j)] = *q;
+                }
+                if let Some(offset) = weights.offsets.get_mut(at + c) {
+                    *offset = block.offset;
+                }
+                let sum = |values: &[i8]| 128 * values.iter().map(|q| i32::from(*q)).sum::<i32>();
+                if extras.halves {
+                    for (h, values) in block.values.chunks_exact(BLOCK / 2).enumerate() {
+                        let cell = (at * 2) + h * width + c;
+                        weights.halves[cell] = block.halves[h];
+                        if let Some(s) = weights.sums.get_mut(cell) {
+                            *s = sum(values);
+                        }
+                    }
+                } else if let Some(s) = weights.sums.get_mut(at + c) {
+                    *s = sum(&block.values);
+                }
+            }
+        }
+        weights
     }
 
     pub fn outputs(&self) -> usize {
@@ -146,6 +267,10 @@ impl Q8Weights {
         self.layout
     }
 
+    pub(super) fn extras(&self) -> Extras {
+        self.extras
+    }
+
     pub(super) fn blocks(&self) -> usize {
         self.k / BLOCK
     }
@@ -155,34 +280,47 @@ impl Q8Weights {
         self.n.div_ceil(self.layout.width())
     }
 
-    /// The blocks, scales and sums of column group `g`.
+    /// Column group `g`.
     pub(super) fn group(&self, g: usize) -> Group<'_> {
         let per = self.blocks() * self.layout.width();
-        let sums = if self.sums.is_empty() {
-            &[][..]
-        } else {
-            &self.sums[g * per..(g + 1) * per]
-        };
-        (
-            &self.quants[g * per * BLOCK..(g + 1) * per * BLOCK],
-            &self.scales[g * per..(g + 1) * per],
-            sums,
-        )
+        fn part(v: &[i32], g: usize, per: usize) -> &[i32] {
+            v.get(g * per..(g + 1) * per).unwrap_or(&[])
+        }
+        Group {
+            quants: &self.quants[g * per * BLOCK..(g + 1) * per * BLOCK],
+            scales: &self.scales[g * per..(g + 1) * per],
+            sums: part(&self.sums, g, per * if self.extras.halves { 2 } else { 1 }),
+            offsets: self.offsets.get(g * per..(g + 1) * per).unwrap_or(&[]),
+            halves: part(&self.halves, g, per * 2),
+        }
     }
 
-    /// Block `b` of column `col` (which must be below `outputs()`): its values and scale.
-    pub(super) fn column_block(&self, col: usize, b: usize) -> ([i8; BLOCK], f32) {
+    /// Block `b` of column `col` (which must be below `outputs()`).
+    pub fn column_block(&self, col: usize, b: usize) -> Block8 {
         let width = self.layout.width();
         let at = ((col / width) * self.blocks() + b) * width;
-        let mut out = [0i8; BLOCK];
-        for (j, q) in out.iter_mut().enumerate() {
-            *q = self.quants[at * BLOCK + self.layout.offset(col % width, j)];
+        let c = col % width;
+        let mut values = [0i8; BLOCK];
+        for (j, q) in values.iter_mut().enumerate() {
+            *q = self.quants[at * BLOCK + self.layout.offset(c, j)];
         }
-        (out, self.scales[at + col % width])
+        let half = |h: usize| {
+            self.halves
+                .get(at * 2 + h * width + c)
+                .copied()
+                .unwrap_or(1)
+        };
+        Block8 {
+            values,
+            scale: self.scales[at + c],
+            offset: self.offsets.get(at + c).copied().unwrap_or(0.0),
+            halves: [half(0), half(1)],
+        }
     }
 }
 
-/// Activation rows quantized per block, with the forms the SIMD paths multiply.
+/// Activation rows quantized per block (or super-block), with the forms the SIMD paths
+/// multiply.
 #[derive(Debug, Clone)]
 pub struct Q8Rows {
     k: usize,
@@ -195,8 +333,9 @@ pub struct Q8Rows {
     scales: Vec<f32>,
     /// `[row][block]`: the block's quants summed (what Q4_0's integer offset multiplies).
     sums: Vec<i32>,
-    /// `[row][block]`: the block's scale (before rounding) × its sum, rounded to f16, as
-    /// llama.cpp's `block_q8_1` keeps it (what 4-bit weights' float offsets multiply).
+    /// `[row][block]`: the block's scale × its sum, what weights' float offsets multiply: per
+    /// block of 32 the scale before rounding, the product rounded to f16, as llama.cpp's
+    /// `block_q8_1` keeps it; per super-block in f32.
     offset_sums: Vec<f32>,
 }
 
@@ -211,9 +350,21 @@ pub(super) struct Row<'a> {
 }
 
 impl Q8Rows {
-    /// Quantizes `x`, `[m, k]` row-major.
+    /// Quantizes `x`, `[m, k]` row-major, per block of 32 ([`Activations::Blocks`]).
     pub fn quantize(x: &[f32], k: usize) -> Result<Self, QgemmError> {
+        Self::quantize_for(x, k, Activations::Blocks)
+    }
+
+    /// Quantizes `x`, `[m, k]` row-major, as `activations` says. Every block of 32 keeps its
+    /// scale (a super-block's scale for each of its eight blocks), sum and offset sum.
+    pub fn quantize_for(x: &[f32], k: usize, activations: Activations) -> Result<Self, QgemmError> {
         check_inner(k)?;
+        if activations == Activations::SuperBlocks && !k.is_multiple_of(SUPER_BLOCK) {
+            return Err(QgemmError::InnerDimension {
+                k,
+                multiple: SUPER_BLOCK,
+            });
+        }
         if !x.len().is_multiple_of(k) {
             return Err(QgemmError::Length {
                 what: "the input",
@@ -222,28 +373,47 @@ impl Q8Rows {
             });
         }
         let mut quants = vec![0i8; x.len()];
-        let exact_scales: Vec<f32> = x
-            .chunks(BLOCK)
-            .zip(quants.chunks_mut(BLOCK))
-            .map(|(block, out)| quantize_block(block, out))
-            .collect();
         let f16 = |v: f32| half::f16::from_f32(v).to_f32();
-        // Each block's scale rounded to f16, as llama.cpp's (and candle's) `block_q8_0`
-        // stores it: the products then equal theirs (log-probabilities of whole models
-        // within 2e-6 of llama.cpp's, jobs/tests/llama_cpp_parity.rs; with f32 scales they
-        // were up to 0.05 apart on the tiny fixtures).
-        let scales = exact_scales.iter().map(|d| f16(*d)).collect();
+        let sums: Vec<i32>;
+        let (scales, offset_sums): (Vec<f32>, Vec<f32>) = match activations {
+            Activations::Blocks => {
+                let exact_scales: Vec<f32> = x
+                    .chunks(BLOCK)
+                    .zip(quants.chunks_mut(BLOCK))
+                    .map(|(block, out)| quantize_block(block, out))
+                    .collect();
+                sums = block_sums(&quants);
+                // Each block's scale rounded to f16, as llama.cpp's (and candle's) `block_q8_0`
+                // stores it: the products then equal theirs (log-probabilities of whole models
+                // within 2e-6 of llama.cpp's, jobs/tests/llama_cpp_parity.rs; with f32 scales
+                // they were up to 0.05 apart on the tiny fixtures).
+                let scales = exact_scales.iter().map(|d| f16(*d)).collect();
+                let offset_sums = exact_scales
+                    .iter()
+                    .zip(&sums)
+                    .map(|(d, sum)| f16(d * *sum as f32))
+                    .collect();
+                (scales, offset_sums)
+            }
+            Activations::SuperBlocks => {
+                let scales: Vec<f32> = x
+                    .chunks(SUPER_BLOCK)
+                    .zip(quants.chunks_mut(SUPER_BLOCK))
+                    .flat_map(|(block, out)| {
+                        [quantize_super_block(block, out); SUPER_BLOCK / BLOCK]
+                    })
+                    .collect();
+                sums = block_sums(&quants);
+                let offset_sums = scales
+                    .iter()
+                    .zip(&sums)
+                    .map(|(d, sum)| d * *sum as f32)
+                    .collect();
+                (scales, offset_sums)
+            }
+        };
         let magnitudes = quants.iter().map(|q| q.unsigned_abs()).collect();
         let biased = quants.iter().map(|q| (*q as u8) ^ 0x80).collect();
-        let sums: Vec<i32> = quants
-            .chunks(BLOCK)
-            .map(|b| b.iter().map(|q| i32::from(*q)).sum())
-            .collect();
-        let offset_sums = exact_scales
-            .iter()
-            .zip(&sums)
-            .map(|(d, sum)| f16(d * *sum as f32))
-            .collect();
         Ok(Self {
             k,
             quants,

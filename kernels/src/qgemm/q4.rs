@@ -23,7 +23,7 @@
 //! - `Quads`: byte `column·16 + j` holds values j (low) and j + 16 (high), GGUF's own order
 //!   within a block, which AVX2 widens to 32 bytes in order.
 
-use super::pack::{check_inner, Layout};
+use super::pack::{check_inner, Activations, Layout};
 use super::{QgemmError, BLOCK};
 
 /// The GGUF formats these weights are read from.
@@ -65,6 +65,8 @@ pub struct Q4Weights {
     int_offset: i32,
     /// Whether `offsets` apply (Q4_1, Q4_K).
     float_offsets: bool,
+    /// How the activations are quantized (per super-block for Q4_K).
+    activations: Activations,
 }
 
 /// One group of columns, as the kernels read it.
@@ -80,12 +82,12 @@ pub(super) struct Q4Group<'a> {
 /// One 32-value block of a column: its values (0..=15), scale and offset.
 type ColumnBlock = ([u8; BLOCK], f32, f32);
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
 /// Q4_K's 6-bit scale and minimum of sub-block `j` (0..8) from its 12 packed bytes.
-fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -140,7 +142,10 @@ impl Q4Weights {
         check_inner(k)?;
         let (per_block, block_bytes) = format.block();
         if !k.is_multiple_of(per_block) {
-            return Err(QgemmError::InnerDimension { k });
+            return Err(QgemmError::InnerDimension {
+                k,
+                multiple: per_block,
+            });
         }
         let expected = n * (k / per_block) * block_bytes;
         if raw.len() != expected {
@@ -152,12 +157,16 @@ impl Q4Weights {
         }
         let row_bytes = k / per_block * block_bytes;
         let int_offset = if format == Q4Format::Q4_0 { -8 } else { 0 };
-        Ok(Self::from_columns(layout, (n, k), int_offset, |col| {
+        let mut weights = Self::from_columns(layout, (n, k), int_offset, |col| {
             raw[col * row_bytes..(col + 1) * row_bytes]
                 .chunks_exact(block_bytes)
                 .flat_map(|b| gguf_blocks(format, b))
                 .collect()
-        }))
+        });
+        if format == Q4Format::Q4K {
+            weights.activations = Activations::SuperBlocks;
+        }
+        Ok(weights)
     }
 
     /// Packs columns given as their 32-value blocks (`k / 32` of them each): values, scale and
@@ -194,7 +203,13 @@ impl Q4Weights {
             offsets,
             int_offset,
             float_offsets: int_offset == 0,
+            activations: Activations::Blocks,
         }
+    }
+
+    /// How the activations multiplied by these weights are quantized.
+    pub(super) fn activations(&self) -> Activations {
+        self.activations
     }
 
     pub fn outputs(&self) -> usize {
@@ -262,64 +277,12 @@ fn byte_offset(layout: Layout, column: usize, j: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-    use rand::{Rng, SeedableRng};
-
-    /// Every value of a tensor quantized by candle (ggml's formats, ported) decodes to what
-    /// candle's own dequantization gives, bit for bit, in either layout.
-    #[test]
-    fn repacked_values_are_what_ggml_dequantizes() {
-        let (n, k) = (19, 512);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.2..0.3)).collect();
-        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-        for (format, dtype) in [
-            (Q4Format::Q4_0, GgmlDType::Q4_0),
-            (Q4Format::Q4_1, GgmlDType::Q4_1),
-            (Q4Format::Q4K, GgmlDType::Q4K),
-        ] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let want: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            if format == Q4Format::Q4K {
-                // The high bits of the packed 6-bit scales matter in this tensor.
-                let raw = q.data().unwrap();
-                assert!(raw
-                    .chunks(144)
-                    .any(|b| (4..8).any(|j| q4k_scale_min(j, &b[4..16]).0 > 15)));
-            }
-            for layout in [Layout::Quads, Layout::Tiles] {
-                let packed =
-                    Q4Weights::from_gguf(layout, format, &q.data().unwrap(), n, k).unwrap();
-                let (o, _) = packed.offset_kind();
-                for col in 0..n {
-                    for b in 0..k / BLOCK {
-                        let (u, s, m) = packed.column_block(col, b);
-                        for j in 0..BLOCK {
-                            let got = s * (i32::from(u[j]) + o) as f32 + m;
-                            let want = want[col * k + b * BLOCK + j];
-                            assert!(
-                                (got - want).abs() <= 1e-7 * want.abs().max(1e-3),
-                                "{format:?} {layout:?} ({col}, {b}, {j}): {got} vs {want}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
 
     #[test]
     fn a_tensor_of_the_wrong_size_is_refused() {
         let err = Q4Weights::from_gguf(Layout::Tiles, Q4Format::Q4K, &[0; 143], 1, 256);
         assert!(matches!(err, Err(QgemmError::Length { expected: 144, .. })));
         let err = Q4Weights::from_gguf(Layout::Tiles, Q4Format::Q4K, &[0; 144], 1, 64);
-        assert!(matches!(err, Err(QgemmError::InnerDimension { k: 64 })));
+        assert!(matches!(err, Err(QgemmError::InnerDimension { k: 64, .. })));
     }
 }

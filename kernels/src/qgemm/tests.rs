@@ -1,4 +1,6 @@
+use super::pack::Extras;
 use super::*;
+use candle_core::quantized::{GgmlDType, QTensor};
 use rand::{Rng, SeedableRng};
 
 fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -19,7 +21,7 @@ fn dequantized_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Ve
         for col in 0..n {
             y[r * n + col] = (0..k / BLOCK)
                 .map(|b| {
-                    let (values, scale) = weights.column_block(col, b);
+                    let Block8 { values, scale, .. } = weights.column_block(col, b);
                     (0..BLOCK)
                         .map(|j| {
                             value(row.quants[b * BLOCK + j], row.scales[b])
@@ -141,7 +143,7 @@ fn q8_0_weights_repack_exactly_in_either_layout_and_bad_shapes_are_errors() {
         let q = Q8Weights::quantize_as(layout, &w, 3, 64).unwrap();
         for col in 0..3 {
             for b in 0..2 {
-                let (values, scale) = q.column_block(col, b);
+                let Block8 { values, scale, .. } = q.column_block(col, b);
                 assert_eq!(scale, d);
                 for (j, v) in values.iter().enumerate() {
                     assert_eq!(f32::from(*v) * d, w[col * 64 + b * BLOCK + j], "{layout:?}");
@@ -151,7 +153,10 @@ fn q8_0_weights_repack_exactly_in_either_layout_and_bad_shapes_are_errors() {
     }
     assert_eq!(
         Q8Weights::quantize(&[0.0; 40], 1, 40).unwrap_err(),
-        QgemmError::InnerDimension { k: 40 }
+        QgemmError::InnerDimension {
+            k: 40,
+            multiple: 32
+        }
     );
     assert!(matches!(
         matmul(&[0.0; 33], &Q8Weights::quantize(&[0.0; 32], 1, 32).unwrap()),
@@ -270,32 +275,218 @@ fn every_path_of_this_cpu_computes_4_bit_weights_as_the_reference_does() {
     }
 }
 
+/// 8-bit weights with random values (6 bits, signed), scales and, as `extras` says, float
+/// offsets and half scales.
+fn random_wide(layout: Layout, (n, k): (usize, usize), extras: Extras, seed: u64) -> Q8Weights {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let columns: Vec<Vec<Block8>> = (0..n)
+        .map(|_| {
+            (0..k / BLOCK)
+                .map(|_| Block8 {
+                    values: std::array::from_fn(|_| rng.random_range(-32..32)),
+                    scale: rng.random_range(0.0001..0.002f32),
+                    offset: if extras.offsets {
+                        -rng.random_range(0.0..0.2f32)
+                    } else {
+                        0.0
+                    },
+                    halves: match extras.halves {
+                        true => [rng.random_range(-128..128), rng.random_range(-128..128)],
+                        false => [1, 1],
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    Q8Weights::from_columns(layout, (n, k), extras, |col| columns[col].clone())
+}
+
 #[test]
-fn gguf_4_bit_tensors_multiply_as_their_dequantized_values() {
-    // candle's Q4_0, Q4_1 and Q4_K (ggml's formats) of a random matrix: the 4-bit product against
-    // the f64 product of its dequantized weights with the int8 activations (5e-5 relative: f32
-    // sums of blocks; plus the rounding of the offsets' d_a·Σa to f16).
-    use candle_core::quantized::{GgmlDType, QTensor};
-    for (format, dtype, k) in [
-        (Q4Format::Q4_0, GgmlDType::Q4_0, 576),
-        (Q4Format::Q4_1, GgmlDType::Q4_1, 576),
-        (Q4Format::Q4K, GgmlDType::Q4K, 768),
-    ] {
-        let (m, n) = (5, 33);
-        let (x, w) = (random(m * k, 11, 2.0), random(n * k, 12, 0.1));
-        let t = candle_core::Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, dtype).unwrap();
-        let raw = q.data().unwrap();
-        let dequantized: Vec<f32> = q
-            .dequantize(&candle_core::Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let rows = Q8Rows::quantize(&x, k).unwrap();
+fn every_path_of_this_cpu_computes_offsets_and_half_scales_as_the_reference_does() {
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let x = operands(s).0;
+        let mut kinds = vec![Activations::Blocks];
+        if k % SUPER_BLOCK == 0 {
+            kinds.push(Activations::SuperBlocks);
+        }
+        for (activations, offsets, halves) in kinds
+            .into_iter()
+            .flat_map(|a| [(a, true, false), (a, false, true), (a, true, true)])
+        {
+            let extras = Extras {
+                offsets,
+                halves,
+                activations,
+            };
+            let rows = Q8Rows::quantize_for(&x, k, activations).unwrap();
+            for layout in [Layout::Quads, Layout::Tiles] {
+                let weights = random_wide(layout, (n, k), extras, 300 + s as u64);
+                let reference = matmul_with(Path::Reference, &x, &weights).unwrap();
+                for r in 0..m {
+                    let row = rows.row(r);
+                    for col in 0..n {
+                        let want: f64 = (0..k / BLOCK)
+                            .map(|b| {
+                                let w = weights.column_block(col, b);
+                                let a = f64::from(row.scales[b]);
+                                let products: f64 = (0..BLOCK)
+                                    .map(|j| {
+                                        let v =
+                                            f64::from(w.halves[j / 16] * i32::from(w.values[j]));
+                                        f64::from(w.scale)
+                                            * v
+                                            * a
+                                            * f64::from(row.quants[b * BLOCK + j])
+                                    })
+                                    .sum();
+                                products + f64::from(w.offset) * f64::from(row.offset_sums[b])
+                            })
+                            .sum();
+                        let got = f64::from(reference[r * n + col]);
+                        let tolerance = 1e-5 * (1.0 + want.abs()) * (k as f64 / 32.0).sqrt();
+                        assert!(
+                            (got - want).abs() <= tolerance,
+                            "shape {s} {extras:?} ({r}, {col}): {got} vs {want}"
+                        );
+                    }
+                }
+                for path in Path::available() {
+                    if path.layout() == layout {
+                        let y = matmul_with(path, &x, &weights).unwrap();
+                        assert_eq!(bits(&y), bits(&reference), "{path:?} {extras:?} shape {s}");
+                        let alone = matmul_with(path, &x[..k], &weights).unwrap();
+                        assert_eq!(bits(&alone), bits(&y[..n]), "{path:?} row 0 of shape {s}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A random `[n, k]` matrix (values in ±0.2, +0.05) quantized by candle to `dtype` (ggml's
+/// formats, ported): its GGUF bytes and candle's dequantization of them.
+pub(super) fn ggml_tensor(
+    dtype: GgmlDType,
+    (n, k): (usize, usize),
+    seed: u64,
+) -> (Vec<u8>, Vec<f32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.2..0.3)).collect();
+    let t = candle_core::Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, dtype).unwrap();
+    let dequantized = q.dequantize(&candle_core::Device::Cpu).unwrap();
+    let dequantized = dequantized.flatten_all().unwrap().to_vec1().unwrap();
+    (q.data().unwrap().into_owned(), dequantized)
+}
+
+/// The GGUF formats of more than 4 and fewer than 8 bits, and of 4.
+const GGUF_FORMATS: [GgmlDType; 7] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q4K,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// GGUF bytes of `dtype` (one of `GGUF_FORMATS`) repacked in `layout`.
+fn packed(layout: Layout, dtype: GgmlDType, raw: &[u8], (n, k): (usize, usize)) -> PackedWeights {
+    let q4 = |format| PackedWeights::Q4(Q4Weights::from_gguf(layout, format, raw, n, k).unwrap());
+    let wide = |format| PackedWeights::Q8(Q8Weights::from_gguf(layout, format, raw, n, k).unwrap());
+    match dtype {
+        GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
+        GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
+        GgmlDType::Q4K => q4(Q4Format::Q4K),
+        GgmlDType::Q5_0 => wide(WideFormat::Q5_0),
+        GgmlDType::Q5_1 => wide(WideFormat::Q5_1),
+        GgmlDType::Q5K => wide(WideFormat::Q5K),
+        GgmlDType::Q6K => wide(WideFormat::Q6K),
+        other => panic!("{other:?} is not repacked"),
+    }
+}
+
+/// The float offset of block `b` of column `col`.
+fn block_offset(w: &PackedWeights, col: usize, b: usize) -> f32 {
+    match w {
+        PackedWeights::Q4(w) => w.column_block(col, b).2,
+        PackedWeights::Q8(w) => w.column_block(col, b).offset,
+    }
+}
+
+/// Value `i` of column `col`, as the repacked form gives it.
+fn value(w: &PackedWeights, col: usize, i: usize) -> f32 {
+    let (b, j) = (i / BLOCK, i % BLOCK);
+    match w {
+        PackedWeights::Q4(w) => {
+            let ((u, s, m), (o, _)) = (w.column_block(col, b), w.offset_kind());
+            s * (i32::from(u[j]) + o) as f32 + m
+        }
+        PackedWeights::Q8(w) => {
+            let block = w.column_block(col, b);
+            let v = block.halves[j / 16] * i32::from(block.values[j]);
+            block.scale * v as f32 + block.offset
+        }
+    }
+}
+
+#[test]
+fn gguf_tensors_repack_to_what_ggml_dequantizes() {
+    // Every value of a tensor quantized by candle (ggml's formats, ported), in either layout;
+    // with the high bits of the K-quants' packed 6-bit scales in use, and Q6_K's two halves of
+    // a block scaled apart.
+    let (n, k) = (19, 512);
+    for dtype in GGUF_FORMATS {
+        let (raw, want) = ggml_tensor(dtype, (n, k), 8);
+        let block = match dtype {
+            GgmlDType::Q4K => Some(144),
+            GgmlDType::Q5K => Some(176),
+            _ => None,
+        };
+        if let Some(bytes) = block {
+            assert!(raw
+                .chunks(bytes)
+                .any(|b| (4..8).any(|j| q4::q4k_scale_min(j, &b[4..16]).0 > 15)));
+        }
+        for layout in [Layout::Quads, Layout::Tiles] {
+            let packed = packed(layout, dtype, &raw, (n, k));
+            for col in 0..n {
+                for i in 0..k {
+                    let (got, want) = (value(&packed, col, i), want[col * k + i]);
+                    assert!(
+                        (got - want).abs() <= 1e-7 * want.abs().max(1e-3),
+                        "{dtype:?} {layout:?} ({col}, {i}): {got} vs {want}"
+                    );
+                }
+            }
+            if let PackedWeights::Q8(w) = &packed {
+                let halves = (0..k / BLOCK).any(|b| {
+                    let h = w.column_block(0, b).halves;
+                    h[0] != h[1]
+                });
+                assert_eq!(halves, dtype == GgmlDType::Q6K, "{dtype:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_tensors_multiply_as_their_dequantized_values() {
+    // candle's Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K and Q6_K of a random matrix, against the f64
+    // product of its dequantized weights with the int8 activations as the product quantizes
+    // them (per super-block for the K-quants): 5e-5 relative (f32 sums of blocks), plus the f16
+    // rounding of d_a·Σa where float offsets multiply it per block of 32.
+    for dtype in GGUF_FORMATS {
+        let (m, n, k) = (5, 33, 768);
+        let x = random(m * k, 13, 2.0);
+        let (raw, dequantized) = ggml_tensor(dtype, (n, k), 14);
+        let k_quant = matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
         for path in Path::available() {
-            let weights = Q4Weights::from_gguf(path.layout(), format, &raw, n, k).unwrap();
+            let weights = packed(path.layout(), dtype, &raw, (n, k));
+            let activations = weights.as_ref().activations();
+            assert_eq!(activations == Activations::SuperBlocks, k_quant);
+            let rows = Q8Rows::quantize_for(&x, k, activations).unwrap();
             let y = matmul_with(path, &x, &weights).unwrap();
             for r in 0..m {
                 let row = rows.row(r);
@@ -307,20 +498,66 @@ fn gguf_4_bit_tensors_multiply_as_their_dequantized_values() {
                                 * f64::from(row.quants[i])
                         })
                         .sum();
-                    // The offsets' term uses d_a·Σa rounded to f16: up to 2⁻¹¹ of it.
-                    let rounding: f64 = (0..k / BLOCK)
-                        .map(|b| {
-                            let offset = f64::from(weights.column_block(col, b).2);
-                            (offset * f64::from(row.offset_sums[b])).abs() / 2048.0
-                        })
-                        .sum();
+                    let rounding: f64 = match k_quant {
+                        true => 0.0,
+                        false => (0..k / BLOCK)
+                            .map(|b| {
+                                let offset = f64::from(block_offset(&weights, col, b));
+                                (offset * f64::from(row.offset_sums[b])).abs() / 2048.0
+                            })
+                            .sum(),
+                    };
                     let got = f64::from(y[r * n + col]);
                     assert!(
                         (got - want).abs() <= 5e-5 * (1.0 + want.abs()) + rounding,
-                        "{format:?} {path:?} ({r}, {col}): {got} vs {want}"
+                        "{dtype:?} {path:?} ({r}, {col}): {got} vs {want}"
                     );
                 }
             }
         }
     }
+}
+
+#[test]
+fn super_blocks_quantize_as_llama_cpp_does() {
+    // ggml's quantize_row_q8_K_ref, written out: iscale = -127 / (the value of largest
+    // magnitude), q = nearest_int(iscale·x) (ties to even), d = 1 / iscale.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    for scale in [1.0f32, 1e-3, 300.0] {
+        let mut x: Vec<f32> = (0..SUPER_BLOCK)
+            .map(|_| rng.random_range(-scale..scale))
+            .collect();
+        x[17] = 0.5 * 2.0 * scale; // a positive maximum in one, then a negative one
+        for sign in [1.0f32, -1.0] {
+            x[17] *= sign;
+            let max = x
+                .iter()
+                .copied()
+                .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+            let iscale = -127.0 / max;
+            let theirs: Vec<i32> = x
+                .iter()
+                .map(|v| (iscale * v).round_ties_even() as i32)
+                .collect();
+            let d_theirs = 1.0 / iscale;
+            let mut ours = [0i8; SUPER_BLOCK];
+            let d = pack::quantize_super_block(&x, &mut ours);
+            for (q, t) in ours.iter().zip(&theirs) {
+                assert_eq!(
+                    (d * f32::from(*q)).to_bits(),
+                    (d_theirs * *t as f32).to_bits()
+                );
+            }
+        }
+    }
+    for v in [0.5f32, 1.5, 2.5, -0.5, -2.5, 126.5, -126.5, 3.2, -3.7] {
+        assert_eq!(pack::nearest_even(v), v.round_ties_even() as i32, "{v}");
+    }
+    assert_eq!(
+        Q8Rows::quantize_for(&[0.0; 64], 64, Activations::SuperBlocks).unwrap_err(),
+        QgemmError::InnerDimension {
+            k: 64,
+            multiple: 256
+        }
+    );
 }

@@ -31,7 +31,7 @@ pub const MAX_SEQ_LEN: usize = 4096;
 const SLOW_ON_CPU: [GgmlDType; 2] = [GgmlDType::Q4_1, GgmlDType::Q5_1];
 
 /// Whether a tensor of `dtype` is rewritten as Q8_0 for `kernel`: a `SLOW_ON_CPU` format that
-/// the kernel does not run as stored (steerflow's int8 kernel runs Q4_1 as it is).
+/// the kernel does not run as stored (steerflow's int8 kernel runs Q4_1 and Q5_1 as they are).
 fn slow_on(kernel: CpuMatmul, dtype: GgmlDType) -> bool {
     let native = kernel != CpuMatmul::Candle && crate::qlinear::int8_kernel_runs(dtype);
     SLOW_ON_CPU.contains(&dtype) && !native
