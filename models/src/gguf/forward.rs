@@ -4,6 +4,7 @@
 //! own KV cache. Every row is computed exactly as it would be alone, so what else is in the
 //! batch never changes a sequence's logits.
 
+use super::kv::{decode_attention, Heads, LayerKv};
 use super::weights::{Block, Weights};
 use super::KvCache;
 use crate::decoder_spec::Activation;
@@ -55,6 +56,18 @@ fn post_norm(norm: &Option<RmsNorm>, x: Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl Weights {
+    /// The attention's dimensions and score transform.
+    fn heads(&self) -> Heads {
+        let hy = &self.hyper;
+        Heads {
+            heads: hy.heads,
+            kv_heads: hy.kv_heads,
+            head_dim: hy.head_dim,
+            divisor: hy.score_divisor,
+            softcap: hy.attn_softcap,
+        }
+    }
+
     /// Runs `chunks[i]` after what `caches[i]` holds, for every i in one batch, and returns the
     /// next-token logits after each chunk's last token, `[sequences, vocab]` (f32).
     pub(super) fn forward(
@@ -186,7 +199,7 @@ impl Weights {
     fn attend(
         &self,
         [q, k, v]: [Tensor; 3],
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerKv>,
         position: usize,
         window: Option<usize>,
     ) -> candle_core::Result<Tensor> {
@@ -202,11 +215,42 @@ impl Weights {
             }
         };
         let (q, k) = (rope(&q)?, rope(&k)?);
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let keys = position + t;
+        let window = window.unwrap_or(usize::MAX);
+        let (k, v) = if self.device.is_cpu() {
+            // `[1, kv_heads, t, head_dim]` → `[t][kv_head][head_dim]`, appended in place.
+            let host = |x: &Tensor| x.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
+            LayerKv::append_host(cache, &host(&k)?, &host(&v)?);
+            let Some(LayerKv::Host {
+                keys: cached_keys,
+                values: cached_values,
+            }) = cache.as_ref()
+            else {
+                return Err(candle_core::Error::Msg("a CPU cache of tensors".into()));
+            };
+            if t == 1 && self.plain_decode {
+                // The query at `position` sees the keys from position - window + 1 on.
+                let first = (position + 1).saturating_sub(window);
+                let q = q.flatten_all()?.to_vec1()?;
+                let y = decode_attention(&q, cached_keys, cached_values, self.heads(), first..keys);
+                return Tensor::from_vec(y, (1, hy.heads, 1, hy.head_dim), &self.device);
+            }
+            let tensor = |x: &[f32]| {
+                Tensor::from_slice(x, (1, keys, hy.kv_heads, hy.head_dim), &self.device)?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            (tensor(cached_keys)?, tensor(cached_values)?)
+        } else {
+            let (k, v) = match cache.take() {
+                Some(LayerKv::Tensors(pk, pv)) => {
+                    (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                }
+                _ => (k, v),
+            };
+            *cache = Some(LayerKv::Tensors(k.clone(), v.clone()));
+            (k, v)
         };
-        *cache = Some((k.clone(), v.clone()));
         // Grouped-query attention without copying the keys and values per query head: query head
         // h reads kv head h / rep, so the `rep` query heads of a kv head are stacked as rows,
         // `[1, kv_heads, rep × t, head_dim]`, against that kv head's keys.
@@ -214,8 +258,6 @@ impl Weights {
         let q = q.reshape((1, hy.kv_heads, rep * t, hy.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / hy.score_divisor)?;
         let scores = softcap(scores, hy.attn_softcap)?;
-        let keys = position + t;
-        let window = window.unwrap_or(usize::MAX);
         // Query i (at position + i) sees keys j ≤ position + i within the window.
         let hidden = |i: usize, j: usize| j > position + i || position + i - j >= window;
         let scores = if t > 1 || keys > window {

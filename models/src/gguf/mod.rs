@@ -5,11 +5,12 @@
 //!
 //! It computes what `candle_transformers::models::quantized_llama` computes for `llama` and
 //! what llama.cpp computes for the others (the tests compare them); a KV cache is a list of
-//! reference-counted tensors, so forking a prefilled session shares the prompt's cache with
-//! every sample drawn from it.
+//! reference-counted buffers per block (`kv.rs`), so forking a prefilled session shares the
+//! prompt's cache with every sample drawn from it until the sample appends to it.
 
 mod arch;
 mod forward;
+mod kv;
 mod weights;
 
 use crate::gguf_tokenizer::text_codec_from_gguf;
@@ -77,10 +78,10 @@ fn requantize_for(
     Ok((rewritten, bytes))
 }
 
-/// One sequence's keys and values per block, `[1, kv_heads, positions, head_dim]`.
+/// One sequence's keys and values per block.
 #[derive(Clone, Default)]
 struct KvCache {
-    blocks: Vec<Option<(Tensor, Tensor)>>,
+    blocks: Vec<Option<kv::LayerKv>>,
     position: usize,
 }
 

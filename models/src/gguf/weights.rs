@@ -40,6 +40,10 @@ pub(super) struct Weights {
     pub cos: Tensor,
     pub sin: Tensor,
     pub device: Device,
+    /// Whether a decode step attends in plain Rust over the host KV cache (on the CPU with
+    /// steerflow's kernels); else through candle's operations, as candle's own models do (on
+    /// a GPU, and on the CPU under `STEERFLOW_CPU_MATMUL=candle`).
+    pub plain_decode: bool,
 }
 
 impl Weights {
@@ -118,6 +122,7 @@ impl Weights {
             cos,
             sin,
             device: device.clone(),
+            plain_decode: device.is_cpu() && kernel != CpuMatmul::Candle,
         })
     }
 }
