@@ -7,10 +7,13 @@
 //! - [`judge_digits`]: the judge's rating from next-token logits, per row or batched.
 //! - [`qgemm`]: int8 matrix products on the CPU (Q8_0 weights × int8 activations): AVX-512
 //!   VNNI, AVX2 and a plain reference, bit-identical to each other.
+//! - [`attention`]: one new token's attention over a sequence's cached keys and values on the
+//!   CPU (AVX2 + FMA and a plain reference, bit-identical to each other).
 //! - [`threads`]: each thread of work's own pool of compute threads.
 //! - [`communicator`]: all-reduce between ranks: threads in-process, NCCL on GPUs.
 //! - `cuda` (the `cuda` feature): the CUDA kernels (NVRTC) and the NCCL communicator.
 
+pub mod attention;
 pub mod communicator;
 #[cfg(feature = "cuda")]
 pub mod cuda;

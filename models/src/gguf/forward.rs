@@ -4,13 +4,14 @@
 //! own KV cache. Every row is computed exactly as it would be alone, so what else is in the
 //! batch never changes a sequence's logits.
 
-use super::kv::{decode_attention, Heads, LayerKv};
+use super::kv::LayerKv;
 use super::weights::{Block, Weights};
 use super::KvCache;
 use crate::decoder_spec::Activation;
 use candle_core::{DType, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use rayon::prelude::*;
+use steerflow_kernels::attention::{self, Heads};
 
 /// GELU (tanh approximation) as llama.cpp computes it on the CPU (`GGML_GELU_FP16` in
 /// ggml-cpu/vec.h): the input rounded to f16, the result read from a table of f16 values,
@@ -63,8 +64,8 @@ impl Weights {
             heads: hy.heads,
             kv_heads: hy.kv_heads,
             head_dim: hy.head_dim,
-            divisor: hy.score_divisor,
-            softcap: hy.attn_softcap,
+            divisor: hy.score_divisor as f32,
+            softcap: hy.attn_softcap.map(|c| c as f32),
         }
     }
 
@@ -220,27 +221,29 @@ impl Weights {
         let (k, v) = if self.device.is_cpu() {
             // `[1, kv_heads, t, head_dim]` → `[t][kv_head][head_dim]`, appended in place.
             let host = |x: &Tensor| x.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
-            LayerKv::append_host(cache, &host(&k)?, &host(&v)?);
-            let Some(LayerKv::Host {
-                keys: cached_keys,
-                values: cached_values,
-            }) = cache.as_ref()
-            else {
+            let width = hy.kv_heads * hy.head_dim;
+            LayerKv::append_host(cache, width, &host(&k)?, &host(&v)?);
+            let Some(LayerKv::Host(layer)) = cache.as_ref() else {
                 return Err(candle_core::Error::Msg("a CPU cache of tensors".into()));
             };
             if t == 1 && self.plain_decode {
                 // The query at `position` sees the keys from position - window + 1 on.
                 let first = (position + 1).saturating_sub(window);
                 let q = q.flatten_all()?.to_vec1()?;
-                let y = decode_attention(&q, cached_keys, cached_values, self.heads(), first..keys);
+                let y = attention::decode_attention(
+                    attention::Path::best(),
+                    layer,
+                    self.heads(),
+                    &q,
+                    first..keys,
+                );
                 return Tensor::from_vec(y, (1, hy.heads, 1, hy.head_dim), &self.device);
             }
-            let tensor = |x: &[f32]| {
-                Tensor::from_slice(x, (1, keys, hy.kv_heads, hy.head_dim), &self.device)?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            (tensor(cached_keys)?, tensor(cached_values)?)
+            let shape = (1, hy.kv_heads, keys, hy.head_dim);
+            (
+                Tensor::from_vec(layer.keys_by_head(hy.head_dim), shape, &self.device)?,
+                Tensor::from_vec(layer.values_by_head(hy.head_dim), shape, &self.device)?,
+            )
         } else {
             let (k, v) = match cache.take() {
                 Some(LayerKv::Tensors(pk, pv)) => {
