@@ -105,10 +105,14 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
     // candle's kernel too (candle requantizes Q4_1 to Q8_0, other weights). Q5_0 and Q5_1
     // widened to a byte (kernels/src/qgemm/wide.rs). The K-quant files (Q4_K with Q6_K; Q5_K
     // with Q6_K) with the activations quantized per 256 as llama.cpp's `block_q8_K`, on both
-    // kernels (quantized per 32 instead, Q4_K_M's log-probabilities were 0.15 away). A step whose
-    // top two logits are closer than `tie` may go either way, and the comparison of that input
-    // stops there; `tie` is twice the largest log-probability difference allowed, and checked, after
-    // each prompt.
+    // kernels (quantized per 32 instead, Q4_K_M's log-probabilities were 0.15 away). Gemma 2's
+    // f32 file has twice the bound: since short chunks attend one query at a time (FMAs in
+    // position order, kernels/src/attention), one prompt's log-probabilities are 6.2e-5 from
+    // llama.cpp's (the others 1e-6, as its Q8_0 and 4-bit files'); its GELU rounds the input to
+    // f16, as llama.cpp's does, where a last-bit change of a sum can move an activation by
+    // 2⁻¹¹. A step whose top two logits are closer than `tie` may go either way, and the
+    // comparison of that input stops there; `tie` is twice the largest log-probability difference
+    // allowed, and checked, after each prompt.
     for (case, file, kernel, tie) in [
         ("qwen2-f32", "qwen2-f32.gguf", CpuMatmul::Int8, 1e-4f32),
         ("qwen3-f32", "qwen3-f32.gguf", CpuMatmul::Int8, 1e-4),
@@ -116,7 +120,7 @@ fn greedy_tokens_match_llama_cpp_on_the_qwen_and_gemma2_gguf_fixtures() {
         ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Candle, 1e-4),
         ("qwen2-f32", "qwen2-q8_0.gguf", CpuMatmul::Int8, 1e-4),
         ("qwen3-f32", "qwen3-q8_0.gguf", CpuMatmul::Int8, 1e-4),
-        ("gemma2-gguf-f32", "gemma2-f32.gguf", CpuMatmul::Int8, 1e-4),
+        ("gemma2-gguf-f32", "gemma2-f32.gguf", CpuMatmul::Int8, 2e-4),
         (
             "gemma2-gguf-f32",
             "gemma2-q8_0.gguf",

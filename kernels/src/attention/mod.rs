@@ -120,7 +120,8 @@ impl LayerCache {
         let mut out = Vec::with_capacity(self.len * self.width);
         for g in 0..kv {
             for p in 0..self.len {
-                out.extend((0..head_dim).map(|d| self.key(p, g * head_dim + d)));
+                let at = ((p / LANES) * self.width + g * head_dim) * LANES + p % LANES;
+                out.extend(self.keys[at..].iter().step_by(LANES).take(head_dim));
             }
         }
         out

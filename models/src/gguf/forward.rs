@@ -56,6 +56,11 @@ fn post_norm(norm: &Option<RmsNorm>, x: Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Chunks of at most this many tokens attend one query at a time over the host cache (a decode
+/// step, and the short chunks of the judge's questions over a long shared prefix); longer ones
+/// (a prompt's prefill) through candle's matrix products.
+const ROW_ATTENTION_MAX: usize = 64;
+
 impl Weights {
     /// The attention's dimensions and score transform.
     fn heads(&self) -> Heads {
@@ -194,6 +199,36 @@ impl Weights {
         Tensor::cat(&attended, 0)
     }
 
+    /// The attention of a short chunk's queries (`[1, heads, t, head_dim]`, at `position` on),
+    /// one query at a time over the host cache (which holds the chunk's keys): the query at p
+    /// sees the keys from p - window + 1 to p.
+    fn row_attention(
+        &self,
+        q: &Tensor,
+        layer: &attention::LayerCache,
+        position: usize,
+        window: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (hy, t) = (&self.hyper, q.dim(2)?);
+        let hd = hy.head_dim;
+        let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let mut y = vec![0f32; q.len()];
+        let mut row = vec![0f32; hy.heads * hd];
+        for i in 0..t {
+            for (h, qh) in row.chunks_exact_mut(hd).enumerate() {
+                qh.copy_from_slice(&q[(h * t + i) * hd..][..hd]);
+            }
+            let end = position + i + 1;
+            let visible = end.saturating_sub(window)..end;
+            let path = attention::Path::best();
+            let out = attention::decode_attention(path, layer, self.heads(), &row, visible);
+            for (h, yh) in out.chunks_exact(hd).enumerate() {
+                y[(h * t + i) * hd..][..hd].copy_from_slice(yh);
+            }
+        }
+        Tensor::from_vec(y, (1, hy.heads, t, hd), &self.device)
+    }
+
     /// Causal attention of one sequence's new queries (`[1, heads, t, head_dim]`) over its cached
     /// keys and values followed by the new ones, which join the cache; with a `window`, a query
     /// at p sees only the keys at p - window + 1 ..= p.
@@ -226,18 +261,8 @@ impl Weights {
             let Some(LayerKv::Host(layer)) = cache.as_ref() else {
                 return Err(candle_core::Error::Msg("a CPU cache of tensors".into()));
             };
-            if t == 1 && self.plain_decode {
-                // The query at `position` sees the keys from position - window + 1 on.
-                let first = (position + 1).saturating_sub(window);
-                let q = q.flatten_all()?.to_vec1()?;
-                let y = attention::decode_attention(
-                    attention::Path::best(),
-                    layer,
-                    self.heads(),
-                    &q,
-                    first..keys,
-                );
-                return Tensor::from_vec(y, (1, hy.heads, 1, hy.head_dim), &self.device);
+            if t <= ROW_ATTENTION_MAX && self.plain_decode {
+                return self.row_attention(&q, layer, position, window);
             }
             let shape = (1, hy.kv_heads, keys, hy.head_dim);
             (
