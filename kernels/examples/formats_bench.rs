@@ -44,9 +44,9 @@ fn packed(q: &QTensor) -> PackedWeights {
         GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
         GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
         GgmlDType::Q4K => q4(Q4Format::Q4K),
-        GgmlDType::Q5_0 => wide(WideFormat::Q5_0),
-        GgmlDType::Q5_1 => wide(WideFormat::Q5_1),
-        GgmlDType::Q5K => wide(WideFormat::Q5K),
+        GgmlDType::Q5_0 => q4(Q4Format::Q5_0),
+        GgmlDType::Q5_1 => q4(Q4Format::Q5_1),
+        GgmlDType::Q5K => q4(Q4Format::Q5K),
         GgmlDType::Q6K => wide(WideFormat::Q6K),
         _ => {
             let t = q.dequantize(&Device::Cpu).expect("dequantize");

@@ -90,22 +90,22 @@ impl CpuMatmul {
     }
 }
 
-/// The 4-bit format of the int8 kernel that `dtype` is, if any.
+/// The 4- or 5-bit format of the int8 kernel that `dtype` is, if any.
 fn q4_format(dtype: GgmlDType) -> Option<Q4Format> {
     match dtype {
         GgmlDType::Q4_0 => Some(Q4Format::Q4_0),
         GgmlDType::Q4_1 => Some(Q4Format::Q4_1),
         GgmlDType::Q4K => Some(Q4Format::Q4K),
+        GgmlDType::Q5_0 => Some(Q4Format::Q5_0),
+        GgmlDType::Q5_1 => Some(Q4Format::Q5_1),
+        GgmlDType::Q5K => Some(Q4Format::Q5K),
         _ => None,
     }
 }
 
-/// The 5- or 6-bit format of the int8 kernel that `dtype` is, if any.
+/// The widened format of the int8 kernel that `dtype` is, if any.
 fn wide_format(dtype: GgmlDType) -> Option<WideFormat> {
     match dtype {
-        GgmlDType::Q5_0 => Some(WideFormat::Q5_0),
-        GgmlDType::Q5_1 => Some(WideFormat::Q5_1),
-        GgmlDType::Q5K => Some(WideFormat::Q5K),
         GgmlDType::Q6K => Some(WideFormat::Q6K),
         _ => None,
     }

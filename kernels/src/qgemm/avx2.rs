@@ -119,14 +119,18 @@ impl Avx2 {
                 && row.offset_sums.len() == blocks
                 && quad.nibbles.len() == blocks * 4 * BLOCK_BYTES
                 && quad.scales.len() == blocks * 4
-                && quad.offsets.len() == blocks * 4,
+                && quad.offsets.len() == blocks * 4
+                && (quad.fifth.is_empty() || quad.fifth.len() == blocks * 16),
             "operands of mismatched sizes"
         );
         // SAFETY: `self` exists only where the CPU has AVX2 and FMA (`detect`), and every slice
         // holds what the loop reads for `blocks` blocks (checked above).
         #[allow(unsafe_code)]
         unsafe {
-            q4_quad_dots_avx2(row, quad)
+            match quad.fifth.is_empty() {
+                true => q4_quad_dots_avx2::<false>(row, quad),
+                false => q4_quad_dots_avx2::<true>(row, quad),
+            }
         }
     }
 }
@@ -135,12 +139,22 @@ impl Avx2 {
 /// as unsigned bytes, which `_mm256_maddubs_epi16` multiplies by the signed activation quants
 /// (pairs at most 2·15·128 < 2¹⁵: no saturation); then as `quad_dots_avx2` with the integer
 /// offset added to the exact sums, and the float offsets' term `fma(m, f16(d_a·Σa), sum)`.
+/// With `FIVE`, each column's 32 fifth bits (a u32, bit j for value j) become 16 in the bytes
+/// whose bit is set (each byte picks its bit with a shuffle and a compare), added to the values
+/// (at most 31: pairs at most 2·31·128 < 2¹⁵).
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q4_quad_dots_avx2(row: &Row<'_>, quad: Q4Group<'_>) -> [f32; 4] {
+unsafe fn q4_quad_dots_avx2<const FIVE: bool>(row: &Row<'_>, quad: Q4Group<'_>) -> [f32; 4] {
     let (w, w_scales, w_offsets) = (quad.nibbles, quad.scales, quad.offsets);
     let ones = _mm256_set1_epi16(1);
     let low = _mm_set1_epi8(0x0F);
+    // Byte i of a column's values takes byte i / 8 of its fifth bits and bit i % 8 of it.
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let sixteen = _mm256_set1_epi8(16);
     let mut acc = _mm_setzero_ps();
     let per_block = row.scales.iter().zip(row.sums).zip(row.offset_sums);
     for (b, ((&da, &asum), &offset_sum)) in per_block.enumerate() {
@@ -158,10 +172,20 @@ unsafe fn q4_quad_dots_avx2(row: &Row<'_>, quad: Q4Group<'_>) -> [f32; 4] {
         let dot = |c: usize| {
             // SAFETY: c < 4, within the 64 bytes of this block's quad (above).
             let v = unsafe { _mm_loadu_si128(wp.add(c * BLOCK_BYTES).cast::<__m128i>()) };
-            let values = _mm256_set_m128i(
+            let mut values = _mm256_set_m128i(
                 _mm_and_si128(_mm_srli_epi16(v, 4), low),
                 _mm_and_si128(v, low),
             );
+            if FIVE {
+                // SAFETY: bytes b·16 + 4c .. + 4 of the fifth bits (checked by the caller).
+                let bits = unsafe { quad.fifth.as_ptr().add(b * 16 + c * 4).cast::<i32>() };
+                let bytes = _mm256_shuffle_epi8(
+                    _mm256_set1_epi32(unsafe { bits.read_unaligned() }),
+                    spread,
+                );
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, select), select);
+                values = _mm256_or_si256(values, _mm256_and_si256(set, sixteen));
+            }
             _mm256_madd_epi16(_mm256_maddubs_epi16(values, av), ones)
         };
         let (p0, p1, p2, p3) = (dot(0), dot(1), dot(2), dot(3));

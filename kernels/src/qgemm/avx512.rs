@@ -19,7 +19,7 @@ const TILE: usize = 16;
 /// Rows that share a weight load.
 const ROWS: usize = 4;
 
-/// Proof that this CPU runs AVX-512F and AVX-512 VNNI: only [`Avx512Vnni::detect`] makes one.
+/// Proof that this CPU runs AVX-512F, BW and VNNI: only [`Avx512Vnni::detect`] makes one.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Avx512Vnni(());
 
@@ -28,8 +28,10 @@ type Operands<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
 impl Avx512Vnni {
     pub(super) fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-            .then_some(Self(()))
+        (is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni"))
+        .then_some(Self(()))
     }
 
     /// Every row of `rows` times the sixteen columns of `tile`: `out` is `[row][16]`.
@@ -218,9 +220,11 @@ impl Avx512Vnni {
     pub(super) fn q4_tile_dots(self, rows: &Q8Rows, tile: Q4Group<'_>, out: &mut [f32]) {
         let m = rows.rows();
         let blocks = tile.scales.len() / TILE;
+        let five = !tile.fifth.is_empty();
         assert!(
             tile.nibbles.len() == blocks * TILE * BLOCK_BYTES
                 && tile.offsets.len() == blocks * TILE
+                && (!five || tile.fifth.len() == blocks * TILE * 4)
                 && out.len() == m * TILE,
             "operands of mismatched sizes"
         );
@@ -235,34 +239,38 @@ impl Avx512Vnni {
             );
             (row.quants, row.scales, row.sums, row.offset_sums)
         };
-        by_row_groups(
-            out,
-            |r, dots| {
-                let group: [Q4Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
-                // SAFETY: `self` exists only where the CPU has AVX-512F and VNNI (`detect`), and
-                // every slice holds what the kernel reads for `blocks` blocks (checked above).
-                #[allow(unsafe_code)]
-                unsafe {
-                    rows_times_q4_tile::<ROWS>(group, tile, dots)
-                }
-            },
-            // SAFETY: as above, for one row.
-            #[allow(unsafe_code)]
-            |r, dots| unsafe { rows_times_q4_tile::<1>([operands(r)], tile, dots) },
-        );
+        // SAFETY (both calls): `self` exists only where the CPU has AVX-512F, BW and VNNI
+        // (`detect`), and every slice holds what the kernel reads for `blocks` blocks (checked
+        // above).
+        #[allow(unsafe_code)]
+        let four = |r: usize, dots: &mut [f32]| unsafe {
+            let group: [Q4Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
+            match five {
+                false => rows_times_q4_tile::<ROWS, false>(group, tile, dots),
+                true => rows_times_q4_tile::<ROWS, true>(group, tile, dots),
+            }
+        };
+        #[allow(unsafe_code)]
+        let one = |r: usize, dots: &mut [f32]| unsafe {
+            match five {
+                false => rows_times_q4_tile::<1, false>([operands(r)], tile, dots),
+                true => rows_times_q4_tile::<1, true>([operands(r)], tile, dots),
+            }
+        };
+        by_row_groups(out, four, one);
     }
 }
 
 /// `R` rows (1 or 4) times one 4-bit tile; `out` is `[R][16]`. The caller guarantees the CPU
 /// features and that each row holds `blocks × 32` quants and `blocks` scales, sums and offset
 /// sums, the tile `blocks × 256` bytes and `blocks × 16` scales and offsets, and `out` `R × 16`
-/// floats. Each
-/// 64-byte load holds groups g (low nibbles) and g + 4 (high nibbles) of the sixteen columns:
-/// a mask and a shift give them as unsigned bytes, which `vpdpbusd` multiplies by four signed
-/// activation quants broadcast to every lane.
+/// floats (with `FIVE`, `blocks × 64` bytes of fifth bits). Each 64-byte load holds groups g
+/// (low nibbles) and g + 4 (high nibbles) of the sixteen columns: a mask and a shift give them
+/// as unsigned bytes (with `FIVE`, a masked add of 16 where a value's fifth bit is set), which
+/// `vpdpbusd` multiplies by four signed activation quants broadcast to every lane.
 #[allow(unsafe_code)]
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn rows_times_q4_tile<const R: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn rows_times_q4_tile<const R: usize, const FIVE: bool>(
     rows: [Q4Operands<'_>; R],
     tile: Q4Group<'_>,
     out: &mut [f32],
@@ -274,7 +282,7 @@ unsafe fn rows_times_q4_tile<const R: usize>(
     let sc: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].1.as_ptr());
     let su: [*const i32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].2.as_ptr());
     let so: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].3.as_ptr());
-    let low = _mm512_set1_epi8(0x0F);
+    let (low, sixteen) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(16));
     let zero = _mm512_setzero_ps();
     let (mut acc0, mut acc1, mut acc2, mut acc3) = (zero, zero, zero, zero);
     for b in 0..blocks {
@@ -283,14 +291,21 @@ unsafe fn rows_times_q4_tile<const R: usize>(
         for g in 0..BLOCK / 8 {
             let at = b * BLOCK + g * 4;
             // SAFETY: b < blocks and g < 4: these 64 bytes lie within the tile's blocks × 256,
-            // and quants `at .. at + 4` and `at + 16 .. at + 20` within each row's blocks × 32;
-            // unaligned loads and reads take any address.
+            // the 16 bytes of masks within its blocks × 64 fifth bits (with `FIVE`), and quants
+            // `at .. at + 4` and `at + 16 .. at + 20` within each row's blocks × 32; unaligned
+            // loads and reads take any address.
             unsafe {
                 let wv = _mm512_loadu_si512(
                     w.as_ptr().add(b * TILE * BLOCK_BYTES + g * TILE * 4).cast(),
                 );
-                let lo = _mm512_and_si512(wv, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(wv), low);
+                let mut lo = _mm512_and_si512(wv, low);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi32::<4>(wv), low);
+                if FIVE {
+                    // Bytes b·64 + g·16 .. + 16 of the fifth bits: the two lanes' masks.
+                    let masks = tile.fifth.as_ptr().add(b * TILE * 4 + g * 16).cast::<u64>();
+                    lo = _mm512_mask_add_epi8(lo, masks.read_unaligned(), lo, sixteen);
+                    hi = _mm512_mask_add_epi8(hi, masks.add(1).read_unaligned(), hi, sixteen);
+                }
                 let four = |row: *const i8, at: usize| {
                     _mm512_set1_epi32(row.add(at).cast::<i32>().read_unaligned())
                 };

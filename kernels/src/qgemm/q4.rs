@@ -23,15 +23,18 @@
 //! - `Quads`: byte `column·16 + j` holds values j (low) and j + 16 (high), GGUF's own order
 //!   within a block, which AVX2 widens to 32 bytes in order.
 
-use super::pack::{check_inner, Activations, Layout};
+use super::pack::{check_inner, Activations, Layout, SUPER_BLOCK};
 use super::{QgemmError, BLOCK};
 
-/// The GGUF formats these weights are read from.
+/// The GGUF formats these weights are read from: 4-bit, and 5-bit with the fifth bits apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Format {
     Q4_0,
     Q4_1,
     Q4K,
+    Q5_0,
+    Q5_1,
+    Q5K,
 }
 
 impl Q4Format {
@@ -41,6 +44,23 @@ impl Q4Format {
             Q4Format::Q4_0 => (32, 18),
             Q4Format::Q4_1 => (32, 20),
             Q4Format::Q4K => (256, 144),
+            Q4Format::Q5_0 => (32, 22),
+            Q4Format::Q5_1 => (32, 24),
+            Q4Format::Q5K => (256, 176),
+        }
+    }
+
+    /// Whether values have a fifth bit.
+    const fn five_bits(self) -> bool {
+        matches!(self, Q4Format::Q5_0 | Q4Format::Q5_1 | Q4Format::Q5K)
+    }
+
+    /// The integer offset of every value (Q4_0's -8, Q5_0's -16).
+    const fn int_offset(self) -> i32 {
+        match self {
+            Q4Format::Q4_0 => -8,
+            Q4Format::Q5_0 => -16,
+            _ => 0,
         }
     }
 }
@@ -57,6 +77,9 @@ pub struct Q4Weights {
     /// `[group of columns][block][width × 16 bytes in the layout's order]`; columns past `n`
     /// are zero.
     nibbles: Vec<u8>,
+    /// `[group][block][width × 4 bytes]`: the fifth bits of 5-bit values (empty for 4-bit), as
+    /// [`fifth_bit`] places them.
+    fifth: Vec<u8>,
     /// `[group][block][column of the group]`.
     scales: Vec<f32>,
     /// `[group][block][column of the group]` (zero without float offsets).
@@ -73,6 +96,8 @@ pub struct Q4Weights {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Q4Group<'a> {
     pub nibbles: &'a [u8],
+    /// The fifth bits (empty for 4-bit values).
+    pub fifth: &'a [u8],
     pub scales: &'a [f32],
     pub offsets: &'a [f32],
     pub int_offset: i32,
@@ -98,6 +123,38 @@ pub(super) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Q5_0's and Q5_1's 32 values from their fifth bits `qh` (bit j for value j) and nibbles `qs`
+/// (value j low, j + 16 high).
+fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; BLOCK] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|j| {
+        let low = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
+        low | ((((qh >> j) & 1) as u8) << 4)
+    })
+}
+
+/// Q4_K's and Q5_K's eight 32-value blocks: sub-block `sub` is the low (even) or high (odd)
+/// nibbles of `qs[32·(sub/2)..][..32]`, with Q5_K's fifth bit `sub` of each `qh[l]`.
+fn k_blocks(raw: &[u8], qh: Option<&[u8]>, qs: &[u8]) -> Vec<ColumnBlock> {
+    let (d, dmin, scales) = (f16_at(raw, 0), f16_at(raw, 2), &raw[4..16]);
+    (0..8)
+        .map(|sub| {
+            let (sc, mn) = q4k_scale_min(sub, scales);
+            let bytes = &qs[(sub / 2) * 32..][..32];
+            let shift = 4 * (sub % 2);
+            let values = std::array::from_fn(|l| {
+                let high = qh.map_or(0, |qh| (qh[l] >> sub) & 1);
+                ((bytes[l] >> shift) & 0x0F) | (high << 4)
+            });
+            (values, d * f32::from(sc), -(dmin * f32::from(mn)))
+        })
+        .collect()
+}
+
 /// The 32-value blocks of one GGUF block of `format`, in order.
 fn gguf_blocks(format: Q4Format, raw: &[u8]) -> Vec<ColumnBlock> {
     let split = |qs: &[u8]| -> [u8; BLOCK] {
@@ -112,20 +169,14 @@ fn gguf_blocks(format: Q4Format, raw: &[u8]) -> Vec<ColumnBlock> {
     match format {
         Q4Format::Q4_0 => vec![(split(&raw[2..18]), f16_at(raw, 0), 0.0)],
         Q4Format::Q4_1 => vec![(split(&raw[4..20]), f16_at(raw, 0), f16_at(raw, 2))],
-        Q4Format::Q4K => {
-            let (d, dmin) = (f16_at(raw, 0), f16_at(raw, 2));
-            let (scales, qs) = (&raw[4..16], &raw[16..144]);
-            (0..8)
-                .map(|sub| {
-                    let (sc, mn) = q4k_scale_min(sub, scales);
-                    // Sub-blocks 2i and 2i + 1 are the low and high nibbles of bytes 32i..32i+32.
-                    let bytes = &qs[(sub / 2) * 32..][..32];
-                    let shift = 4 * (sub % 2);
-                    let values = std::array::from_fn(|j| (bytes[j] >> shift) & 0x0F);
-                    (values, d * f32::from(sc), -(dmin * f32::from(mn)))
-                })
-                .collect()
-        }
+        Q4Format::Q5_0 => vec![(q5_values(&raw[2..6], &raw[6..22]), f16_at(raw, 0), 0.0)],
+        Q4Format::Q5_1 => vec![(
+            q5_values(&raw[4..8], &raw[8..24]),
+            f16_at(raw, 0),
+            f16_at(raw, 2),
+        )],
+        Q4Format::Q4K => k_blocks(raw, None, &raw[16..144]),
+        Q4Format::Q5K => k_blocks(raw, Some(&raw[16..48]), &raw[48..176]),
     }
 }
 
@@ -156,32 +207,34 @@ impl Q4Weights {
             });
         }
         let row_bytes = k / per_block * block_bytes;
-        let int_offset = if format == Q4Format::Q4_0 { -8 } else { 0 };
-        let mut weights = Self::from_columns(layout, (n, k), int_offset, |col| {
+        let bits = (format.int_offset(), format.five_bits());
+        let mut weights = Self::from_columns(layout, (n, k), bits, |col| {
             raw[col * row_bytes..(col + 1) * row_bytes]
                 .chunks_exact(block_bytes)
                 .flat_map(|b| gguf_blocks(format, b))
                 .collect()
         });
-        if format == Q4Format::Q4K {
+        if per_block == SUPER_BLOCK {
             weights.activations = Activations::SuperBlocks;
         }
         Ok(weights)
     }
 
-    /// Packs columns given as their 32-value blocks (`k / 32` of them each): values, scale and
-    /// float offset; with `int_offset` ≠ 0 the float offsets must be 0 and are not applied.
+    /// Packs columns given as their 32-value blocks (`k / 32` of them each): values (below 16,
+    /// or with `five_bits` below 32), scale and float offset; with `int_offset` ≠ 0 the float
+    /// offsets must be 0 and are not applied.
     pub(super) fn from_columns(
         layout: Layout,
         (n, k): (usize, usize),
-        int_offset: i32,
+        (int_offset, five_bits): (i32, bool),
         column: impl Fn(usize) -> Vec<ColumnBlock>,
     ) -> Self {
         let (width, blocks) = (layout.width(), k / BLOCK);
-        let groups = n.div_ceil(width);
-        let mut nibbles = vec![0u8; groups * blocks * width * BLOCK_BYTES];
-        let mut scales = vec![0f32; groups * blocks * width];
-        let mut offsets = vec![0f32; groups * blocks * width];
+        let cells = n.div_ceil(width) * blocks * width;
+        let mut nibbles = vec![0u8; cells * BLOCK_BYTES];
+        let mut fifth = vec![0u8; if five_bits { cells * 4 } else { 0 }];
+        let mut scales = vec![0f32; cells];
+        let mut offsets = vec![0f32; cells];
         for col in 0..n {
             let (group, c) = (col / width, col % width);
             for (b, (values, s, m)) in column(col).into_iter().enumerate() {
@@ -190,7 +243,13 @@ impl Q4Weights {
                 offsets[at + c] = m;
                 for j in 0..BLOCK_BYTES {
                     nibbles[at * BLOCK_BYTES + byte_offset(layout, c, j)] =
-                        values[j] | (values[j + BLOCK_BYTES] << 4);
+                        (values[j] & 0x0F) | (values[j + BLOCK_BYTES] << 4);
+                }
+                if five_bits {
+                    for (j, v) in values.iter().enumerate() {
+                        let (byte, bit) = fifth_bit(layout, c, j);
+                        fifth[at * 4 + byte] |= ((v >> 4) & 1) << bit;
+                    }
                 }
             }
         }
@@ -199,6 +258,7 @@ impl Q4Weights {
             k,
             layout,
             nibbles,
+            fifth,
             scales,
             offsets,
             int_offset,
@@ -238,6 +298,10 @@ impl Q4Weights {
         let per = self.blocks() * self.layout.width();
         Q4Group {
             nibbles: &self.nibbles[g * per * BLOCK_BYTES..(g + 1) * per * BLOCK_BYTES],
+            fifth: self
+                .fifth
+                .get(g * per * 4..(g + 1) * per * 4)
+                .unwrap_or(&[]),
             scales: &self.scales[g * per..(g + 1) * per],
             offsets: &self.offsets[g * per..(g + 1) * per],
             int_offset: self.int_offset,
@@ -261,6 +325,12 @@ impl Q4Weights {
             values[j] = byte & 0x0F;
             values[j + BLOCK_BYTES] = byte >> 4;
         }
+        if !self.fifth.is_empty() {
+            for (j, v) in values.iter_mut().enumerate() {
+                let (byte, bit) = fifth_bit(self.layout, c, j);
+                *v |= ((self.fifth[at * 4 + byte] >> bit) & 1) << 4;
+            }
+        }
         (values, self.scales[at + c], self.offsets[at + c])
     }
 }
@@ -271,6 +341,23 @@ fn byte_offset(layout: Layout, column: usize, j: usize) -> usize {
     match layout {
         Layout::Quads => column * BLOCK_BYTES + j,
         Layout::Tiles => (j / 4) * layout.width() * 4 + column * 4 + j % 4,
+    }
+}
+
+/// Where the fifth bit of value j (< 32) of `column` goes within its group's block of fifth
+/// bits (`width × 4` bytes): the byte and the bit.
+/// - `Tiles`: for each group g of four (0..4) a 64-bit mask of the sixteen columns' values 4g..4g+4
+///   (bit 4·column + j % 4) at byte 16g, then one of their values 16 + 4g.. at byte 16g + 8: the
+///   lanes of the 64-byte load of low and of high nibbles, which a masked add completes;
+/// - `Quads`: each column's 32 bits in order (GGUF's own `qh`), at byte 4·column.
+pub(super) fn fifth_bit(layout: Layout, column: usize, j: usize) -> (usize, usize) {
+    match layout {
+        Layout::Quads => (column * 4 + j / 8, j % 8),
+        Layout::Tiles => {
+            let (high, j) = (j / 16, j % 16);
+            let lane = column * 4 + j % 4;
+            ((j / 4) * 16 + high * 8 + lane / 8, lane % 8)
+        }
     }
 }
 

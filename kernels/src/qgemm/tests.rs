@@ -200,15 +200,22 @@ fn rounding_is_half_away_from_zero_as_f32_round() {
     assert_eq!(pack::round_half_away(f32::NAN), 0);
 }
 
-/// 4-bit weights with random values, scales and offsets (any inner dimension of whole blocks).
-/// With `int_offset` ≠ 0 (Q4_0's form) the float offsets are 0.
-fn random_q4(layout: Layout, (n, k): (usize, usize), int_offset: i32, seed: u64) -> Q4Weights {
+/// 4-bit (or, with `five_bits`, 5-bit) weights with random values, scales and offsets (any
+/// inner dimension of whole blocks). With `int_offset` ≠ 0 (Q4_0's and Q5_0's form) the float
+/// offsets are 0.
+fn random_q4(
+    layout: Layout,
+    (n, k): (usize, usize),
+    (int_offset, five_bits): (i32, bool),
+    seed: u64,
+) -> Q4Weights {
+    let top = if five_bits { 32 } else { 16 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let columns: Vec<Vec<_>> = (0..n)
         .map(|_| {
             (0..k / BLOCK)
                 .map(|_| {
-                    let values: [u8; BLOCK] = std::array::from_fn(|_| rng.random_range(0..16));
+                    let values: [u8; BLOCK] = std::array::from_fn(|_| rng.random_range(0..top));
                     let scale = rng.random_range(0.001..0.02f32);
                     let offset = match int_offset {
                         0 => -rng.random_range(0.0..0.2f32),
@@ -219,21 +226,22 @@ fn random_q4(layout: Layout, (n, k): (usize, usize), int_offset: i32, seed: u64)
                 .collect()
         })
         .collect();
-    Q4Weights::from_columns(layout, (n, k), int_offset, |col| columns[col].clone())
+    Q4Weights::from_columns(layout, (n, k), (int_offset, five_bits), |col| {
+        columns[col].clone()
+    })
 }
 
 #[test]
-fn every_path_of_this_cpu_computes_4_bit_weights_as_the_reference_does() {
+fn every_path_of_this_cpu_computes_4_and_5_bit_weights_as_the_reference_does() {
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
         let x = operands(s).0;
         let rows = Q8Rows::quantize(&x, k).unwrap();
-        for (layout, int_offset) in [
-            (Layout::Quads, 0),
-            (Layout::Tiles, 0),
-            (Layout::Quads, -8),
-            (Layout::Tiles, -8),
-        ] {
-            let weights = random_q4(layout, (n, k), int_offset, 200 + s as u64);
+        let forms = [(0, false), (-8, false), (0, true), (-16, true)];
+        for (layout, (int_offset, five_bits)) in [Layout::Quads, Layout::Tiles]
+            .into_iter()
+            .flat_map(|l| forms.map(|f| (l, f)))
+        {
+            let weights = random_q4(layout, (n, k), (int_offset, five_bits), 200 + s as u64);
             let reference = matmul_with(Path::Reference, &x, &weights).unwrap();
             // The reference against the product of the dequantized operands, in f64.
             for r in 0..m {
@@ -380,7 +388,7 @@ pub(super) fn ggml_tensor(
     (q.data().unwrap().into_owned(), dequantized)
 }
 
-/// The GGUF formats of more than 4 and fewer than 8 bits, and of 4.
+/// The GGUF formats of 4, 5 and 6 bits.
 const GGUF_FORMATS: [GgmlDType; 7] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
@@ -399,9 +407,9 @@ fn packed(layout: Layout, dtype: GgmlDType, raw: &[u8], (n, k): (usize, usize)) 
         GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
         GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
         GgmlDType::Q4K => q4(Q4Format::Q4K),
-        GgmlDType::Q5_0 => wide(WideFormat::Q5_0),
-        GgmlDType::Q5_1 => wide(WideFormat::Q5_1),
-        GgmlDType::Q5K => wide(WideFormat::Q5K),
+        GgmlDType::Q5_0 => q4(Q4Format::Q5_0),
+        GgmlDType::Q5_1 => q4(Q4Format::Q5_1),
+        GgmlDType::Q5K => q4(Q4Format::Q5K),
         GgmlDType::Q6K => wide(WideFormat::Q6K),
         other => panic!("{other:?} is not repacked"),
     }
