@@ -28,10 +28,8 @@ impl Avx2 {
         assert!(
             row.quants.len() == blocks * 32
                 && row.magnitudes.len() == blocks * 32
-                && row.offset_sums.len() == blocks
                 && quad.quants.len() == blocks * 128
                 && quad.scales.len() == blocks * 4
-                && (!extras.offsets || quad.offsets.len() == blocks * 4)
                 && (!extras.halves || quad.halves.len() == blocks * 8),
             "operands of mismatched sizes"
         );
@@ -39,11 +37,9 @@ impl Avx2 {
         // holds what the loop reads for `blocks` blocks (checked above).
         #[allow(unsafe_code)]
         unsafe {
-            match (extras.halves, extras.offsets) {
-                (false, false) => quad_dots_avx2::<false, false>(row, quad),
-                (false, true) => quad_dots_avx2::<false, true>(row, quad),
-                (true, false) => quad_dots_avx2::<true, false>(row, quad),
-                (true, true) => quad_dots_avx2::<true, true>(row, quad),
+            match extras.halves {
+                false => quad_dots_avx2::<false>(row, quad),
+                true => quad_dots_avx2::<true>(row, quad),
             }
         }
     }
@@ -51,20 +47,17 @@ impl Avx2 {
 
 /// Per block: the four columns' exact integer sums (with `HALVES`, each half's eight-lane
 /// partial sums first multiplied by its integer scale: lanes 0-3 hold values 0-15, lanes 4-7
-/// values 16-31), then one FMA against (column scale × row scale) and, with `OFFSETS`, one more
-/// against the offsets: `super::reference`'s arithmetic.
+/// values 16-31), then one FMA against (column scale × row scale): `super::reference`'s
+/// arithmetic.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quad_dots_avx2<const HALVES: bool, const OFFSETS: bool>(
-    row: &Row<'_>,
-    quad: Group<'_>,
-) -> [f32; 4] {
+unsafe fn quad_dots_avx2<const HALVES: bool>(row: &Row<'_>, quad: Group<'_>) -> [f32; 4] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm_setzero_ps();
-    for (b, (&da, &offset_sum)) in row.scales.iter().zip(row.offset_sums).enumerate() {
+    for (b, &da) in row.scales.iter().enumerate() {
         // SAFETY: b < blocks, so bytes b·32 .. b·32 + 32 of the quants and magnitudes, b·128 ..
-        // b·128 + 128 of the weights, floats b·4 .. b·4 + 4 of the scales (and offsets) and
-        // integers b·8 .. b·8 + 8 of the halves' scales are in bounds (the caller checked the
+        // b·128 + 128 of the weights, floats b·4 .. b·4 + 4 of the scales and the bytes b·8 ..
+        // b·8 + 8 of the halves' scales are in bounds (the caller checked the
         // lengths); unaligned loads take any address.
         let (av, mv, wp, ws) = unsafe {
             (
@@ -82,7 +75,7 @@ unsafe fn quad_dots_avx2<const HALVES: bool, const OFFSETS: bool>(
                 // SAFETY: as above: the halves' scales of column c, block b.
                 let (k0, k1) = unsafe {
                     let at = quad.halves.as_ptr().add(b * 8 + c);
-                    (*at, *at.add(4))
+                    (i32::from(*at), i32::from(*at.add(4)))
                 };
                 _mm256_mullo_epi32(p, _mm256_set_m128i(_mm_set1_epi32(k1), _mm_set1_epi32(k0)))
             } else {
@@ -97,11 +90,6 @@ unsafe fn quad_dots_avx2<const HALVES: bool, const OFFSETS: bool>(
         );
         let scales = _mm_mul_ps(ws, _mm_set1_ps(da));
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), scales, acc);
-        if OFFSETS {
-            // SAFETY: floats b·4 .. b·4 + 4 of the offsets (above).
-            let wm = unsafe { _mm_loadu_ps(quad.offsets.as_ptr().add(b * 4)) };
-            acc = _mm_fmadd_ps(wm, _mm_set1_ps(offset_sum), acc);
-        }
     }
     let mut out = [0f32; 4];
     // SAFETY: `out` holds four floats.

@@ -23,8 +23,8 @@ const ROWS: usize = 4;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Avx512Vnni(());
 
-/// One row's operands for the kernel: biased quants, block scales and offset sums.
-type Operands<'a> = (&'a [u8], &'a [f32], &'a [f32]);
+/// One row's operands for the kernel: biased quants and block scales.
+type Operands<'a> = (&'a [u8], &'a [f32]);
 
 impl Avx512Vnni {
     pub(super) fn detect() -> Option<Self> {
@@ -42,7 +42,6 @@ impl Avx512Vnni {
         assert!(
             tile.quants.len() == blocks * TILE * BLOCK
                 && tile.sums.len() == blocks * TILE * per_half
-                && (!extras.offsets || tile.offsets.len() == blocks * TILE)
                 && (!extras.halves || tile.halves.len() == blocks * TILE * 2)
                 && out.len() == m * TILE,
             "operands of mismatched sizes"
@@ -50,12 +49,10 @@ impl Avx512Vnni {
         let operands = |r: usize| {
             let row = rows.row(r);
             assert!(
-                row.biased.len() == blocks * BLOCK
-                    && row.scales.len() == blocks
-                    && row.offset_sums.len() == blocks,
+                row.biased.len() == blocks * BLOCK && row.scales.len() == blocks,
                 "a row of another width"
             );
-            (row.biased, row.scales, row.offset_sums)
+            (row.biased, row.scales)
         };
         // SAFETY (both calls): `self` exists only where the CPU has AVX-512F and VNNI
         // (`detect`), and every slice holds what the kernel reads for `blocks` blocks with
@@ -63,21 +60,17 @@ impl Avx512Vnni {
         #[allow(unsafe_code)]
         let four = |r: usize, dots: &mut [f32]| unsafe {
             let group: [Operands<'_>; ROWS] = std::array::from_fn(|i| operands(r + i));
-            match (extras.halves, extras.offsets) {
-                (false, false) => rows_times_tile::<ROWS, false, false>(group, tile, dots),
-                (false, true) => rows_times_tile::<ROWS, false, true>(group, tile, dots),
-                (true, false) => rows_times_tile::<ROWS, true, false>(group, tile, dots),
-                (true, true) => rows_times_tile::<ROWS, true, true>(group, tile, dots),
+            match extras.halves {
+                false => rows_times_tile::<ROWS, false>(group, tile, dots),
+                true => rows_times_tile::<ROWS, true>(group, tile, dots),
             }
         };
         #[allow(unsafe_code)]
         let one = |r: usize, dots: &mut [f32]| unsafe {
             let group = [operands(r)];
-            match (extras.halves, extras.offsets) {
-                (false, false) => rows_times_tile::<1, false, false>(group, tile, dots),
-                (false, true) => rows_times_tile::<1, false, true>(group, tile, dots),
-                (true, false) => rows_times_tile::<1, true, false>(group, tile, dots),
-                (true, true) => rows_times_tile::<1, true, true>(group, tile, dots),
+            match extras.halves {
+                false => rows_times_tile::<1, false>(group, tile, dots),
+                true => rows_times_tile::<1, true>(group, tile, dots),
             }
         };
         by_row_groups(out, four, one);
@@ -107,15 +100,16 @@ fn by_row_groups(
 }
 
 /// `R` rows (1 or 4) times one tile; `out` is `[R][16]`. The caller guarantees the CPU features
-/// and that each row holds `blocks × 32` biased bytes and `blocks` scales and offset sums, the
-/// tile `blocks × 512` values, `blocks × 16` scales and sums (`× 2` sums with `HALVES`), with
-/// `OFFSETS` `blocks × 16` offsets, with `HALVES` `blocks × 32` half scales, and `out` `R × 16`
-/// floats. With `HALVES` groups 0-3 (values 0-15) and 4-7 (values 16-31) sum apart, and each
-/// half's exact sum is multiplied by its integer scale. The rows' sums and accumulators are
+/// and that each row holds `blocks × 32` biased bytes and `blocks` scales, the tile `blocks ×
+/// 512` values, `blocks × 16` scales and value sums (`× 2` sums with `HALVES`), with `HALVES`
+/// `blocks × 32` half scales, and `out` `R × 16` floats. The bias of the activations' +128 is
+/// 128 × a value sum (the i16 sums widened and shifted). With `HALVES` groups 0-3 (values 0-15)
+/// and 4-7 (values 16-31) sum apart, and each half's exact sum is multiplied by its integer
+/// scale (the i8 scales widened). The rows' sums and accumulators are
 /// named variables (not arrays), so that they stay in registers.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn rows_times_tile<const R: usize, const HALVES: bool, const OFFSETS: bool>(
+unsafe fn rows_times_tile<const R: usize, const HALVES: bool>(
     rows: [Operands<'_>; R],
     tile: Group<'_>,
     out: &mut [f32],
@@ -126,7 +120,6 @@ unsafe fn rows_times_tile<const R: usize, const HALVES: bool, const OFFSETS: boo
     // caller checked every length). Row i of a one-row call reads row 0 again (unused).
     let a: [*const u8; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].0.as_ptr());
     let sc: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].1.as_ptr());
-    let so: [*const f32; 4] = std::array::from_fn(|r| rows[r.min(R - 1)].2.as_ptr());
     let zero = _mm512_setzero_ps();
     let (mut acc0, mut acc1, mut acc2, mut acc3) = (zero, zero, zero, zero);
     for b in 0..blocks {
@@ -159,22 +152,27 @@ unsafe fn rows_times_tile<const R: usize, const HALVES: bool, const OFFSETS: boo
                 }
             }
         }
-        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales and offsets, b·16 .. b·16 + 16
-        // of its sums (b·32 .. b·32 + 32 with halves) and of its half scales, and entry b of
-        // each row's scales and offset sums, are in bounds.
+        // SAFETY: entries b·16 .. b·16 + 16 of the tile's scales, b·16 .. b·16 + 16 of its sums
+        // (b·32 .. b·32 + 32 with halves, as its half scales), and entry b of each row's
+        // scales, are in bounds.
         unsafe {
             let ws = _mm512_loadu_ps(w_scales.as_ptr().add(b * TILE));
             let per_block = if HALVES { 2 * TILE } else { TILE };
-            let bias = _mm512_loadu_si512(w_sums.as_ptr().add(b * per_block).cast());
+            // 128 × the sixteen i16 value sums from `at`.
+            let bias_at = |at: usize| {
+                let sums = _mm256_loadu_si256(w_sums.as_ptr().add(at).cast());
+                _mm512_slli_epi32::<7>(_mm512_cvtepi16_epi32(sums))
+            };
+            let scales_at = |at: usize| {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.halves.as_ptr().add(at).cast()))
+            };
+            let bias = bias_at(b * per_block);
             // The exact sums: without halves the biased sum less the bias; with halves k₀·(low
             // half's) + k₁·(high half's).
             let exact = |s: __m512i, h: __m512i| {
                 if HALVES {
-                    let bias1 =
-                        _mm512_loadu_si512(w_sums.as_ptr().add(b * per_block + TILE).cast());
-                    let k0 = _mm512_loadu_si512(tile.halves.as_ptr().add(b * per_block).cast());
-                    let k1 =
-                        _mm512_loadu_si512(tile.halves.as_ptr().add(b * per_block + TILE).cast());
+                    let bias1 = bias_at(b * per_block + TILE);
+                    let (k0, k1) = (scales_at(b * per_block), scales_at(b * per_block + TILE));
                     _mm512_add_epi32(
                         _mm512_mullo_epi32(_mm512_sub_epi32(s, bias), k0),
                         _mm512_mullo_epi32(_mm512_sub_epi32(h, bias1), k1),
@@ -183,19 +181,13 @@ unsafe fn rows_times_tile<const R: usize, const HALVES: bool, const OFFSETS: boo
                     _mm512_sub_epi32(s, bias)
                 }
             };
-            // Times (column scale × row scale), added with one FMA; then the offsets' FMA.
+            // Times (column scale × row scale), added with one FMA.
             let step = |s: __m512i, h: __m512i, r: usize, acc: __m512| {
-                let acc = _mm512_fmadd_ps(
+                _mm512_fmadd_ps(
                     _mm512_cvtepi32_ps(exact(s, h)),
                     _mm512_mul_ps(ws, _mm512_set1_ps(*sc[r].add(b))),
                     acc,
-                );
-                if OFFSETS {
-                    let wm = _mm512_loadu_ps(tile.offsets.as_ptr().add(b * TILE));
-                    _mm512_fmadd_ps(wm, _mm512_set1_ps(*so[r].add(b)), acc)
-                } else {
-                    acc
-                }
+                )
             };
             acc0 = step(s0, h0, 0, acc0);
             if R == 4 {

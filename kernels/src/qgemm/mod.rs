@@ -223,11 +223,10 @@ pub enum QgemmError {
 
 /// The definition every path computes, in plain Rust, for column group `g`: per (row, column),
 /// per block the exact integer sum (with halves, `k₀·Σ₀ + k₁·Σ₁` of the two halves' sums), then
-/// `sum = fma(isum, row scale × column scale, sum)` and, with float offsets, `sum = fma(m,
-/// offset sum, sum)`, block after block.
+/// `sum = fma(isum, row scale × column scale, sum)` block after block.
 fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
     let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
-    let extras = w.extras();
+    let halves = w.extras().halves;
     let block = |col, b| w.column_block(col, b);
     over_columns(
         rows,
@@ -236,19 +235,15 @@ fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
         block,
         |b, block: Block8, row, dot| {
             let (a, v) = (&row.quants[b * BLOCK..(b + 1) * BLOCK], &block.values);
-            let isum = match extras.halves {
+            let isum = match halves {
                 false => integer_dot(a, v),
                 true => {
-                    let half = BLOCK / 2;
-                    block.halves[0] * integer_dot(&a[..half], &v[..half])
-                        + block.halves[1] * integer_dot(&a[half..], &v[half..])
+                    let (half, [k0, k1]) = (BLOCK / 2, block.halves.map(i32::from));
+                    k0 * integer_dot(&a[..half], &v[..half])
+                        + k1 * integer_dot(&a[half..], &v[half..])
                 }
             };
-            let dot = (isum as f32).mul_add(row.scales[b] * block.scale, dot);
-            match extras.offsets {
-                true => block.offset.mul_add(row.offset_sums[b], dot),
-                false => dot,
-            }
+            (isum as f32).mul_add(row.scales[b] * block.scale, dot)
         },
     );
 }

@@ -109,22 +109,18 @@ pub enum Activations {
     SuperBlocks,
 }
 
-/// One 32-value block of a column of 8-bit weights: values, scale, float offset (what
-/// `offset_sums` multiplies; 0 without) and the integer scales of its two halves of 16 (`[1,
-/// 1]` without).
+/// One 32-value block of a column of 8-bit weights: values, scale and the integer scales of its
+/// two halves of 16 (`[1, 1]` without).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Block8 {
     pub values: [i8; BLOCK],
     pub scale: f32,
-    pub offset: f32,
-    pub halves: [i32; 2],
+    pub halves: [i8; 2],
 }
 
 /// What a layer's 8-bit weights carry beyond values and scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Extras {
-    /// A float offset per block (Q5_1, Q5_K).
-    pub offsets: bool,
     /// An integer scale per half block of 16 (Q6_K).
     pub halves: bool,
     pub activations: Activations,
@@ -132,7 +128,6 @@ pub(super) struct Extras {
 
 impl Extras {
     pub(super) const PLAIN: Extras = Extras {
-        offsets: false,
         halves: false,
         activations: Activations::Blocks,
     };
@@ -151,13 +146,11 @@ pub struct Q8Weights {
     quants: Vec<i8>,
     /// `[group][block][column of the group]`.
     scales: Vec<f32>,
-    /// `Tiles` only: `[group][block][column]` 128 × the block's values summed, or with halves
-    /// `[group][block][half][column]` of each half.
-    sums: Vec<i32>,
-    /// `[group][block][column]` float offsets (empty without).
-    offsets: Vec<f32>,
+    /// `Tiles` only: `[group][block][column]` the block's values summed (|sum| ≤ 32·127), or
+    /// with halves `[group][block][half][column]` each half's; the kernel multiplies by 128.
+    sums: Vec<i16>,
     /// `[group][block][half][column]` the halves' integer scales (empty without).
-    halves: Vec<i32>,
+    halves: Vec<i8>,
 }
 
 /// One group of columns as the kernels read it (empty slices for what the weights lack).
@@ -165,9 +158,8 @@ pub struct Q8Weights {
 pub(super) struct Group<'a> {
     pub quants: &'a [i8],
     pub scales: &'a [f32],
-    pub sums: &'a [i32],
-    pub offsets: &'a [f32],
-    pub halves: &'a [i32],
+    pub sums: &'a [i16],
+    pub halves: &'a [i8],
 }
 
 impl Q8Weights {
@@ -197,7 +189,6 @@ impl Q8Weights {
                     Block8 {
                         values,
                         scale,
-                        offset: 0.0,
                         halves: [1, 1],
                     }
                 })
@@ -224,7 +215,6 @@ impl Q8Weights {
             quants: vec![0; cells * BLOCK],
             scales: vec![0.0; cells],
             sums: vec![0; per_cell(layout == Layout::Tiles, halves_per)],
-            offsets: vec![0.0; per_cell(extras.offsets, 1)],
             halves: vec![0; per_cell(extras.halves, 2)],
         };
         for col in 0..n {
@@ -235,10 +225,7 @@ impl Q8Weights {
                 for (j, q) in block.values.iter().enumerate() {
                     weights.quants[at * BLOCK + layout.offset(c, j)] = *q;
                 }
-                if let Some(offset) = weights.offsets.get_mut(at + c) {
-                    *offset = block.offset;
-                }
-                let sum = |values: &[i8]| 128 * values.iter().map(|q| i32::from(*q)).sum::<i32>();
+                let sum = |values: &[i8]| values.iter().map(|q| i16::from(*q)).sum::<i16>();
                 if extras.halves {
                     for (h, values) in block.values.chunks_exact(BLOCK / 2).enumerate() {
                         let cell = (at * 2) + h * width + c;
@@ -283,14 +270,13 @@ impl Q8Weights {
     /// Column group `g`.
     pub(super) fn group(&self, g: usize) -> Group<'_> {
         let per = self.blocks() * self.layout.width();
-        fn part(v: &[i32], g: usize, per: usize) -> &[i32] {
+        fn part<T>(v: &[T], g: usize, per: usize) -> &[T] {
             v.get(g * per..(g + 1) * per).unwrap_or(&[])
         }
         Group {
             quants: &self.quants[g * per * BLOCK..(g + 1) * per * BLOCK],
             scales: &self.scales[g * per..(g + 1) * per],
             sums: part(&self.sums, g, per * if self.extras.halves { 2 } else { 1 }),
-            offsets: self.offsets.get(g * per..(g + 1) * per).unwrap_or(&[]),
             halves: part(&self.halves, g, per * 2),
         }
     }
@@ -313,7 +299,6 @@ impl Q8Weights {
         Block8 {
             values,
             scale: self.scales[at + c],
-            offset: self.offsets.get(at + c).copied().unwrap_or(0.0),
             halves: [half(0), half(1)],
         }
     }

@@ -283,8 +283,8 @@ fn every_path_of_this_cpu_computes_4_and_5_bit_weights_as_the_reference_does() {
     }
 }
 
-/// 8-bit weights with random values (6 bits, signed), scales and, as `extras` says, float
-/// offsets and half scales.
+/// 8-bit weights with random values (6 bits, signed), scales and, as `extras` says, half
+/// scales.
 fn random_wide(layout: Layout, (n, k): (usize, usize), extras: Extras, seed: u64) -> Q8Weights {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let columns: Vec<Vec<Block8>> = (0..n)
@@ -293,13 +293,8 @@ fn random_wide(layout: Layout, (n, k): (usize, usize), extras: Extras, seed: u64
                 .map(|_| Block8 {
                     values: std::array::from_fn(|_| rng.random_range(-32..32)),
                     scale: rng.random_range(0.0001..0.002f32),
-                    offset: if extras.offsets {
-                        -rng.random_range(0.0..0.2f32)
-                    } else {
-                        0.0
-                    },
                     halves: match extras.halves {
-                        true => [rng.random_range(-128..128), rng.random_range(-128..128)],
+                        true => [rng.random_range(-128..=127), rng.random_range(-128..=127)],
                         false => [1, 1],
                     },
                 })
@@ -310,7 +305,7 @@ fn random_wide(layout: Layout, (n, k): (usize, usize), extras: Extras, seed: u64
 }
 
 #[test]
-fn every_path_of_this_cpu_computes_offsets_and_half_scales_as_the_reference_does() {
+fn every_path_of_this_cpu_computes_half_scales_and_super_blocks_as_the_reference_does() {
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
         let x = operands(s).0;
@@ -318,12 +313,8 @@ fn every_path_of_this_cpu_computes_offsets_and_half_scales_as_the_reference_does
         if k % SUPER_BLOCK == 0 {
             kinds.push(Activations::SuperBlocks);
         }
-        for (activations, offsets, halves) in kinds
-            .into_iter()
-            .flat_map(|a| [(a, true, false), (a, false, true), (a, true, true)])
-        {
+        for (activations, halves) in kinds.into_iter().flat_map(|a| [(a, false), (a, true)]) {
             let extras = Extras {
-                offsets,
                 halves,
                 activations,
             };
@@ -340,15 +331,15 @@ fn every_path_of_this_cpu_computes_offsets_and_half_scales_as_the_reference_does
                                 let a = f64::from(row.scales[b]);
                                 let products: f64 = (0..BLOCK)
                                     .map(|j| {
-                                        let v =
-                                            f64::from(w.halves[j / 16] * i32::from(w.values[j]));
+                                        let half = i32::from(w.halves[j / 16]);
+                                        let v = f64::from(half * i32::from(w.values[j]));
                                         f64::from(w.scale)
                                             * v
                                             * a
                                             * f64::from(row.quants[b * BLOCK + j])
                                     })
                                     .sum();
-                                products + f64::from(w.offset) * f64::from(row.offset_sums[b])
+                                products
                             })
                             .sum();
                         let got = f64::from(reference[r * n + col]);
@@ -415,11 +406,11 @@ fn packed(layout: Layout, dtype: GgmlDType, raw: &[u8], (n, k): (usize, usize)) 
     }
 }
 
-/// The float offset of block `b` of column `col`.
+/// The float offset of block `b` of column `col` (none for 8-bit weights).
 fn block_offset(w: &PackedWeights, col: usize, b: usize) -> f32 {
     match w {
         PackedWeights::Q4(w) => w.column_block(col, b).2,
-        PackedWeights::Q8(w) => w.column_block(col, b).offset,
+        PackedWeights::Q8(_) => 0.0,
     }
 }
 
@@ -433,8 +424,8 @@ fn value(w: &PackedWeights, col: usize, i: usize) -> f32 {
         }
         PackedWeights::Q8(w) => {
             let block = w.column_block(col, b);
-            let v = block.halves[j / 16] * i32::from(block.values[j]);
-            block.scale * v as f32 + block.offset
+            let v = i32::from(block.halves[j / 16]) * i32::from(block.values[j]);
+            block.scale * v as f32
         }
     }
 }

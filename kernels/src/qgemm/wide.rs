@@ -27,7 +27,6 @@ impl WideFormat {
 
     fn extras(self) -> Extras {
         Extras {
-            offsets: false,
             halves: true,
             activations: Activations::SuperBlocks,
         }
@@ -52,11 +51,10 @@ fn q6k_blocks(raw: &[u8]) -> Vec<Block8> {
                 let high = (qh[h * 32 + l] >> (2 * q)) & 3;
                 (low | (high << 4)) as i8 - 32
             });
-            let sc = |i: usize| i32::from(scales[h * 8 + q * 2 + i] as i8);
+            let sc = |i: usize| scales[h * 8 + q * 2 + i] as i8;
             Block8 {
                 values,
                 scale: d,
-                offset: 0.0,
                 halves: [sc(0), sc(1)],
             }
         })
