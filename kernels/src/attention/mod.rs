@@ -1,5 +1,5 @@
 //! One new token's attention over a sequence's cached keys and values, on the CPU: what a decode
-//! step of the GGUF forward pass runs per sequence and block.
+//! step of the GGUF forward pass runs per sequence and block (and each query of a short chunk).
 //!
 //! [`LayerCache`] holds a block's keys in tiles of sixteen positions, each dimension's sixteen
 //! values side by side (`[tile][kv_head][head_dim][16]`), so the scores of sixteen positions are

@@ -9,8 +9,11 @@
 //! paths are therefore bit-identical to each other (so output does not depend on which one a
 //! machine runs), and a row's result is bit-identical in any batch.
 //!
-//! 4-bit GGUF weights (Q4_0, Q4_1, Q4_K) run on the same paths without being widened
-//! ([`q4`]: 32 values as nibbles with a scale and an offset per block).
+//! 4- and 5-bit GGUF weights (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K) run on the same paths without
+//! being widened ([`q4`]: 32 values as nibbles with a scale and an offset per block, and the
+//! fifth bits apart); Q6_K widened to a byte per value with its sub-blocks' integer scales
+//! ([`wide`]). The K-quants are multiplied by activations quantized per 256 values
+//! ([`Activations`]), as llama.cpp does.
 //!
 //! Paths: AVX-512 VNNI ([`avx512`]) and AVX2 + FMA ([`avx2`]), chosen at run time where the CPU
 //! has them, and the plain Rust reference ([`Path::Reference`]).

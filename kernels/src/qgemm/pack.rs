@@ -134,7 +134,7 @@ impl Extras {
 }
 
 /// The weights of a linear layer with `n` outputs and `k` inputs, repacked: values of up to 8
-/// bits (GGUF's Q8_0; Q5_0, Q5_1, Q5_K and Q6_K widened to a byte, `super::wide`).
+/// bits (GGUF's Q8_0; Q6_K widened to a byte, `super::wide`).
 #[derive(Debug, Clone)]
 pub struct Q8Weights {
     pub(super) n: usize,

@@ -1,20 +1,21 @@
-//! 4-bit weights as GGUF stores them (Q4_0, Q4_1, Q4_K), repacked at load for the int8 product
-//! without widening them: each block of 32 values of a column is 32 unsigned 4-bit values `u`
-//! with one f32 scale `s` and an offset, which the three formats give exactly:
-//! - Q4_0: value = s·(u - 8), s = d (the f16 `d` widened): an integer offset;
-//! - Q4_1: value = s·u + m, s = d and m the block's f16 minimum;
-//! - Q4_K: value = s·u + m, per sub-block of 32 s = d · its 6-bit scale and m = -dmin · its
-//!   6-bit minimum (products of an f16 and a 6-bit integer: exact in f32).
+//! 4- and 5-bit weights as GGUF stores them (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K), repacked at
+//! load for the int8 product without widening them: each block of 32 values of a column is 32
+//! unsigned values `u` (4 bits, or 5 with the fifth bits kept apart) with one f32 scale `s` and
+//! an offset, which the formats give exactly:
+//! - Q4_0, Q5_0: value = s·(u - 8) or s·(u - 16), s = d (the f16 `d` widened): an integer offset;
+//! - Q4_1, Q5_1: value = s·u + m, s = d and m the block's f16 minimum;
+//! - Q4_K, Q5_K: value = s·u + m, per sub-block of 32 s = d · its 6-bit scale and m = -dmin ·
+//!   its 6-bit minimum (products of an f16 and a 6-bit integer: exact in f32).
 //!
 //! The product of an activation block (int8 `a`, scale `d_a`, sum `Σa`) with a weight block is
-//! `d_a·s·(Σ u·a + o·Σa) + m·d_a·Σa` (o = -8 for Q4_0, else 0; m = 0 for Q4_0); every path
-//! computes it as the reference does: per block the exact integer sum `i = Σ u·a + o·Σa`, then
-//! `sum = fma(i, d_a·s, sum)` and, where the format has float offsets, `sum = fma(m,
-//! f16(d_a·Σa), sum)`. That is llama.cpp's arithmetic: for Q4_0 `Σ (u - 8)·a` exactly, times
-//! `d·d_a`; for Q4_1 the activations' `d_a·Σa` rounded to f16 as its `block_q8_1` stores it
-//! (with it unrounded, log-probabilities of the tiny Q4_1 fixtures were 5e-2 to 7e-2 from
-//! llama.cpp's; rounded, as close as Q8_0's). Its Q4_K product quantizes the activations per
-//! 256 values (`block_q8_K`), which this kernel does not: there the two differ by that.
+//! `d_a·s·(Σ u·a + o·Σa) + m·d_a·Σa` (o the integer offset; m = 0 with one); every path computes
+//! it as the reference does: per block the exact integer sum `i = Σ u·a + o·Σa`, then `sum =
+//! fma(i, d_a·s, sum)` and, where the format has float offsets, `sum = fma(m, d_a·Σa, sum)` with
+//! the activations' `d_a·Σa` as they keep it. That is llama.cpp's arithmetic: for Q4_0 `Σ (u -
+//! 8)·a` exactly, times `d·d_a`; for Q4_1 and Q5_1 `d_a·Σa` rounded to f16 as its `block_q8_1`
+//! stores it (with it unrounded, log-probabilities of the tiny Q4_1 fixtures were 5e-2 to 7e-2
+//! from llama.cpp's; rounded, as close as Q8_0's); for the K-quants activations per 256 values
+//! (`block_q8_K`, `super::pack::Activations`), whose `Σ sc·Σ u·a` and `Σ m·Σa` are its own.
 //!
 //! Layouts, two values per byte (low nibble, then high), 16 bytes per column block:
 //! - `Tiles`: byte `(j / 4)·64 + column·4 + j % 4` holds values j (low) and j + 16 (high) of
@@ -22,6 +23,9 @@
 //!   g + 4 of sixteen columns, as `vpdpbusd` multiplies them;
 //! - `Quads`: byte `column·16 + j` holds values j (low) and j + 16 (high), GGUF's own order
 //!   within a block, which AVX2 widens to 32 bytes in order.
+//!
+//! The fifth bits of 5-bit values take 4 bytes per column block more, as [`fifth_bit`] places
+//! them for each layout.
 
 use super::pack::{check_inner, Activations, Layout, SUPER_BLOCK};
 use super::{QgemmError, BLOCK};
@@ -201,7 +205,7 @@ impl Q4Weights {
         let expected = n * (k / per_block) * block_bytes;
         if raw.len() != expected {
             return Err(QgemmError::Length {
-                what: "the 4-bit weight",
+                what: "the 4- or 5-bit weight",
                 got: raw.len(),
                 expected,
             });
@@ -346,9 +350,10 @@ fn byte_offset(layout: Layout, column: usize, j: usize) -> usize {
 
 /// Where the fifth bit of value j (< 32) of `column` goes within its group's block of fifth
 /// bits (`width × 4` bytes): the byte and the bit.
-/// - `Tiles`: for each group g of four (0..4) a 64-bit mask of the sixteen columns' values 4g..4g+4
-///   (bit 4·column + j % 4) at byte 16g, then one of their values 16 + 4g.. at byte 16g + 8: the
-///   lanes of the 64-byte load of low and of high nibbles, which a masked add completes;
+/// - `Tiles`: for each group g of four (0..4) a 64-bit mask of the sixteen columns' values
+///   4g..4g+4 (bit 4·column + j % 4) at byte 16g, then one of their values 16 + 4g.. at byte
+///   16g + 8: the lanes of the 64-byte load of low and of high nibbles, which a masked add
+///   completes;
 /// - `Quads`: each column's 32 bits in order (GGUF's own `qh`), at byte 4·column.
 pub(super) fn fifth_bit(layout: Layout, column: usize, j: usize) -> (usize, usize) {
     match layout {

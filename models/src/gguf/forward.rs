@@ -261,7 +261,7 @@ impl Weights {
             let Some(LayerKv::Host(layer)) = cache.as_ref() else {
                 return Err(candle_core::Error::Msg("a CPU cache of tensors".into()));
             };
-            if t <= ROW_ATTENTION_MAX && self.plain_decode {
+            if t <= ROW_ATTENTION_MAX && self.kernel_attention {
                 return self.row_attention(&q, layer, position, window);
             }
             let shape = (1, hy.kv_heads, keys, hy.head_dim);

@@ -5,11 +5,12 @@
 //! appended in place; a forked session shares its parent's until one of them appends (copy on
 //! write, `Arc::make_mut`), so the samples drawn from one prefilled prompt copy its cache once
 //! each, not once per step (before, each step concatenated the whole cache anew: ~10% of decode
-//! time at batch 32). A decode step (one new token) runs `steerflow_kernels::attention` over it;
-//! under `STEERFLOW_CPU_MATMUL=candle` candle's operations instead, as candle's own model does
+//! time at batch 32). A decode step, or any chunk of up to 64 tokens, runs
+//! `steerflow_kernels::attention` over it one query at a time; under
+//! `STEERFLOW_CPU_MATMUL=candle` candle's operations instead, as candle's own model does
 //! (tests/engine.rs holds the two to 1e-4: at that depth the int8 activations amplify a change
-//! of summation order). A prefill chunk reads the cache as tensors and runs candle's matmuls. On
-//! a GPU the cache stays tensors, concatenated each step.
+//! of summation order). A longer chunk (a prompt's prefill) reads the cache as tensors and runs
+//! candle's matmuls. On a GPU the cache stays tensors, concatenated each step.
 
 use candle_core::Tensor;
 use std::sync::Arc;

@@ -40,10 +40,11 @@ pub(super) struct Weights {
     pub cos: Tensor,
     pub sin: Tensor,
     pub device: Device,
-    /// Whether a decode step attends in plain Rust over the host KV cache (on the CPU with
-    /// steerflow's kernels); else through candle's operations, as candle's own models do (on
-    /// a GPU, and on the CPU under `STEERFLOW_CPU_MATMUL=candle`).
-    pub plain_decode: bool,
+    /// Whether short chunks (decode steps among them) attend through steerflow's attention
+    /// kernel over the host KV cache (on the CPU with steerflow's kernels); else through candle's
+    /// operations, as candle's own models do (on a GPU, and on the CPU under
+    /// `STEERFLOW_CPU_MATMUL=candle`).
+    pub kernel_attention: bool,
 }
 
 impl Weights {
@@ -122,7 +123,7 @@ impl Weights {
             cos,
             sin,
             device: device.clone(),
-            plain_decode: device.is_cpu() && kernel != CpuMatmul::Candle,
+            kernel_attention: device.is_cpu() && kernel != CpuMatmul::Candle,
         })
     }
 }
