@@ -165,12 +165,17 @@ unsafe fn q4_quad_dots_avx2<const FIVE: bool>(row: &Row<'_>, quad: Q4Group<'_>) 
                 _mm_and_si128(v, low),
             );
             if FIVE {
-                // SAFETY: bytes b·16 + 4c .. + 4 of the fifth bits (checked by the caller).
-                let bits = unsafe { quad.fifth.as_ptr().add(b * 16 + c * 4).cast::<i32>() };
-                let bytes = _mm256_shuffle_epi8(
-                    _mm256_set1_epi32(unsafe { bits.read_unaligned() }),
-                    spread,
-                );
+                // SAFETY: b < blocks and c < 4: bytes b·16 + 4c .. + 4 lie within the quad's
+                // blocks × 16 bytes of fifth bits (checked by the caller); an unaligned read
+                // takes any address.
+                let bits = unsafe {
+                    quad.fifth
+                        .as_ptr()
+                        .add(b * 16 + c * 4)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), spread);
                 let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, select), select);
                 values = _mm256_or_si256(values, _mm256_and_si256(set, sixteen));
             }
