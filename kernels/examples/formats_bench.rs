@@ -9,9 +9,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use std::time::Instant;
-use steerflow_kernels::qgemm::{
-    matmul, PackedWeights, Path, Q4Format, Q4Weights, Q8Weights, WideFormat,
-};
+use steerflow_kernels::qgemm::{matmul, PackedWeights, Path, Q8Weights, STORED_FORMATS};
 
 const N: usize = 1536;
 const K: usize = 1536;
@@ -35,20 +33,11 @@ fn per_call(mut f: impl FnMut()) -> f64 {
 /// The tensor repacked for this CPU's fastest path (Q8_0 through its values, as the models
 /// load it).
 fn packed(q: &QTensor) -> PackedWeights {
-    let (dtype, raw) = (q.dtype(), q.data().expect("bytes"));
-    let raw = &raw[..];
     let layout = Path::best().layout();
-    let q4 = |f| PackedWeights::Q4(Q4Weights::from_gguf(layout, f, raw, N, K).expect("q4"));
-    let wide = |f| PackedWeights::Q8(Q8Weights::from_gguf(layout, f, raw, N, K).expect("wide"));
-    match dtype {
-        GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
-        GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
-        GgmlDType::Q4K => q4(Q4Format::Q4K),
-        GgmlDType::Q5_0 => q4(Q4Format::Q5_0),
-        GgmlDType::Q5_1 => q4(Q4Format::Q5_1),
-        GgmlDType::Q5K => q4(Q4Format::Q5K),
-        GgmlDType::Q6K => wide(WideFormat::Q6K),
-        _ => {
+    let raw = q.data().expect("bytes");
+    match PackedWeights::from_gguf(layout, q.dtype(), &raw, (N, K)) {
+        Some(weights) => weights.expect("repacked"),
+        None => {
             let t = q.dequantize(&Device::Cpu).expect("dequantize");
             let values = t.flatten_all().and_then(|t| t.to_vec1()).expect("values");
             PackedWeights::Q8(Q8Weights::quantize(&values, N, K).expect("q8"))
@@ -67,16 +56,7 @@ fn main() {
         .map(|i| ((i * 7919) % 1001) as f32 * 1e-3 - 0.5)
         .collect();
     let w = Tensor::from_vec(w, (N, K), &Device::Cpu).expect("w");
-    for dtype in [
-        GgmlDType::Q8_0,
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q4K,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ] {
+    for dtype in std::iter::once(GgmlDType::Q8_0).chain(STORED_FORMATS) {
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let ours = packed(&q);
         let theirs = QMatMul::from_qtensor(q).expect("qmatmul");

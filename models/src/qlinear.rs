@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
 use steerflow_kernels::qgemm::{
-    matmul, matmul_with, PackedWeights, Path, Q4Format, Q4Weights, Q8Weights, WideFormat,
+    matmul, matmul_with, PackedWeights, Path, Q8Weights, STORED_FORMATS,
 };
 
 /// Which kernel runs the CPU's quantized matrix products.
@@ -90,30 +90,9 @@ impl CpuMatmul {
     }
 }
 
-/// The 4- or 5-bit format of the int8 kernel that `dtype` is, if any.
-fn q4_format(dtype: GgmlDType) -> Option<Q4Format> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(Q4Format::Q4_0),
-        GgmlDType::Q4_1 => Some(Q4Format::Q4_1),
-        GgmlDType::Q4K => Some(Q4Format::Q4K),
-        GgmlDType::Q5_0 => Some(Q4Format::Q5_0),
-        GgmlDType::Q5_1 => Some(Q4Format::Q5_1),
-        GgmlDType::Q5K => Some(Q4Format::Q5K),
-        _ => None,
-    }
-}
-
-/// The widened format of the int8 kernel that `dtype` is, if any.
-fn wide_format(dtype: GgmlDType) -> Option<WideFormat> {
-    match dtype {
-        GgmlDType::Q6K => Some(WideFormat::Q6K),
-        _ => None,
-    }
-}
-
 /// Whether the int8 kernel runs weights of `dtype` (as they are stored, without requantizing).
 pub(crate) fn int8_kernel_runs(dtype: GgmlDType) -> bool {
-    dtype == GgmlDType::Q8_0 || q4_format(dtype).is_some() || wide_format(dtype).is_some()
+    dtype == GgmlDType::Q8_0 || STORED_FORMATS.contains(&dtype)
 }
 
 /// `tensors` (each `[outputs, inputs]`, the same inputs) stacked into the int8 kernel's weights
@@ -153,15 +132,7 @@ fn stacked_int8(
         for t in tensors {
             raw.extend_from_slice(&t.data()?);
         }
-        match (q4_format(dtype), wide_format(dtype)) {
-            (Some(format), _) => Q4Weights::from_gguf(layout, format, &raw, n, k)
-                .ok()
-                .map(PackedWeights::Q4),
-            (None, Some(format)) => Q8Weights::from_gguf(layout, format, &raw, n, k)
-                .ok()
-                .map(PackedWeights::Q8),
-            (None, None) => None,
-        }
+        PackedWeights::from_gguf(layout, dtype, &raw, (n, k)).and_then(Result::ok)
     } else {
         None
     };

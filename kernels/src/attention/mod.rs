@@ -186,27 +186,32 @@ pub fn decode_attention(
     );
     let rep = shape.heads / shape.kv_heads;
     let scale = 1.0 / shape.divisor;
+    // The CPU's proof for the SIMD path, found once per call.
+    #[cfg(target_arch = "x86_64")]
+    let simd =
+        (path == Path::Avx2).then(|| avx2::Avx2Fma::detect().expect("AVX2 and FMA on this CPU"));
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd: Option<std::convert::Infallible> = {
+        let _ = path; // only the reference runs here
+        None
+    };
     let mut out = vec![0f32; shape.heads * hd];
     let mut scores = vec![0f32; visible.len()];
     for (h, y) in out.chunks_exact_mut(hd).enumerate() {
         let (g, qh) = (h / rep, &q[h * hd..(h + 1) * hd]);
-        match path {
+        match simd {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => {
-                let simd = avx2::Avx2Fma::detect().expect("AVX2 and FMA on this CPU");
-                simd.scores(cache, g, qh, visible.clone(), &mut scores);
-            }
+            Some(simd) => simd.scores(cache, g, qh, visible.clone(), &mut scores),
             _ => reference_scores(cache, g, qh, visible.clone(), &mut scores),
         }
         for s in scores.iter_mut() {
             *s = finish(*s, scale, shape.softcap);
         }
         softmax(&mut scores);
-        match path {
+        match simd {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 if hd.is_multiple_of(8) => {
-                let simd = avx2::Avx2Fma::detect().expect("AVX2 and FMA on this CPU");
-                simd.weighted_sum(cache, g, &scores, visible.start, y);
+            Some(simd) if hd.is_multiple_of(8) => {
+                simd.weighted_sum(cache, g, &scores, visible.start, y)
             }
             _ => reference_weighted_sum(cache, g, &scores, visible.start, y),
         }

@@ -29,6 +29,7 @@ mod q4;
 mod tests;
 mod wide;
 
+use candle_core::quantized::GgmlDType;
 pub use pack::{Activations, Block8, Layout, Q8Rows, Q8Weights, SUPER_BLOCK};
 pub use q4::{Q4Format, Q4Weights};
 use rayon::prelude::*;
@@ -132,6 +133,43 @@ impl PackedWeights {
 
     pub fn outputs(&self) -> usize {
         self.as_ref().shape().0
+    }
+}
+
+/// The GGUF formats repacked as they are stored (4- and 5-bit as nibbles, Q6_K widened); Q8_0
+/// goes through its values ([`Q8Weights::quantize`], exact for Q8_0).
+pub const STORED_FORMATS: [GgmlDType; 7] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q4K,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+impl PackedWeights {
+    /// A GGUF tensor of `dtype`, `[n, k]` (one row of `k` values per output), repacked in
+    /// `layout`, every value exact; `None` for a format not in [`STORED_FORMATS`].
+    pub fn from_gguf(
+        layout: Layout,
+        dtype: GgmlDType,
+        raw: &[u8],
+        (n, k): (usize, usize),
+    ) -> Option<Result<Self, QgemmError>> {
+        let q4 = |format| Q4Weights::from_gguf(layout, format, raw, n, k).map(Self::Q4);
+        Some(match dtype {
+            GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
+            GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
+            GgmlDType::Q4K => q4(Q4Format::Q4K),
+            GgmlDType::Q5_0 => q4(Q4Format::Q5_0),
+            GgmlDType::Q5_1 => q4(Q4Format::Q5_1),
+            GgmlDType::Q5K => q4(Q4Format::Q5K),
+            GgmlDType::Q6K => {
+                Q8Weights::from_gguf(layout, WideFormat::Q6K, raw, n, k).map(Self::Q8)
+            }
+            _ => return None,
+        })
     }
 }
 
@@ -251,9 +289,10 @@ fn reference(rows: &Q8Rows, w: &Q8Weights, g: usize, out: &mut [f32]) {
     );
 }
 
-/// What every path computes for 4-bit weights, in plain Rust, for column group `g`: per (row,
-/// column), per block the exact integer sum `i = Σ u·a + o·Σa`, then `sum = fma(i, d_a·s, sum)`
-/// and, with float offsets, `sum = fma(m, f16(d_a·Σa), sum)`.
+/// What every path computes for 4- and 5-bit weights, in plain Rust, for column group `g`: per
+/// (row, column), per block the exact integer sum `i = Σ u·a + o·Σa`, then `sum = fma(i, d_a·s,
+/// sum)` and, with float offsets, `sum = fma(m, d_a·Σa, sum)` (the rows' offset sums: rounded to
+/// f16 per block of 32, in f32 per super-block).
 fn q4_reference(rows: &Q8Rows, w: &Q4Weights, g: usize, out: &mut [f32]) {
     let (width, n, blocks) = (w.layout().width(), w.n, w.blocks());
     let (int_offset, float_offsets) = w.offset_kind();

@@ -96,6 +96,33 @@ pub(super) fn check_inner(k: usize) -> Result<(), QgemmError> {
     Ok(())
 }
 
+/// The bytes of one row of a GGUF tensor `[n, k]` stored as `raw` in blocks of `per_block` values
+/// and `block_bytes` bytes, once `k` and `raw`'s length are checked (`what` names the tensor in
+/// the error).
+pub(super) fn gguf_row_bytes(
+    raw: &[u8],
+    (n, k): (usize, usize),
+    (per_block, block_bytes): (usize, usize),
+    what: &'static str,
+) -> Result<usize, QgemmError> {
+    check_inner(k)?;
+    if !k.is_multiple_of(per_block) {
+        return Err(QgemmError::InnerDimension {
+            k,
+            multiple: per_block,
+        });
+    }
+    let row_bytes = k / per_block * block_bytes;
+    if raw.len() != n * row_bytes {
+        return Err(QgemmError::Length {
+            what,
+            got: raw.len(),
+            expected: n * row_bytes,
+        });
+    }
+    Ok(row_bytes)
+}
+
 /// How the activations of a product are quantized: as llama.cpp pairs them with the weights'
 /// format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 //! The fifth bits of 5-bit values take 4 bytes per column block more, as [`fifth_bit`] places
 //! them for each layout.
 
-use super::pack::{check_inner, Activations, Layout, SUPER_BLOCK};
+use super::pack::{gguf_row_bytes, Activations, Layout, SUPER_BLOCK};
 use super::{QgemmError, BLOCK};
 
 /// The GGUF formats these weights are read from: 4-bit, and 5-bit with the fifth bits apart.
@@ -194,23 +194,8 @@ impl Q4Weights {
         n: usize,
         k: usize,
     ) -> Result<Self, QgemmError> {
-        check_inner(k)?;
         let (per_block, block_bytes) = format.block();
-        if !k.is_multiple_of(per_block) {
-            return Err(QgemmError::InnerDimension {
-                k,
-                multiple: per_block,
-            });
-        }
-        let expected = n * (k / per_block) * block_bytes;
-        if raw.len() != expected {
-            return Err(QgemmError::Length {
-                what: "the 4- or 5-bit weight",
-                got: raw.len(),
-                expected,
-            });
-        }
-        let row_bytes = k / per_block * block_bytes;
+        let row_bytes = gguf_row_bytes(raw, (n, k), format.block(), "the 4- or 5-bit weight")?;
         let bits = (format.int_offset(), format.five_bits());
         let mut weights = Self::from_columns(layout, (n, k), bits, |col| {
             raw[col * row_bytes..(col + 1) * row_bytes]

@@ -379,31 +379,11 @@ pub(super) fn ggml_tensor(
     (q.data().unwrap().into_owned(), dequantized)
 }
 
-/// The GGUF formats of 4, 5 and 6 bits.
-const GGUF_FORMATS: [GgmlDType; 7] = [
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q4K,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
-
-/// GGUF bytes of `dtype` (one of `GGUF_FORMATS`) repacked in `layout`.
-fn packed(layout: Layout, dtype: GgmlDType, raw: &[u8], (n, k): (usize, usize)) -> PackedWeights {
-    let q4 = |format| PackedWeights::Q4(Q4Weights::from_gguf(layout, format, raw, n, k).unwrap());
-    let wide = |format| PackedWeights::Q8(Q8Weights::from_gguf(layout, format, raw, n, k).unwrap());
-    match dtype {
-        GgmlDType::Q4_0 => q4(Q4Format::Q4_0),
-        GgmlDType::Q4_1 => q4(Q4Format::Q4_1),
-        GgmlDType::Q4K => q4(Q4Format::Q4K),
-        GgmlDType::Q5_0 => q4(Q4Format::Q5_0),
-        GgmlDType::Q5_1 => q4(Q4Format::Q5_1),
-        GgmlDType::Q5K => q4(Q4Format::Q5K),
-        GgmlDType::Q6K => wide(WideFormat::Q6K),
-        other => panic!("{other:?} is not repacked"),
-    }
+/// GGUF bytes of `dtype` (one of `STORED_FORMATS`) repacked in `layout`.
+fn packed(layout: Layout, dtype: GgmlDType, raw: &[u8], shape: (usize, usize)) -> PackedWeights {
+    PackedWeights::from_gguf(layout, dtype, raw, shape)
+        .expect("a stored format")
+        .unwrap()
 }
 
 /// The float offset of block `b` of column `col` (none for 8-bit weights).
@@ -436,7 +416,7 @@ fn gguf_tensors_repack_to_what_ggml_dequantizes() {
     // with the high bits of the K-quants' packed 6-bit scales in use, and Q6_K's two halves of
     // a block scaled apart.
     let (n, k) = (19, 512);
-    for dtype in GGUF_FORMATS {
+    for dtype in STORED_FORMATS {
         let (raw, want) = ggml_tensor(dtype, (n, k), 8);
         let block = match dtype {
             GgmlDType::Q4K => Some(144),
@@ -476,7 +456,7 @@ fn gguf_tensors_multiply_as_their_dequantized_values() {
     // product of its dequantized weights with the int8 activations as the product quantizes
     // them (per super-block for the K-quants): 5e-5 relative (f32 sums of blocks), plus the f16
     // rounding of d_a·Σa where float offsets multiply it per block of 32.
-    for dtype in GGUF_FORMATS {
+    for dtype in STORED_FORMATS {
         let (m, n, k) = (5, 33, 768);
         let x = random(m * k, 13, 2.0);
         let (raw, dequantized) = ggml_tensor(dtype, (n, k), 14);

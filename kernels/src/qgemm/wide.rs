@@ -7,7 +7,7 @@
 //! The product is llama.cpp's: against activations per super-block of 256 (`block_q8_K`), whose
 //! integer sums `Σ sc·Σ q·a` are then exactly its own (super::reference).
 
-use super::pack::{check_inner, Activations, Block8, Extras, Layout, Q8Weights, SUPER_BLOCK};
+use super::pack::{gguf_row_bytes, Activations, Block8, Extras, Layout, Q8Weights, SUPER_BLOCK};
 use super::q4::f16_at;
 use super::QgemmError;
 
@@ -71,22 +71,8 @@ impl Q8Weights {
         n: usize,
         k: usize,
     ) -> Result<Self, QgemmError> {
-        check_inner(k)?;
-        let (per_block, block_bytes) = format.block();
-        if !k.is_multiple_of(per_block) {
-            return Err(QgemmError::InnerDimension {
-                k,
-                multiple: per_block,
-            });
-        }
-        let row_bytes = k / per_block * block_bytes;
-        if raw.len() != n * row_bytes {
-            return Err(QgemmError::Length {
-                what: "the weight",
-                got: raw.len(),
-                expected: n * row_bytes,
-            });
-        }
+        let block_bytes = format.block().1;
+        let row_bytes = gguf_row_bytes(raw, (n, k), format.block(), "the weight")?;
         Ok(Self::from_columns(layout, (n, k), format.extras(), |col| {
             raw[col * row_bytes..(col + 1) * row_bytes]
                 .chunks_exact(block_bytes)

@@ -214,14 +214,14 @@ impl Weights {
         let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
         let mut y = vec![0f32; q.len()];
         let mut row = vec![0f32; hy.heads * hd];
+        let (path, heads) = (attention::Path::best(), self.heads());
         for i in 0..t {
             for (h, qh) in row.chunks_exact_mut(hd).enumerate() {
                 qh.copy_from_slice(&q[(h * t + i) * hd..][..hd]);
             }
             let end = position + i + 1;
             let visible = end.saturating_sub(window)..end;
-            let path = attention::Path::best();
-            let out = attention::decode_attention(path, layer, self.heads(), &row, visible);
+            let out = attention::decode_attention(path, layer, heads, &row, visible);
             for (h, yh) in out.chunks_exact(hd).enumerate() {
                 y[(h * t + i) * hd..][..hd].copy_from_slice(yh);
             }
